@@ -1,0 +1,16 @@
+// Scalar quantize / dequantize of one row (n a multiple of the block size). These are the spec:
+// their bytes equal ggml's reference quantizers and gguf.quants.
+#pragma once
+#include <cstdint>
+#include "quant/blocks.h"
+
+namespace phi2cpu {
+
+void quantize_row_q8_0_ref(const float* x, block_q8_0* y, int64_t n);
+void quantize_row_q4_0_ref(const float* x, block_q4_0* y, int64_t n);
+void dequantize_row_q8_0_ref(const block_q8_0* x, float* y, int64_t n);
+void dequantize_row_q4_0_ref(const block_q4_0* x, float* y, int64_t n);
+void quantize_row_f16_ref(const float* x, uint16_t* y, int64_t n);
+void dequantize_row_f16_ref(const uint16_t* x, float* y, int64_t n);
+
+}  // namespace phi2cpu

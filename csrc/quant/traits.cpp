@@ -1,0 +1,43 @@
+#include "quant/traits.h"
+
+#include "quant/quantize_ref.h"
+
+namespace phi2cpu {
+namespace {
+
+template <typename Block, void (*F)(const float*, Block*, int64_t)>
+void quantize_as(const float* x, void* y, int64_t n) { F(x, static_cast<Block*>(y), n); }
+
+template <typename Block, void (*F)(const Block*, float*, int64_t)>
+void dequantize_as(const void* x, float* y, int64_t n) { F(static_cast<const Block*>(x), y, n); }
+
+void copy_f32(const float* x, void* y, int64_t n) {
+    float* out = static_cast<float*>(y);
+    for (int64_t i = 0; i < n; i++) out[i] = x[i];
+}
+void copy_to_f32(const void* x, float* y, int64_t n) {
+    const float* in = static_cast<const float*>(x);
+    for (int64_t i = 0; i < n; i++) y[i] = in[i];
+}
+
+const TypeTraits kTraits[] = {
+    {GgmlType::F32, "F32", 1, 4, copy_f32, copy_to_f32, GgmlType::F32},
+    {GgmlType::F16, "F16", 1, 2, quantize_as<uint16_t, quantize_row_f16_ref>,
+     dequantize_as<uint16_t, dequantize_row_f16_ref>, GgmlType::F32},
+    {GgmlType::Q4_0, "Q4_0", QK4_0, sizeof(block_q4_0), quantize_as<block_q4_0, quantize_row_q4_0_ref>,
+     dequantize_as<block_q4_0, dequantize_row_q4_0_ref>, GgmlType::Q8_0},
+    {GgmlType::Q8_0, "Q8_0", QK8_0, sizeof(block_q8_0), quantize_as<block_q8_0, quantize_row_q8_0_ref>,
+     dequantize_as<block_q8_0, dequantize_row_q8_0_ref>, GgmlType::Q8_0},
+};
+
+}  // namespace
+
+const TypeTraits* type_traits(GgmlType t) {
+    for (const auto& tt : kTraits)
+        if (tt.type == t) return &tt;
+    return nullptr;
+}
+
+const TypeTraits* type_traits(uint32_t raw_type) { return type_traits(static_cast<GgmlType>(raw_type)); }
+
+}  // namespace phi2cpu
