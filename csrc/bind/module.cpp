@@ -6,6 +6,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/dispatch.h"
+#include "model/errors.h"
+#include "model/model.h"
 #include "quant/traits.h"
 
 namespace py = pybind11;
@@ -58,6 +61,55 @@ py::array_t<float> dequantize(py::array_t<uint8_t, py::array::c_style | py::arra
     return out;
 }
 
+Config config_from_dict(const py::dict& d) {
+    auto get = [&](const char* key) -> py::object {
+        if (!d.contains(key)) throw std::invalid_argument(std::string("config is missing ") + key);
+        return d[key];
+    };
+    Config c;
+    c.n_vocab = get("n_vocab").cast<int>();
+    c.n_embd = get("n_embd").cast<int>();
+    c.n_ff = get("n_ff").cast<int>();
+    c.n_layer = get("n_layer").cast<int>();
+    c.n_head = get("n_head").cast<int>();
+    c.n_rot = get("n_rot").cast<int>();
+    c.rope_theta = get("rope_theta").cast<float>();
+    c.norm_eps = get("norm_eps").cast<float>();
+    c.n_ctx_train = get("n_ctx_train").cast<int>();
+    return c;
+}
+
+std::unique_ptr<Model> make_model(const std::string& path, const py::dict& config, const py::list& tensors,
+                                  int n_ctx, int n_threads) {
+    const Config cfg = config_from_dict(config);
+    std::vector<TensorEntry> entries;
+    for (const auto& item : tensors) {
+        const auto tup = item.cast<py::tuple>();
+        TensorEntry e;
+        e.name = tup[0].cast<std::string>();
+        e.type = tup[1].cast<uint32_t>();
+        e.shape = tup[2].cast<std::vector<int64_t>>();
+        e.offset = tup[3].cast<uint64_t>();
+        entries.push_back(std::move(e));
+    }
+    py::gil_scoped_release release;
+    return std::make_unique<Model>(path, cfg, entries, n_ctx, n_threads);
+}
+
+py::array_t<float> forward(Model& m, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+                           bool all_logits) {
+    if (tokens.ndim() != 1) throw std::invalid_argument("forward: tokens must be a 1-D sequence");
+    const int n = int(tokens.shape(0));
+    py::array_t<float> out({py::ssize_t(all_logits ? n : 1), py::ssize_t(m.config().n_vocab)});
+    const int32_t* ids = tokens.data();
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        m.forward(ids, n, all_logits, dst);
+    }
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -66,4 +118,25 @@ PYBIND11_MODULE(_core, m) {
           "Quantize float32 rows (last axis) to GGUF block bytes of the given GGML type id.");
     m.def("dequantize", &dequantize, py::arg("data"), py::arg("type"), py::arg("n"),
           "Dequantize GGUF block bytes to float32 rows of length n.");
+
+    // Engine errors become the package's own exception classes.
+    const py::module_ errors = py::module_::import("phi2cpu.errors");
+    static py::exception<FileError> file_error(m, "FileError", errors.attr("ModelFileError"));
+    static py::exception<ContextError> context_error(m, "ContextError", errors.attr("ContextFullError"));
+
+    m.def("isa", [] { return py::make_tuple(kernels().isa, kernels().reason); },
+          "The kernel path in use and why it was chosen.");
+    m.def("available_isas", &available_isas, "Kernel paths this build has and this CPU runs.");
+
+    py::class_<Model>(m, "Model")
+        .def(py::init(&make_model), py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_ctx"),
+             py::arg("n_threads"),
+             "Map a GGUF file. tensors: [(name, ggml_type, numpy_shape, absolute_offset)].")
+        .def("forward", &forward, py::arg("tokens"), py::arg("all_logits") = false,
+             "Append tokens to the KV cache; float32 logits (n or 1, n_vocab).")
+        .def("reset", &Model::reset)
+        .def("truncate", &Model::truncate, py::arg("n"))
+        .def_property_readonly("n_past", &Model::n_past)
+        .def_property_readonly("n_ctx", &Model::n_ctx)
+        .def_property_readonly("n_threads", &Model::n_threads);
 }

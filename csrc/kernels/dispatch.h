@@ -1,0 +1,35 @@
+// The kernel table for this CPU, chosen once (PHI2CPU_ISA=... forces a path).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "quant/blocks.h"
+
+namespace phi2cpu {
+
+using vec_dot_fn = float (*)(int64_t n, const void* w, const void* x);
+
+struct Kernels {
+    const char* isa;     // "scalar", ...
+    std::string reason;  // why this path was chosen
+    vec_dot_fn vec_dot_f32_f32;
+    vec_dot_fn vec_dot_f16_f32;
+    vec_dot_fn vec_dot_q8_0_q8_0;
+    vec_dot_fn vec_dot_q4_0_q8_0;
+    void (*quantize_row_q8_0)(const float* x, block_q8_0* y, int64_t n);
+    void (*layernorm_f32)(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);
+    void (*gelu_new_f32)(int64_t n, float* x);
+    void (*rope_neox_f32)(int n_head, int head_dim, int n_rot, int pos, float theta, float* x);
+    void (*attn_head_f32)(int head_dim, int n_kv, const float* q, const float* k, const float* v,
+                          int64_t kv_stride, float scale, float* scores, float* out);
+
+    // The dot product for a weight type (its activations are traits.vec_dot_type).
+    vec_dot_fn vec_dot_for(GgmlType weight_type) const;
+};
+
+// The table in use: chosen on first call from the CPU and PHI2CPU_ISA.
+const Kernels& kernels();
+// Names of the paths this build has and this CPU can run.
+std::string available_isas();
+
+}  // namespace phi2cpu

@@ -1,0 +1,117 @@
+#include "kernels/ref/ops_ref.h"
+
+#include <cmath>
+
+#include "quant/fp16.h"
+
+namespace phi2cpu {
+
+float vec_dot_f32_f32_ref(int64_t n, const void* w, const void* x) {
+    const float* a = static_cast<const float*>(w);
+    const float* b = static_cast<const float*>(x);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+float vec_dot_f16_f32_ref(int64_t n, const void* w, const void* x) {
+    const uint16_t* a = static_cast<const uint16_t*>(w);
+    const float* b = static_cast<const float*>(x);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) sum += fp16_to_fp32(a[i]) * b[i];
+    return sum;
+}
+
+float vec_dot_q8_0_q8_0_ref(int64_t n, const void* w, const void* x) {
+    const block_q8_0* a = static_cast<const block_q8_0*>(w);
+    const block_q8_0* b = static_cast<const block_q8_0*>(x);
+    float sum = 0.0f;
+    for (int64_t blk = 0; blk < n / QK8_0; blk++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK8_0; j++) isum += int32_t(a[blk].qs[j]) * int32_t(b[blk].qs[j]);
+        sum += fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d) * float(isum);
+    }
+    return sum;
+}
+
+float vec_dot_q4_0_q8_0_ref(int64_t n, const void* w, const void* x) {
+    const block_q4_0* a = static_cast<const block_q4_0*>(w);
+    const block_q8_0* b = static_cast<const block_q8_0*>(x);
+    float sum = 0.0f;
+    for (int64_t blk = 0; blk < n / QK4_0; blk++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK4_0 / 2; j++) {
+            isum += ((a[blk].qs[j] & 0x0f) - 8) * int32_t(b[blk].qs[j]);
+            isum += ((a[blk].qs[j] >> 4) - 8) * int32_t(b[blk].qs[j + QK4_0 / 2]);
+        }
+        sum += fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d) * float(isum);
+    }
+    return sum;
+}
+
+void layernorm_f32_ref(int64_t n, const float* x, const float* w, const float* b, float eps, float* y) {
+    double mean = 0.0;
+    for (int64_t i = 0; i < n; i++) mean += x[i];
+    mean /= double(n);
+    double var = 0.0;
+    for (int64_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= double(n);
+    const float inv = float(1.0 / std::sqrt(var + double(eps)));
+    const float m = float(mean);
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] - m) * inv * w[i] + b[i];
+}
+
+void gelu_new_f32_ref(int64_t n, float* x) {
+    const float k = 0.7978845608028654f;  // sqrt(2/pi)
+    for (int64_t i = 0; i < n; i++) {
+        const float v = x[i];
+        x[i] = 0.5f * v * (1.0f + std::tanh(k * (v + 0.044715f * v * v * v)));
+    }
+}
+
+void rope_neox_f32_ref(int n_head, int head_dim, int n_rot, int pos, float theta, float* x) {
+    const int half = n_rot / 2;
+    for (int i = 0; i < half; i++) {
+        // angle in double: positions up to the context length keep full f32 accuracy
+        const double inv_freq = std::pow(double(theta), -2.0 * i / n_rot);
+        const double angle = double(pos) * inv_freq;
+        const float c = float(std::cos(angle)), s = float(std::sin(angle));
+        for (int h = 0; h < n_head; h++) {
+            float* xh = x + int64_t(h) * head_dim;
+            const float a = xh[i], b = xh[i + half];
+            xh[i] = a * c - b * s;
+            xh[i + half] = b * c + a * s;
+        }
+    }
+}
+
+void softmax_f32_ref(int64_t n, float* x) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) mx = std::fmax(mx, x[i]);
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = std::exp(x[i] - mx);
+        sum += x[i];
+    }
+    const float inv = float(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+void attn_head_f32_ref(int head_dim, int n_kv, const float* q, const float* k, const float* v,
+                       int64_t kv_stride, float scale, float* scores, float* out) {
+    for (int j = 0; j < n_kv; j++) {
+        const float* kj = k + j * kv_stride;
+        float s = 0.0f;
+        for (int d = 0; d < head_dim; d++) s += q[d] * kj[d];
+        scores[j] = s * scale;
+    }
+    softmax_f32_ref(n_kv, scores);
+    for (int d = 0; d < head_dim; d++) out[d] = 0.0f;
+    for (int j = 0; j < n_kv; j++) {
+        const float* vj = v + j * kv_stride;
+        const float p = scores[j];
+        for (int d = 0; d < head_dim; d++) out[d] += p * vj[d];
+    }
+}
+
+}  // namespace phi2cpu

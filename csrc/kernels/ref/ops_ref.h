@@ -1,0 +1,30 @@
+// Scalar reference kernels: the spec every SIMD kernel is tested against.
+#pragma once
+#include <cstdint>
+
+#include "quant/blocks.h"
+
+namespace phi2cpu {
+
+// Dot products of one weight row with one activation row of n elements. For Q8_0/Q4_0 weights the
+// activations are Q8_0 blocks (quantized on the fly); for F16/F32 weights they are f32.
+float vec_dot_f32_f32_ref(int64_t n, const void* w, const void* x);
+float vec_dot_f16_f32_ref(int64_t n, const void* w, const void* x);
+float vec_dot_q8_0_q8_0_ref(int64_t n, const void* w, const void* x);
+float vec_dot_q4_0_q8_0_ref(int64_t n, const void* w, const void* x);
+
+// y = (x - mean) / sqrt(var + eps) * w + b over n elements.
+void layernorm_f32_ref(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);
+// In place: x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+void gelu_new_f32_ref(int64_t n, float* x);
+// In place NeoX rotary on the first n_rot dims of each of n_head heads of head_dim:
+// pairs (i, i + n_rot/2) rotate by pos * theta^(-2i/n_rot).
+void rope_neox_f32_ref(int n_head, int head_dim, int n_rot, int pos, float theta, float* x);
+// In place softmax over n elements.
+void softmax_f32_ref(int64_t n, float* x);
+// One head of causal attention for one query over n_kv cached positions.
+// k and v rows are kv_stride floats apart; out gets head_dim floats; scores is scratch of n_kv.
+void attn_head_f32_ref(int head_dim, int n_kv, const float* q, const float* k, const float* v,
+                       int64_t kv_stride, float scale, float* scores, float* out);
+
+}  // namespace phi2cpu

@@ -1,0 +1,137 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "kernels/dispatch.h"
+#include "model/errors.h"
+#include "model/matmul.h"
+
+namespace phi2cpu {
+namespace {
+
+constexpr int kMaxBatch = 256;  // tokens per internal batch: bounds activation memory on long prompts
+
+}  // namespace
+
+Model::Model(const std::string& path, const Config& cfg, const std::vector<TensorEntry>& entries, int n_ctx,
+             int n_threads)
+    : cfg_(cfg),
+      file_(path),
+      w_(Weights::bind(file_, cfg, entries)),
+      kv_(cfg.n_layer, n_ctx, cfg.n_embd),
+      pool_(n_threads) {
+    if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
+    kernels();  // choose the kernel path now, so a bad PHI2CPU_ISA fails at load
+}
+
+void Model::truncate(int n) {
+    if (n < 0 || n > kv_.n_past)
+        throw std::invalid_argument("truncate: " + std::to_string(n) + " is outside 0.." + std::to_string(kv_.n_past));
+    kv_.n_past = n;
+}
+
+void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits) {
+    if (n <= 0) throw std::invalid_argument("forward: no tokens");
+    if (n > kv_.n_ctx - kv_.n_past)
+        throw ContextError("context full: " + std::to_string(kv_.n_past) + " cached + " + std::to_string(n) +
+                           " new tokens exceed the context of " + std::to_string(kv_.n_ctx) + " tokens");
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
+            throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (0.." +
+                                        std::to_string(cfg_.n_vocab - 1) + ")");
+    for (int done = 0; done < n;) {
+        const int m = std::min(kMaxBatch, n - done);
+        const bool last = done + m == n;
+        float* out = all_logits ? logits + size_t(done) * cfg_.n_vocab : (last ? logits : nullptr);
+        forward_batch(tokens + done, m, all_logits, out);
+        done += m;
+    }
+}
+
+// x = x + attn(LN(x)) + mlp(LN(x)) per layer; logits from the final LayerNorm.
+void Model::forward_batch(const int32_t* tokens, int n, bool all_logits, float* logits) {
+    const Kernels& k = kernels();
+    const int64_t d = cfg_.n_embd, ff = cfg_.n_ff;
+    x_.resize(size_t(n * d));
+    h_.resize(size_t(n * d));
+    qkv_.resize(size_t(n * 3 * d));
+    att_.resize(size_t(n * d));
+    ff_.resize(size_t(n * ff));
+    tmp_.resize(size_t(n * d));
+
+    for (int t = 0; t < n; t++) w_.token_embd.tt->dequantize(w_.token_embd.row(tokens[t]), &x_[size_t(t * d)], d);
+
+    for (int l = 0; l < cfg_.n_layer; l++) {
+        const LayerWeights& L = w_.layers[size_t(l)];
+        for (int t = 0; t < n; t++)
+            k.layernorm_f32(d, &x_[size_t(t * d)], L.attn_norm_w.data(), L.attn_norm_b.data(), cfg_.norm_eps,
+                            &h_[size_t(t * d)]);
+
+        if (L.qkv_w) {
+            matmul(L.qkv_w, L.qkv_b.data(), h_.data(), n, qkv_.data(), 3 * d, pool_, act_scratch_);
+        } else {
+            matmul(L.q_w, L.q_b.data(), h_.data(), n, qkv_.data(), 3 * d, pool_, act_scratch_);
+            matmul(L.k_w, L.k_b.data(), h_.data(), n, qkv_.data() + d, 3 * d, pool_, act_scratch_);
+            matmul(L.v_w, L.v_b.data(), h_.data(), n, qkv_.data() + 2 * d, 3 * d, pool_, act_scratch_);
+        }
+        attention(l, n, qkv_.data(), att_.data());
+        matmul(L.out_w, L.out_b.data(), att_.data(), n, tmp_.data(), d, pool_, act_scratch_);
+
+        matmul(L.up_w, L.up_b.data(), h_.data(), n, ff_.data(), ff, pool_, act_scratch_);
+        pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
+            k.gelu_new_f32((t1 - t0) * ff, &ff_[size_t(t0 * ff)]);
+        });
+        matmul(L.down_w, L.down_b.data(), ff_.data(), n, h_.data(), d, pool_, act_scratch_);
+
+        for (int64_t i = 0; i < n * d; i++) x_[size_t(i)] += tmp_[size_t(i)] + h_[size_t(i)];
+    }
+    kv_.n_past += n;
+
+    if (!logits) return;
+    const int first = all_logits ? 0 : n - 1;
+    const int n_out = n - first;
+    for (int t = first; t < n; t++)
+        k.layernorm_f32(d, &x_[size_t(t * d)], w_.output_norm_w.data(), w_.output_norm_b.data(), cfg_.norm_eps,
+                        &h_[size_t((t - first) * d)]);
+    matmul(w_.output_w, w_.output_b.data(), h_.data(), n_out, logits, cfg_.n_vocab, pool_, act_scratch_);
+}
+
+// Rotary on q and k, append k and v to the cache, then causal attention of every new token over
+// positions 0..its own, in fp32.
+void Model::attention(int layer, int n, float* qkv, float* out) {
+    const Kernels& k = kernels();
+    const int64_t d = cfg_.n_embd;
+    const int hd = cfg_.head_dim(), n_head = cfg_.n_head;
+    const int pos0 = kv_.n_past;
+
+    pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; t++) {
+            float* q = qkv + t * 3 * d;  // rotated in place
+            const float* kk = qkv + t * 3 * d + d;
+            const float* vv = qkv + t * 3 * d + 2 * d;
+            const int pos = pos0 + int(t);
+            float* kc = kv_.k_at(layer, pos);
+            std::copy(kk, kk + d, kc);
+            std::copy(vv, vv + d, kv_.v_at(layer, pos));
+            k.rope_neox_f32(n_head, hd, cfg_.n_rot, pos, cfg_.rope_theta, q);
+            k.rope_neox_f32(n_head, hd, cfg_.n_rot, pos, cfg_.rope_theta, kc);
+        }
+    });
+
+    const float scale = 1.0f / std::sqrt(float(hd));
+    const float* kbase = kv_.k_at(layer, 0);
+    const float* vbase = kv_.v_at(layer, 0);
+    pool_.parallel_for(int64_t(n) * n_head, 1, [&](int64_t i0, int64_t i1) {
+        std::vector<float> scores(size_t(pos0 + n));
+        for (int64_t i = i0; i < i1; i++) {
+            const int64_t t = i / n_head, h = i % n_head;
+            const int n_kv = pos0 + int(t) + 1;
+            k.attn_head_f32(hd, n_kv, qkv + t * 3 * d + h * hd, kbase + h * hd, vbase + h * hd, d, scale,
+                            scores.data(), out + t * d + h * hd);
+        }
+    });
+}
+
+}  // namespace phi2cpu

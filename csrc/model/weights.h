@@ -1,0 +1,73 @@
+// The model file mapped into memory and typed views of its tensors. Nothing is copied: matmul
+// kernels read the GGUF blocks in place.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "quant/traits.h"
+
+namespace phi2cpu {
+
+// Where a tensor lies in the file (given by the Python GGUF reader).
+struct TensorEntry {
+    std::string name;
+    uint32_t type;
+    std::vector<int64_t> shape;  // numpy order: rows first
+    uint64_t offset;             // absolute byte offset in the file
+};
+
+// A weight of shape (rows, cols): `rows` rows of `cols` elements, row r at data + r*row_bytes.
+struct Tensor {
+    const TypeTraits* tt = nullptr;
+    int64_t rows = 0, cols = 0;
+    size_t row_bytes = 0;
+    const uint8_t* data = nullptr;
+
+    const uint8_t* row(int64_t r) const { return data + size_t(r) * row_bytes; }
+    explicit operator bool() const { return data != nullptr; }
+};
+
+class MappedFile {
+public:
+    explicit MappedFile(const std::string& path);
+    ~MappedFile();
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+    const uint8_t* data() const { return static_cast<const uint8_t*>(addr_); }
+    size_t size() const { return size_; }
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+    void* addr_ = nullptr;
+    size_t size_ = 0;
+};
+
+// Matrices stay in the mapped file; norms and biases are small and copied out as f32.
+using Vec = std::vector<float>;
+
+struct LayerWeights {
+    Vec attn_norm_w, attn_norm_b;     // (n_embd)
+    Tensor qkv_w; Vec qkv_b;          // (3 n_embd, n_embd), (3 n_embd): rows q, k, v  -- or, when
+    Tensor q_w, k_w, v_w;             //   the file keeps them apart, (n_embd, n_embd) each, with
+    Vec q_b, k_b, v_b;                //   (n_embd) biases
+    Tensor out_w; Vec out_b;          // (n_embd, n_embd), (n_embd)
+    Tensor up_w; Vec up_b;            // (n_ff, n_embd), (n_ff)
+    Tensor down_w; Vec down_b;        // (n_embd, n_ff), (n_embd)
+};
+
+struct Weights {
+    Tensor token_embd;                // (n_vocab, n_embd)
+    std::vector<LayerWeights> layers; // n_layer
+    Vec output_norm_w, output_norm_b; // (n_embd)
+    Tensor output_w; Vec output_b;    // (n_vocab, n_embd), (n_vocab)
+
+    // Resolves every tensor Phi-2 needs, checking type, shape and bounds; throws FileError.
+    static Weights bind(const MappedFile& file, const Config& cfg, const std::vector<TensorEntry>& entries);
+};
+
+}  // namespace phi2cpu

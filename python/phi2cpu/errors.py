@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints them as one line and exits non-zero."""
+
+
+class Phi2Error(Exception):
+    """Base class: every error phi2cpu raises on purpose."""
+
+
+class ModelFileError(Phi2Error):
+    """A model file or checkpoint is missing, truncated, corrupt, or not a Phi-2 model."""
+
+
+class ContextFullError(Phi2Error):
+    """The prompt plus requested tokens do not fit in the context window."""
+
+
+class SamplingError(Phi2Error, ValueError):
+    """An invalid sampling or generation parameter."""

@@ -1,0 +1,34 @@
+"""Shared test fixtures: paths to the read-only assets beside the checkout, skipping with a reason
+when they are absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PHI2CPU_SHARED", REPO.parent / "shared"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"test asset {path} is not present (set PHI2CPU_SHARED to the shared/ folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def phi2_dir() -> Path:
+    """The real Phi-2 tokenizer, config.json and model.safetensors.index.json (no weights)."""
+    return _need(SHARED / "phi-2")
+
+
+@pytest.fixture(scope="session")
+def mini_dir() -> Path:
+    """phi2-mini-code: a 31M model with Phi-2's architecture and real trained weights."""
+    return _need(SHARED / "models" / "phi2-mini-code")
+
+
+@pytest.fixture(scope="session")
+def eval_text() -> str:
+    return _need(SHARED / "eval" / "python_eval.txt").read_text(encoding="utf-8")
