@@ -2,17 +2,18 @@
 
 #include <cstdlib>
 #include <stdexcept>
+#include <vector>
 
+#include "kernels/paths.h"
 #include "kernels/ref/ops_ref.h"
 #include "quant/quantize_ref.h"
 
 namespace phi2cpu {
-namespace {
 
-Kernels scalar_kernels(std::string reason) {
+Kernels scalar_kernels() {
     Kernels k;
     k.isa = "scalar";
-    k.reason = std::move(reason);
+    k.reason = "portable C++ (no SIMD path for this CPU)";
     k.vec_dot_f32_f32 = vec_dot_f32_f32_ref;
     k.vec_dot_f16_f32 = vec_dot_f16_f32_ref;
     k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_ref;
@@ -25,15 +26,28 @@ Kernels scalar_kernels(std::string reason) {
     return k;
 }
 
+std::vector<Kernels> runnable_paths() {
+    std::vector<Kernels> paths{scalar_kernels()};
+    add_isa_paths(paths);
+    return paths;
+}
+
+namespace {
+
 Kernels choose() {
+    std::vector<Kernels> paths = runnable_paths();
     const char* forced = std::getenv("PHI2CPU_ISA");
     if (forced && *forced) {
-        const std::string want(forced);
-        if (want == "scalar") return scalar_kernels("forced by PHI2CPU_ISA=scalar");
-        throw std::runtime_error("PHI2CPU_ISA=" + want + " is not available here (available: " +
+        for (auto& k : paths) {
+            if (std::string(k.isa) == forced) {
+                k.reason = std::string("forced by PHI2CPU_ISA=") + forced;
+                return k;
+            }
+        }
+        throw std::runtime_error(std::string("PHI2CPU_ISA=") + forced + " is not available on this CPU (available: " +
                                  available_isas() + ")");
     }
-    return scalar_kernels("portable scalar kernels (the only path in this build)");
+    return paths.back();
 }
 
 }  // namespace
@@ -53,6 +67,10 @@ const Kernels& kernels() {
     return k;
 }
 
-std::string available_isas() { return "scalar"; }
+std::string available_isas() {
+    std::string out;
+    for (const auto& k : runnable_paths()) out += (out.empty() ? "" : ", ") + std::string(k.isa);
+    return out;
+}
 
 }  // namespace phi2cpu

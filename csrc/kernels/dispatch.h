@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "quant/blocks.h"
 
@@ -29,7 +30,9 @@ struct Kernels {
 
 // The table in use: chosen on first call from the CPU and PHI2CPU_ISA.
 const Kernels& kernels();
-// Names of the paths this build has and this CPU can run.
+// Every path this build has and this CPU can run, scalar first, best last.
+std::vector<Kernels> runnable_paths();
+// Their names, comma-separated.
 std::string available_isas();
 
 }  // namespace phi2cpu

@@ -1,0 +1,29 @@
+#include "kernels/paths.h"
+#include "kernels/x86/cpu_x86.h"
+#include "kernels/x86/ops_x86.h"
+
+namespace phi2cpu {
+
+void add_isa_paths(std::vector<Kernels>& paths) {
+    const X86Features f = detect_x86();
+    if (!f.avx2_fma_f16c) return;
+    Kernels k = scalar_kernels();
+    k.isa = "avx2";
+    k.reason = "best path for this CPU: AVX2 + FMA + F16C, YMM state enabled by the OS";
+    k.vec_dot_f32_f32 = vec_dot_f32_f32_avx2;
+    k.vec_dot_f16_f32 = vec_dot_f16_f32_avx2;
+    k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_avx2;
+    k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_avx2;
+    k.quantize_row_q8_0 = quantize_row_q8_0_avx2;
+    paths.push_back(k);
+    if (!f.avx512_vnni) return;
+    k.isa = "avx512";
+    k.reason = "best path for this CPU: AVX-512 F/BW/VL + VNNI, ZMM state enabled by the OS";
+    k.vec_dot_f32_f32 = vec_dot_f32_f32_avx512;
+    k.vec_dot_f16_f32 = vec_dot_f16_f32_avx512;
+    k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_avx512vnni;
+    k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_avx512vnni;
+    paths.push_back(k);
+}
+
+}  // namespace phi2cpu

@@ -1,0 +1,20 @@
+// x86 kernels; each has the signature of its _ref twin in kernels/ref/ops_ref.h.
+#pragma once
+#include <cstdint>
+
+#include "quant/blocks.h"
+
+namespace phi2cpu {
+
+float vec_dot_f32_f32_avx2(int64_t n, const void* w, const void* x);
+float vec_dot_f16_f32_avx2(int64_t n, const void* w, const void* x);
+float vec_dot_q8_0_q8_0_avx2(int64_t n, const void* w, const void* x);
+float vec_dot_q4_0_q8_0_avx2(int64_t n, const void* w, const void* x);
+void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int64_t n);
+
+float vec_dot_f32_f32_avx512(int64_t n, const void* w, const void* x);
+float vec_dot_f16_f32_avx512(int64_t n, const void* w, const void* x);
+float vec_dot_q8_0_q8_0_avx512vnni(int64_t n, const void* w, const void* x);
+float vec_dot_q4_0_q8_0_avx512vnni(int64_t n, const void* w, const void* x);
+
+}  // namespace phi2cpu

@@ -1,0 +1,39 @@
+// Small AVX2 helpers shared by the x86 kernel files (each compiled with at least AVX2+FMA+F16C).
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "quant/blocks.h"
+
+namespace phi2cpu {
+namespace x86 {
+
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+
+// The 32 nibbles of a Q4_0 block as bytes 0..15: low nibbles -> lanes 0..15, high -> 16..31.
+inline __m256i unpack_q4_0(const uint8_t* qs) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+}
+
+// roundf semantics (halves away from zero), as the scalar quantizer: t = trunc(v) and v - t are
+// exact, so adding sign(v) where |v - t| >= 0.5 rounds exactly like roundf.
+inline __m256 round_half_away(__m256 v) {
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    const __m256 one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0f));
+    return _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), one));
+}
+
+}  // namespace x86
+}  // namespace phi2cpu

@@ -1,0 +1,159 @@
+// Every kernel path this CPU runs against the scalar reference, on random data and odd sizes.
+// No dependencies: prints one line per check and a closing "N passed, N failed" line.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/dispatch.h"
+#include "kernels/ref/ops_ref.h"
+#include "quant/fp16.h"
+#include "quant/quantize_ref.h"
+#include "tolerances.h"
+
+using namespace phi2cpu;
+using phi2cpu::test::Tolerance;
+
+namespace {
+
+int g_passed = 0, g_failed = 0;
+std::mt19937 g_rng(1234);
+
+void check(bool ok, const std::string& what) {
+    if (ok) {
+        g_passed++;
+    } else {
+        g_failed++;
+        std::printf("FAIL %s\n", what.c_str());
+    }
+}
+
+bool close(double got, double want, double scale, Tolerance t) {
+    return std::fabs(got - want) <= t.abs + t.rel * scale;
+}
+
+std::vector<float> randn(int64_t n, float sigma = 1.0f) {
+    std::normal_distribution<float> d(0.0f, sigma);
+    std::vector<float> v(static_cast<size_t>(n));
+    for (auto& x : v) x = d(g_rng);
+    return v;
+}
+
+double abs_dot(const std::vector<float>& a, const std::vector<float>& b) {
+    double s = 0;
+    for (size_t i = 0; i < a.size(); i++) s += std::fabs(double(a[i]) * b[i]);
+    return s;
+}
+
+void test_float_dots(const Kernels& k) {
+    for (int64_t n : {1, 7, 8, 15, 16, 17, 31, 33, 80, 255, 2560, 10241}) {
+        const auto w = randn(n), x = randn(n);
+        std::vector<uint16_t> wh(static_cast<size_t>(n));
+        quantize_row_f16_ref(w.data(), wh.data(), n);
+        std::vector<float> wr(static_cast<size_t>(n));
+        dequantize_row_f16_ref(wh.data(), wr.data(), n);
+        const double s = abs_dot(w, x);
+        check(close(k.vec_dot_f32_f32(n, w.data(), x.data()), vec_dot_f32_f32_ref(n, w.data(), x.data()), s,
+                    test::kDotF32),
+              std::string(k.isa) + " vec_dot_f32_f32 n=" + std::to_string(n));
+        check(close(k.vec_dot_f16_f32(n, wh.data(), x.data()), vec_dot_f16_f32_ref(n, wh.data(), x.data()), s,
+                    test::kDotF16),
+              std::string(k.isa) + " vec_dot_f16_f32 n=" + std::to_string(n));
+    }
+}
+
+void test_quant_dots(const Kernels& k) {
+    for (int64_t n : {32, 64, 96, 160, 2560, 10240 + 32}) {
+        auto w = randn(n), x = randn(n, 3.0f);
+        w[0] = 0.0f;  // an all-zero block must give zero, not NaN
+        for (int j = 0; j < 32 && n > 64; j++) w[size_t(32 + j)] = 0.0f;
+        std::vector<block_q8_0> w8(size_t(n / 32)), x8(size_t(n / 32)), x8k(size_t(n / 32));
+        std::vector<block_q4_0> w4(size_t(n / 32));
+        quantize_row_q8_0_ref(w.data(), w8.data(), n);
+        quantize_row_q4_0_ref(w.data(), w4.data(), n);
+        quantize_row_q8_0_ref(x.data(), x8.data(), n);
+        const double s = abs_dot(w, x);
+        const std::string sz = " n=" + std::to_string(n);
+        check(close(k.vec_dot_q8_0_q8_0(n, w8.data(), x8.data()), vec_dot_q8_0_q8_0_ref(n, w8.data(), x8.data()), s,
+                    test::kDotQ8),
+              std::string(k.isa) + " vec_dot_q8_0_q8_0" + sz);
+        check(close(k.vec_dot_q4_0_q8_0(n, w4.data(), x8.data()), vec_dot_q4_0_q8_0_ref(n, w4.data(), x8.data()), s,
+                    test::kDotQ4),
+              std::string(k.isa) + " vec_dot_q4_0_q8_0" + sz);
+
+        // activation quantizer: the same bytes as the reference, ties included, so every path
+        // feeds the integer dot products identical values
+        if (n >= 64) {  // block 1 gets scale 1 (amax 127) and exact .5 ties, both signs
+            for (int j = 0; j < 32; j++) x[size_t(32 + j)] = float(j % 2 ? j : -j) + 0.5f;
+            x[63] = 127.0f;
+        }
+        quantize_row_q8_0_ref(x.data(), x8.data(), n);
+        k.quantize_row_q8_0(x.data(), x8k.data(), n);
+        check(std::memcmp(x8.data(), x8k.data(), x8.size() * sizeof(block_q8_0)) == 0,
+              std::string(k.isa) + " quantize_row_q8_0" + sz);
+    }
+    // extreme block: -128 weights (legal in a file) at full activation range
+    std::vector<block_q8_0> w8(1), x8(1);
+    w8[0].d = fp32_to_fp16(1.0f);
+    x8[0].d = fp32_to_fp16(1.0f);
+    for (int j = 0; j < 32; j++) { w8[0].qs[j] = -128; x8[0].qs[j] = int8_t(j % 2 ? 127 : -127); }
+    check(k.vec_dot_q8_0_q8_0(32, w8.data(), x8.data()) == vec_dot_q8_0_q8_0_ref(32, w8.data(), x8.data()),
+          std::string(k.isa) + " vec_dot_q8_0_q8_0 extreme values");
+}
+
+void test_elementwise(const Kernels& k) {
+    const Tolerance t = test::kElementwise;
+    for (int64_t n : {1, 7, 33, 80, 2560}) {
+        const auto x = randn(n, 2.0f), w = randn(n), b = randn(n);
+        std::vector<float> y0(static_cast<size_t>(n)), y1(static_cast<size_t>(n));
+        layernorm_f32_ref(n, x.data(), w.data(), b.data(), 1e-5f, y0.data());
+        k.layernorm_f32(n, x.data(), w.data(), b.data(), 1e-5f, y1.data());
+        bool ok = true;
+        for (int64_t i = 0; i < n; i++) ok &= close(y1[size_t(i)], y0[size_t(i)], std::fabs(y0[size_t(i)]) + 1, t);
+        check(ok, std::string(k.isa) + " layernorm_f32 n=" + std::to_string(n));
+
+        y0 = x;
+        y1 = x;
+        gelu_new_f32_ref(n, y0.data());
+        k.gelu_new_f32(n, y1.data());
+        ok = true;
+        for (int64_t i = 0; i < n; i++) ok &= close(y1[size_t(i)], y0[size_t(i)], std::fabs(y0[size_t(i)]) + 1, t);
+        check(ok, std::string(k.isa) + " gelu_new_f32 n=" + std::to_string(n));
+    }
+    for (int pos : {0, 1, 17, 300, 2047}) {
+        const int n_head = 3, head_dim = 80, n_rot = 32;
+        auto y0 = randn(n_head * head_dim), y1 = y0;
+        rope_neox_f32_ref(n_head, head_dim, n_rot, pos, 10000.0f, y0.data());
+        k.rope_neox_f32(n_head, head_dim, n_rot, pos, 10000.0f, y1.data());
+        bool ok = true;
+        for (size_t i = 0; i < y0.size(); i++) ok &= close(y1[i], y0[i], std::fabs(y0[i]) + 1, t);
+        check(ok, std::string(k.isa) + " rope_neox_f32 pos=" + std::to_string(pos));
+    }
+    for (int n_kv : {1, 5, 64, 301}) {
+        const int hd = 80, stride = 3 * hd;
+        const auto q = randn(hd), kk = randn(int64_t(n_kv) * stride), vv = randn(int64_t(n_kv) * stride);
+        std::vector<float> s0(static_cast<size_t>(n_kv)), s1(static_cast<size_t>(n_kv)), o0(hd), o1(hd);
+        attn_head_f32_ref(hd, n_kv, q.data(), kk.data(), vv.data(), stride, 0.11f, s0.data(), o0.data());
+        k.attn_head_f32(hd, n_kv, q.data(), kk.data(), vv.data(), stride, 0.11f, s1.data(), o1.data());
+        bool ok = true;
+        for (int i = 0; i < hd; i++) ok &= close(o1[size_t(i)], o0[size_t(i)], std::fabs(o0[size_t(i)]) + 1, t);
+        check(ok, std::string(k.isa) + " attn_head_f32 n_kv=" + std::to_string(n_kv));
+    }
+}
+
+}  // namespace
+
+int main() {
+    std::string names;
+    for (const Kernels& k : runnable_paths()) {
+        names += std::string(names.empty() ? "" : ", ") + k.isa;
+        test_float_dots(k);
+        test_quant_dots(k);
+        test_elementwise(k);
+    }
+    std::printf("kernel paths tested: %s\n", names.c_str());
+    std::printf("%d passed, %d failed\n", g_passed, g_failed);
+    return g_failed == 0 ? 0 : 1;
+}

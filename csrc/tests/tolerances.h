@@ -1,0 +1,15 @@
+// Kernel-level tolerances, one place: how far a SIMD kernel may drift from its _ref twin.
+#pragma once
+
+namespace phi2cpu::test {
+
+// |simd - ref| <= abs + rel * scale, where scale is the sum of |w_i x_i| (the dot's conditioning).
+struct Tolerance { double abs, rel; };
+
+constexpr Tolerance kDotF32 = {1e-5, 1e-5};    // f32 x f32: reassociation only
+constexpr Tolerance kDotF16 = {1e-5, 1e-5};    // f16 weights converted exactly, f32 sums
+constexpr Tolerance kDotQ8 = {1e-5, 1e-5};     // integer sums are exact; only the scale products move
+constexpr Tolerance kDotQ4 = {1e-5, 1e-5};
+constexpr Tolerance kElementwise = {1e-6, 1e-5};  // layernorm, gelu, rope, softmax, attention
+
+}  // namespace phi2cpu::test

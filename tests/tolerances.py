@@ -1,0 +1,20 @@
+"""Model-level tolerances, one place. `max_rel` bounds max|engine - reference| / max|reference| over
+all logits; `top1` is the least share of positions whose argmax must agree; `ppl_rel` bounds the
+perplexity increase over F16 on phi2-mini-code.
+
+F32/F16: the engine and the NumPy reference compute the same fp32 math on the same weights; only
+summation order differs. Q8_0/Q4_0: the engine also quantizes activations to Q8_0 blocks (as ggml
+does) while the reference keeps them fp32, so logits move by about 1% of their range."""
+
+TOLERANCES = {
+    "f32": {"max_rel": 1e-4, "top1": 1.0},
+    "f16": {"max_rel": 1e-4, "top1": 1.0},
+    "q8_0": {"max_rel": 3e-2, "top1": 0.97, "ppl_rel": 0.02},
+    "q4_0": {"max_rel": 3e-2, "top1": 0.95, "ppl_rel": 0.10},
+}
+
+# Kernel paths forced against each other on the same file. Summation order is all that differs, so
+# float weights agree to ISA_MAX_REL. With quantized activations a last-bit difference can flip one
+# int8 rounding; through the KV cache that moves every later position, so quantized types are held
+# to their own max_rel / top1 (the kernel tests pin the per-kernel error far tighter).
+ISA_MAX_REL = 1e-4
