@@ -1,0 +1,235 @@
+"""Quantizer and GGUF container: bytes equal gguf.quants, files read back with gguf's own reader
+and ours, the recipe holds, and bad GGUF files are refused with a clear message."""
+from __future__ import annotations
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+from phi2cpu.checkpoint import HFCheckpoint, write_random_checkpoint
+from phi2cpu.errors import ModelFileError
+from phi2cpu.gguf_io import read_model_file, write_gguf
+from phi2cpu.quantize import main, quantize
+
+TINY = {"model_type": "phi", "architectures": ["PhiForCausalLM"], "hidden_size": 160, "num_attention_heads": 2,
+        "num_hidden_layers": 2, "intermediate_size": 320, "vocab_size": 51200, "partial_rotary_factor": 0.4}
+MATRICES = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, phi2_dir):
+    return write_random_checkpoint(tmp_path_factory.mktemp("ck"), TINY, seed=1, tokenizer_dir=phi2_dir)
+
+
+@pytest.fixture(scope="module")
+def quantized(ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q")
+    files = {}
+    for q in ("f32", "f16", "q8_0", "q4_0"):
+        files[q] = out / f"tiny.{q}.gguf"
+        summary = quantize(ckpt, files[q], q, progress=False)
+        assert summary["file_bytes"] == files[q].stat().st_size
+    return files
+
+
+def _bytes(mf, name):
+    return np.asarray(mf.raw(name)).reshape(-1)
+
+
+@pytest.mark.parametrize("qtype,qt", [("q8_0", T.Q8_0), ("q4_0", T.Q4_0)])
+def test_bytes_equal_gguf_quants(ckpt, quantized, qtype, qt):
+    mf = read_model_file(quantized[qtype])
+    ck = HFCheckpoint(ckpt)
+    for name in ck.tensor_names():
+        t = mf.tensors[name]
+        if len(t.shape) == 1:
+            want_type = T.F32
+        else:
+            want_type = T.Q8_0 if name == "output.weight" else qt
+        assert t.ggml_type == want_type, name
+        want = gguf.quants.quantize(ck.load(name), want_type)
+        assert np.array_equal(_bytes(mf, name), want.reshape(-1).view(np.uint8)), name
+
+
+def test_recipe_and_metadata(quantized, phi2_dir):
+    types = {"f32": ("F32", "F32", 0), "f16": ("F16", "F16", 1),     # blocks, lm_head, general.file_type
+             "q8_0": ("Q8_0", "Q8_0", 7), "q4_0": ("Q4_0", "Q8_0", 2)}
+    tok_json = (phi2_dir / "tokenizer.json").read_text(encoding="utf-8")
+    vocab = json.loads(tok_json)["model"]["vocab"]
+    for q, path in quantized.items():
+        mf = read_model_file(path)
+        blocks, lm_head, file_type = types[q]
+        assert mf.recipe["qtype"] == q and mf.recipe["output.weight"] == lm_head
+        assert mf.kv["general.file_type"] == file_type and mf.kv["general.quantization_version"] == 2
+        for name, t in mf.tensors.items():
+            if len(t.shape) == 1:
+                assert t.type_name == "F32", name
+            elif name == "output.weight":
+                assert t.type_name == lm_head
+            else:
+                assert t.type_name == blocks, name
+        assert mf.config.n_embd == 160 and mf.config.n_rot == 32 and mf.config.n_vocab == 51200
+        assert mf.kv["tokenizer.ggml.model"] == "gpt2" and mf.kv["tokenizer.ggml.pre"] == "phi-2"
+        assert mf.kv["tokenizer.ggml.eos_token_id"] == 50256 and mf.kv["tokenizer.ggml.add_bos_token"] is False
+        assert mf.tokenizer_json == tok_json
+        assert len(mf.tokens) == len(mf.token_types) == 51200 and len(mf.merges) == 50000
+        assert all(mf.tokens[i] == t for t, i in list(vocab.items())[::97])
+        assert mf.tokens[50256] == "<|endoftext|>" and mf.token_types[50256] == 3
+        assert mf.token_types[50257] == 4 and mf.token_types[100] == 1
+        assert mf.tokens[50295] == "[PAD50295]" and mf.token_types[51199] == 4
+
+
+def test_gguf_package_reads_our_file(quantized):
+    path = quantized["q4_0"]
+    r = gguf.GGUFReader(path)
+    mf = read_model_file(path)
+    assert r.fields["general.architecture"].contents() == "phi2"
+    assert r.fields["tokenizer.ggml.tokens"].contents()[50256] == "<|endoftext|>"
+    assert r.fields["phi2.rope.dimension_count"].contents() == 32
+    assert len(r.tensors) == len(mf.tensors) == 1 + 2 * 10 + 4
+    for t in r.tensors:
+        info = mf.tensors[t.name]
+        assert (info.offset, info.nbytes, info.ggml_type) == (t.data_offset, t.n_bytes, int(t.tensor_type))
+        assert info.shape == tuple(reversed(t.shape.tolist()))
+        assert np.array_equal(np.asarray(t.data).reshape(-1).view(np.uint8), _bytes(mf, t.name))
+
+
+def test_float_files_hold_source_values(ckpt, quantized):
+    ck = HFCheckpoint(ckpt)
+    f32, f16 = read_model_file(quantized["f32"]), read_model_file(quantized["f16"])
+    for name in ("token_embd.weight", "blk.1.attn_qkv.weight", "output.bias"):
+        x = ck.load(name)
+        assert np.array_equal(_bytes(f32, name).view(np.float32), x.reshape(-1))
+        f16_type = f16.tensors[name].ggml_type
+        want = x.reshape(-1).astype(np.float16 if f16_type == T.F16 else np.float32)
+        assert np.array_equal(_bytes(f16, name).view(want.dtype), want)
+
+
+def test_requantize_from_gguf(quantized, tmp_path):
+    out = tmp_path / "re.gguf"
+    quantize(quantized["q8_0"], out, "f32", progress=False)
+    src, re = read_model_file(quantized["q8_0"]), read_model_file(out)
+    w = gguf.quants.dequantize(np.asarray(src.raw("blk.0.ffn_up.weight")), T.Q8_0)
+    assert np.array_equal(_bytes(re, "blk.0.ffn_up.weight").view(np.float32), w.reshape(-1))
+    assert re.tokens == src.tokens and re.merges == src.merges and re.tokenizer_json == src.tokenizer_json
+
+
+def _tiny_tensors(mf_path, split_qkv=False, drop=(), retype=None):
+    """(name, data, type, shape) of an f32 file, optionally edited."""
+    mf = read_model_file(mf_path)
+    out = []
+    for name, t in mf.tensors.items():
+        x = np.asarray(mf.raw(name)).view(np.float32).reshape(t.shape)
+        if name in drop:
+            continue
+        if split_qkv and ".attn_qkv." in name:
+            for part, y in zip("qkv", np.split(x, 3)):
+                out.append((name.replace("attn_qkv", f"attn_{part}"), y, int(T.F32), y.shape))
+        elif retype and name in retype:
+            qt = retype[name]
+            out.append((name, gguf.quants.quantize(x, qt), int(qt), x.shape))
+        else:
+            out.append((name, x, int(T.F32), x.shape))
+    return mf, out
+
+
+def test_separate_qkv_accepted_and_fused(quantized, tmp_path):
+    mf, tensors = _tiny_tensors(quantized["f32"], split_qkv=True)
+    path = write_gguf(tmp_path / "split.gguf", mf.config, tensors, None, 0, {})
+    split = read_model_file(path)
+    assert not split.fused_qkv and split.tensors["blk.1.attn_k.weight"].shape == (160, 160)
+    quantize(path, tmp_path / "fused.gguf", "f32", progress=False)
+    fused = read_model_file(tmp_path / "fused.gguf")
+    assert fused.fused_qkv
+    assert np.array_equal(_bytes(fused, "blk.1.attn_qkv.bias"), _bytes(mf, "blk.1.attn_qkv.bias"))
+
+
+def test_failed_write_leaves_no_file(quantized, tmp_path):
+    mf, tensors = _tiny_tensors(quantized["f32"])
+
+    def boom():
+        raise RuntimeError("interrupted")
+    tensors[5] = (tensors[5][0], boom, tensors[5][2], tensors[5][3])
+    with pytest.raises(RuntimeError):
+        write_gguf(tmp_path / "x.gguf", mf.config, tensors, None, 0, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- bad GGUF files
+
+def test_truncated_gguf(quantized, tmp_path):
+    data = quantized["q4_0"].read_bytes()
+    for cut, msg in ((len(data) - 1000, r"truncated: tensor output\.bias"), (50_000, "truncated GGUF file")):
+        (tmp_path / "t.gguf").write_bytes(data[:cut])
+        with pytest.raises(ModelFileError, match=msg):
+            read_model_file(tmp_path / "t.gguf")
+
+
+def test_not_gguf(tmp_path, ckpt):
+    (tmp_path / "x.gguf").write_bytes(b"PK\x03\x04 not a model")
+    with pytest.raises(ModelFileError, match="not a GGUF file"):
+        read_model_file(tmp_path / "x.gguf")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(ModelFileError, match="not a GGUF file"):
+        read_model_file(tmp_path / "empty.gguf")
+    with pytest.raises(ModelFileError, match="not a GGUF file"):
+        read_model_file(ckpt / "model-00001-of-00002.safetensors")
+
+
+def test_other_architecture(tmp_path):
+    w = gguf.GGUFWriter(tmp_path / "llama.gguf", "llama")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelFileError, match=r"llama\.gguf is a 'llama' model; phi2cpu runs only phi2"):
+        read_model_file(tmp_path / "llama.gguf")
+
+
+def test_missing_tensor_gguf(quantized, tmp_path):
+    mf, tensors = _tiny_tensors(quantized["f32"], drop=("blk.1.ffn_down.bias",))
+    write_gguf(tmp_path / "m.gguf", mf.config, tensors, None, 0, {})
+    with pytest.raises(ModelFileError, match=r"missing tensor blk\.1\.ffn_down\.bias"):
+        read_model_file(tmp_path / "m.gguf")
+
+
+def test_wrong_shape_gguf(quantized, tmp_path):
+    mf, tensors = _tiny_tensors(quantized["f32"])
+    i = next(k for k, t in enumerate(tensors) if t[0] == "blk.0.ffn_up.weight")
+    tensors[i] = ("blk.0.ffn_up.weight", tensors[i][1][:, :128].copy(), 0, (320, 128))
+    write_gguf(tmp_path / "s.gguf", mf.config, tensors, None, 0, {})
+    with pytest.raises(ModelFileError, match=r"blk\.0\.ffn_up\.weight has shape \[320, 128\], expected \[320, 160\]"):
+        read_model_file(tmp_path / "s.gguf")
+
+
+def test_unsupported_types(quantized, tmp_path):
+    mf, tensors = _tiny_tensors(quantized["f32"], retype={"blk.0.ffn_up.weight": T.Q5_0})
+    # write_gguf only sizes supported types, so write this one with the gguf package directly
+    w = gguf.GGUFWriter(tmp_path / "q5.gguf", "phi2")
+    for k, v in mf.config.to_gguf_kv().items():
+        (w.add_float32 if isinstance(v, float) else w.add_uint32)(k, v)
+    for name, data, qt, shape in tensors:
+        w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=T(qt))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelFileError, match=r"ffn_up\.weight has type Q5_0; phi2cpu supports F32, F16, Q8_0, Q4_0"):
+        read_model_file(tmp_path / "q5.gguf")
+    mf, tensors = _tiny_tensors(quantized["f32"], retype={"blk.0.attn_norm.weight": T.Q8_0})
+    write_gguf(tmp_path / "nb.gguf", mf.config, tensors, None, 0, {})
+    with pytest.raises(ModelFileError, match="attn_norm.weight has type Q8_0; norms and biases must be F32 or F16"):
+        read_model_file(tmp_path / "nb.gguf")
+
+
+def test_cli(ckpt, tmp_path, capsys):
+    assert main([str(ckpt), str(tmp_path / "m.gguf"), "--type", "q4_0", "--quiet"]) == 0
+    assert "q4_0" in capsys.readouterr().out
+    assert main([str(tmp_path / "nope"), str(tmp_path / "n.gguf")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "n.gguf").exists()
