@@ -114,7 +114,7 @@ class Model:
         from .generate import generate
 
         return generate(self, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, seed=seed, stop=list(stop) if stop else None, stream=stream)
+                        top_p=top_p, seed=seed, stop=stop, stream=stream)
 
     def __repr__(self) -> str:
         c = self.config

@@ -1,0 +1,196 @@
+"""Text generation: one batched prefill, then one model call per token, streamed as text.
+
+An empty prompt starts from `<|endoftext|>` (id 50256), the token Phi-2 saw between documents,
+so generation from nothing is unconditional text rather than an error.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Union
+
+from .errors import ContextFullError, SamplingError
+from .sampling import Sampler, SamplingParams, _is_int
+from .tokenizer import StreamDecoder, check_text
+
+# why generation ended
+STOP_EOS, STOP_STRING, STOP_MAX_TOKENS, STOP_CONTEXT = "eos", "stop_string", "max_tokens", "context_full"
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    prompt_seconds: float = 0.0    # the prefill call
+    generated_tokens: int = 0      # sampled tokens, including a final end-of-text token
+    gen_seconds: float = 0.0       # time inside the engine and sampler after the prefill
+    stop_reason: str = ""
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def gen_tokens_per_s(self) -> float:
+        return self.generated_tokens / self.gen_seconds if self.gen_seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"prompt: {self.prompt_tokens} tokens, {self.prompt_tokens_per_s:.1f} tok/s | "
+                f"generated: {self.generated_tokens} tokens, {self.gen_tokens_per_s:.1f} tok/s")
+
+
+def _check_max_tokens(max_tokens: object) -> int:
+    if not (_is_int(max_tokens) and max_tokens >= 1):
+        raise SamplingError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    return int(max_tokens)
+
+
+def _check_stop(stop: object) -> List[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
+        raise SamplingError(f"stop must be a list of non-empty strings, got {stop!r}")
+    return [check_text(s, "stop string") for s in stop]
+
+
+def prompt_ids(model, prompt: str) -> List[int]:
+    """Token ids for `prompt`; an empty prompt becomes the single `<|endoftext|>` token."""
+    if not isinstance(prompt, str):
+        raise SamplingError(f"prompt must be a str, got {type(prompt).__name__}")
+    check_text(prompt, "prompt")
+    ids = model.tokenizer.encode(prompt)
+    return ids or [model.tokenizer.eos_id]
+
+
+def _fit_context(model, n_prompt: int, max_tokens: int) -> int:
+    if n_prompt + 1 > model.n_ctx:
+        raise ContextFullError(f"prompt is {n_prompt} tokens; the context holds {model.n_ctx}")
+    return min(max_tokens, model.n_ctx - n_prompt)
+
+
+def generate_tokens(
+    model,
+    ids: Sequence[int],
+    params: SamplingParams,
+    max_tokens: int = 128,
+    stats: Optional[GenerationStats] = None,
+) -> Iterator[int]:
+    """Yields sampled token ids after prefilling `ids` (end-of-text is not yielded; it ends the
+    stream). Stops after max_tokens or when the context window is full. Arguments are checked
+    before the first token is requested."""
+    sampler = Sampler(params, n_valid=min(model.tokenizer.n_vocab, model.config.n_vocab))
+    requested = _check_max_tokens(max_tokens)
+    ids = list(ids)
+    budget = _fit_context(model, len(ids), requested)
+    st = stats if stats is not None else GenerationStats()
+    st.prompt_tokens = len(ids)
+    return _token_loop(model, ids, sampler, budget, requested, st)
+
+
+def _token_loop(model, ids, sampler, budget, requested, st) -> Iterator[int]:
+    eos = model.tokenizer.eos_id
+    model.reset()
+    t = time.perf_counter()
+    logits = model.eval(ids)
+    st.prompt_seconds = time.perf_counter() - t
+    st.stop_reason = STOP_MAX_TOKENS if budget == requested else STOP_CONTEXT
+    tok = None
+    for _ in range(budget):
+        t = time.perf_counter()
+        if tok is not None:
+            logits = model.eval([tok])
+        tok = sampler.sample(logits)
+        st.generated_tokens += 1
+        st.gen_seconds += time.perf_counter() - t
+        if tok == eos:
+            st.stop_reason = STOP_EOS
+            return
+        yield tok
+
+
+class TextStream:
+    """Iterator of text pieces from `generate(..., stream=True)`; `.stats` fills in as it runs."""
+
+    def __init__(self, model, tokens: Iterator[int], stop: List[str], stats: GenerationStats):
+        self.stats = stats
+        self._pieces = _text_pieces(model, tokens, stop, stats)
+
+    def __iter__(self) -> "TextStream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
+
+
+def _held_back(text: str, stop: List[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+def _text_pieces(model, tokens: Iterator[int], stop: List[str], st: GenerationStats) -> Iterator[str]:
+    decoder = StreamDecoder(model.tokenizer)
+    pending = ""  # decoded text not yet emitted: a possible start of a stop string
+    try:
+        for tok in tokens:
+            pending += decoder.push(tok)
+            if not stop:
+                if pending:
+                    yield pending
+                    pending = ""
+                continue
+            hits = [i for i in (pending.find(s) for s in stop) if i >= 0]
+            if hits:
+                st.stop_reason = STOP_STRING
+                if min(hits):
+                    yield pending[: min(hits)]
+                return
+            keep = _held_back(pending, stop)
+            if len(pending) > keep:
+                yield pending[: len(pending) - keep]
+                pending = pending[len(pending) - keep:]
+        pending += decoder.flush()
+        hits = [i for i in (pending.find(s) for s in stop) if i >= 0]
+        if hits:
+            st.stop_reason = STOP_STRING
+            pending = pending[: min(hits)]
+        if pending:
+            yield pending
+    finally:
+        tokens.close()
+
+
+def generate(
+    model,
+    prompt: str,
+    max_tokens: int = 128,
+    temperature: float = 0.8,
+    top_k: int = 40,
+    top_p: float = 0.95,
+    seed: Optional[int] = None,
+    stop: Optional[List[str]] = None,
+    stream: bool = False,
+) -> Union[str, TextStream]:
+    """Continue `prompt` with up to `max_tokens` tokens.
+
+    Stops at end-of-text (not included), after max_tokens, when the context window is full, or
+    just before the first occurrence of any `stop` string (which may span tokens; it is not
+    included). An empty prompt starts from `<|endoftext|>`. Raises SamplingError for invalid
+    arguments and ContextFullError when the prompt leaves no room to generate, both before any
+    model work. Returns the text, or with stream=True an iterator of text pieces whose `.stats`
+    (a GenerationStats) is complete once it is exhausted.
+    """
+    params = SamplingParams(temperature, top_k, top_p, seed).validate()
+    _check_max_tokens(max_tokens)
+    stops = _check_stop(stop)
+    stats = GenerationStats()
+    tokens = generate_tokens(model, prompt_ids(model, prompt), params, max_tokens, stats)
+    pieces = TextStream(model, tokens, stops, stats)
+    return pieces if stream else "".join(pieces)

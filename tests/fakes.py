@@ -1,0 +1,93 @@
+"""A tiny byte-level tokenizer and a fake Model that follows the engine's contract, so generation,
+perplexity and CLI code can be tested without the C++ engine or any model file."""
+from __future__ import annotations
+
+from typing import Callable, List, Sequence
+
+import numpy as np
+
+from phi2cpu.config import PhiConfig
+from phi2cpu.errors import ContextFullError
+from phi2cpu.tokenizer import Tokenizer, _byte_level_table
+
+TINY_EOS = 256
+TINY_MERGES = ["h e", "l l", "ll o", "Ġ w", "o r"]
+TINY_N_VOCAB = 263           # 256 bytes, <|endoftext|>, 5 merged tokens, one whitespace token
+TINY_MODEL_VOCAB = 320       # embedding rows, like Phi-2's 51200 > 50295
+
+
+def tiny_gguf_vocab(pad_type: int = 4):
+    byte_char = {b: c for c, b in _byte_level_table().items()}
+    tokens = [byte_char[b] for b in range(256)] + ["<|endoftext|>"]
+    tokens += ["".join(m.split(" ")) for m in TINY_MERGES] + ["    "]
+    types = [1] * 256 + [3] + [1] * len(TINY_MERGES) + [4]
+    tokens += [f"[PAD{i}]" for i in range(len(tokens), TINY_MODEL_VOCAB)]
+    types += [pad_type] * (TINY_MODEL_VOCAB - len(types))
+    return tokens, list(TINY_MERGES), types
+
+
+def tiny_tokenizer() -> Tokenizer:
+    return Tokenizer.from_gguf_vocab(*tiny_gguf_vocab())
+
+
+def onehot(token: int, n_vocab: int = TINY_MODEL_VOCAB, n_valid: int = TINY_N_VOCAB) -> np.ndarray:
+    """Logits that make `token` the only sensible choice; padding rows get a huge decoy value."""
+    row = np.zeros(n_vocab, dtype=np.float32)
+    row[n_valid:] = 1000.0
+    row[token] = 50.0
+    return row
+
+
+class FakeModel:
+    """logits_fn(history) gives the logits after the tokens in the cache, last one included."""
+
+    def __init__(self, logits_fn: Callable[[tuple], np.ndarray], tokenizer: Tokenizer = None,
+                 n_ctx: int = 64, n_vocab: int = TINY_MODEL_VOCAB):
+        self.tokenizer = tokenizer or tiny_tokenizer()
+        self.config = PhiConfig(n_vocab=n_vocab)
+        self.n_ctx = n_ctx
+        self.logits_fn = logits_fn
+        self.history: List[int] = []
+        self.calls: List[List[int]] = []
+        self.resets = 0
+
+    @property
+    def n_past(self) -> int:
+        return len(self.history)
+
+    def reset(self) -> None:
+        self.history = []
+        self.resets += 1
+
+    def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        ids = [int(i) for i in ids]
+        if self.n_past + len(ids) > self.n_ctx:
+            raise ContextFullError(f"{self.n_past} + {len(ids)} tokens overflow {self.n_ctx}")
+        self.calls.append(ids)
+        rows = []
+        for t in ids:
+            self.history.append(t)
+            rows.append(self.logits_fn(tuple(self.history)))
+        out = np.stack(rows).astype(np.float32)
+        return out if all_logits else out[-1]
+
+
+def scripted(prompt_len: int, output: Sequence[int], eos: int = TINY_EOS):
+    """logits_fn that continues any prompt of prompt_len tokens with `output`, then eos."""
+    def fn(history: tuple) -> np.ndarray:
+        k = len(history) - prompt_len
+        return onehot(output[k] if 0 <= k < len(output) else eos)
+    return fn
+
+
+def scripted_model(prompt: str, output_text: str, **kw) -> FakeModel:
+    tok = tiny_tokenizer()
+    n_prompt = len(tok.encode(prompt)) or 1
+    return FakeModel(scripted(n_prompt, tok.encode(output_text)), tokenizer=tok, **kw)
+
+
+def table_model(n_ctx: int = 64):
+    """A model whose logits depend only on the last token, via a random table; returns both."""
+    table = np.random.default_rng(1).normal(size=(TINY_MODEL_VOCAB, TINY_MODEL_VOCAB)) * 2
+    table = table.astype(np.float32)
+    return FakeModel(lambda h: table[h[-1]], n_ctx=n_ctx), table
