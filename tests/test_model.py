@@ -184,3 +184,23 @@ def test_load_argument_errors(mini_files):
         phi2cpu.load(mini_files["q8_0"], n_ctx=4096)
     with pytest.raises(Phi2Error, match="threads"):
         phi2cpu.load(mini_files["q8_0"], threads=0)
+
+
+def test_engine_errors_are_package_errors(mini_files):
+    """The C++ engine's own checks (behind the Python ones) raise phi2cpu's exception classes."""
+    from phi2cpu.errors import ModelFileError
+    from phi2cpu.gguf_io import read_model_file
+
+    mf = read_model_file(mini_files["q8_0"])
+    tensors = [(t.name, t.ggml_type, list(t.shape), t.offset) for t in mf.tensors.values()]
+    engine = _core.Model(str(mf.path), mf.config.as_dict(), tensors, 8, 1)
+    with pytest.raises(ContextFullError, match="context of 8 tokens"):
+        engine.forward(np.arange(9, dtype=np.int32))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.forward(np.array([51200], dtype=np.int32))
+    past_end = [(n, t, s, mf.file_size if n == "output.weight" else o) for n, t, s, o in tensors]
+    with pytest.raises(ModelFileError, match="output.weight runs past the end"):
+        _core.Model(str(mf.path), mf.config.as_dict(), past_end, 8, 1)
+    missing = [e for e in tensors if e[0] != "blk.3.ffn_up.weight"]
+    with pytest.raises(ModelFileError, match="missing tensor blk.3.ffn_up.weight"):
+        _core.Model(str(mf.path), mf.config.as_dict(), missing, 8, 1)

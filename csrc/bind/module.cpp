@@ -121,8 +121,9 @@ PYBIND11_MODULE(_core, m) {
 
     // Engine errors become the package's own exception classes.
     const py::module_ errors = py::module_::import("phi2cpu.errors");
-    static py::exception<FileError> file_error(m, "FileError", errors.attr("ModelFileError"));
-    static py::exception<ContextError> context_error(m, "ContextError", errors.attr("ContextFullError"));
+    py::register_exception<FileError>(m, "FileError", errors.attr("ModelFileError"));
+    py::register_exception<ContextError>(m, "ContextError", errors.attr("ContextFullError"));
+    py::register_exception<SetupError>(m, "SetupError", errors.attr("Phi2Error"));
 
     m.def("isa", [] { return py::make_tuple(kernels().isa, kernels().reason); },
           "The kernel path in use and why it was chosen.");

@@ -1,11 +1,11 @@
 #include "kernels/dispatch.h"
 
 #include <cstdlib>
-#include <stdexcept>
 #include <vector>
 
 #include "kernels/paths.h"
 #include "kernels/ref/ops_ref.h"
+#include "model/errors.h"
 #include "quant/quantize_ref.h"
 
 namespace phi2cpu {
@@ -44,7 +44,7 @@ Kernels choose() {
                 return k;
             }
         }
-        throw std::runtime_error(std::string("PHI2CPU_ISA=") + forced + " is not available on this CPU (available: " +
+        throw SetupError(std::string("PHI2CPU_ISA=") + forced + " is not available on this CPU (available: " +
                                  available_isas() + ")");
     }
     return paths.back();

@@ -6,5 +6,6 @@ namespace phi2cpu {
 
 struct FileError : std::runtime_error { using std::runtime_error::runtime_error; };     // bad model file
 struct ContextError : std::runtime_error { using std::runtime_error::runtime_error; };  // context full
+struct SetupError : std::runtime_error { using std::runtime_error::runtime_error; };    // bad setting
 
 }  // namespace phi2cpu

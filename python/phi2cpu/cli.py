@@ -100,7 +100,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                           description="Print a model file's architecture, hyper-parameters, "
                                       "tensor types, sizes and tokenizer source.",
                           epilog=INFO_EXAMPLES)
-    info.add_argument("model", metavar="MODEL", help="model file")
+    info.add_argument("model", metavar="MODEL", nargs="?", help="model file")
+    info.add_argument("--system", action="store_true",
+                      help="also (or only) describe this machine: CPU, cores, default threads, and which "
+                           "kernel path runs and why")
     info.set_defaults(func=_cmd_info)
 
     ppl = sub.add_parser("perplexity", help="measure perplexity on a text file", formatter_class=fmt,
@@ -116,6 +119,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ppl.set_defaults(func=_cmd_perplexity)
 
     sub.add_parser("quantize", help=QUANTIZE_HELP, add_help=False)
+    sub.add_parser("bench", help="benchmark against llama.cpp and HF transformers; see `phi2cpu bench --help`",
+                   add_help=False)
     return top, {"run": run, "info": info, "perplexity": ppl}
 
 
@@ -216,9 +221,35 @@ def _type_name(t: int) -> str:
         return f"type {t}"
 
 
+def _system_lines() -> list:
+    import platform
+
+    from . import _core
+    from .model import default_threads
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    isa, reason = _core.isa()
+    return [f"cpu:           {cpu}", f"logical cpus:  {os.cpu_count()}",
+            f"threads:       {default_threads()} by default (physical cores)",
+            f"kernel path:   {isa} ({reason})", f"available:     {_core.available_isas()}",
+            "               (set PHI2CPU_ISA to one of these to force it)"]
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .gguf_io import read_model_file
 
+    if args.system:
+        print("\n".join(_system_lines()))
+        if args.model is None:
+            return 0
+        print()
+    elif args.model is None:
+        raise Phi2Error("info needs MODEL (or --system)")
     mf = read_model_file(args.model)
     kv = mf.kv or {}
     out = [f"file:          {mf.path}", f"file size:     {_fmt_bytes(mf.file_size)}"]
@@ -291,7 +322,11 @@ def _dispatch(argv: list) -> int:
     if argv and argv[0] == "quantize":
         from . import quantize
 
-        return quantize.main(argv[1:]) or 0
+        return quantize.main(argv[1:], prog="phi2cpu quantize") or 0
+    if argv and argv[0] == "bench":
+        from . import bench
+
+        return bench.main(argv[1:]) or 0
     if argv and argv[0] in subs:
         # intermixed lets options follow the positionals; it mishandles "--", plain parsing doesn't
         parse = subs[argv[0]].parse_args if "--" in argv else subs[argv[0]].parse_intermixed_args

@@ -73,6 +73,13 @@ def _gguf_source(path: Path):
     return mf.config, vocab, gguf_tensor_names(mf.config.n_layer), load
 
 
+def _model_name(src: Path) -> str:
+    """general.name: kept from a GGUF source, else the checkpoint folder's name."""
+    if _is_gguf(src):
+        return str(read_model_file(src).kv.get("general.name") or src.stem)
+    return src.resolve().name
+
+
 def _hf_source(path: Path):
     ck = HFCheckpoint(path)
     tok = path / "tokenizer.json"
@@ -107,7 +114,7 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
     plan = [(n, producer(n, tensor_type(n, shapes[n], qtype)), int(tensor_type(n, shapes[n], qtype)), shapes[n])
             for n in names]
     try:
-        write_gguf(out, config, plan, tokenizer, int(FILE_TYPES[qtype]), recipe)
+        write_gguf(out, config, plan, tokenizer, int(FILE_TYPES[qtype]), recipe, name=_model_name(src))
     finally:
         bar.close()
     return {"src": str(src), "out": str(out), "qtype": qtype, "n_tensors": len(plan),
@@ -116,8 +123,8 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
             "file_bytes": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 3), "recipe": recipe}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="quantize", description="Convert a Phi-2 checkpoint to a phi2cpu GGUF file.")
+def main(argv: list[str] | None = None, prog: str = "tools/quantize.py") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description="Convert a Phi-2 checkpoint to a phi2cpu GGUF file.")
     ap.add_argument("src", help="Hugging Face checkpoint directory, or an existing phi2 GGUF file")
     ap.add_argument("out", help="output .gguf path")
     ap.add_argument("--type", dest="qtype", choices=list(QTYPES), default="q8_0",
