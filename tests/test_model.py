@@ -50,6 +50,17 @@ def assert_matches_reference(path, ids, qtype):
     return m, got
 
 
+def assert_argmax_flips_only_at_ties(got: np.ndarray, want: np.ndarray) -> None:
+    """Logits that differ by at most e per position can only change the argmax where the top-2
+    margin is below 2e: any other flip is a real error."""
+    got, want = got[:, :N_VALID], want[:, :N_VALID]
+    err = np.abs(got - want).max(axis=1)
+    top2 = np.sort(want, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    flips = got.argmax(1) != want.argmax(1)
+    assert not np.any(flips & (margin >= 2 * err)), np.where(flips & (margin >= 2 * err))
+
+
 @pytest.fixture(scope="module")
 def random_f32(tmp_path_factory, phi2_dir):
     """{naming: F32 GGUF path} for the same random weights in all three checkpoint namings."""
@@ -156,8 +167,7 @@ def test_every_kernel_path_gives_the_same_logits(mini_files, qtype):
             assert err <= ISA_MAX_REL, isa
         else:
             assert err <= TOLERANCES[qtype]["max_rel"], (isa, err)
-            agree = (got[:, :N_VALID].argmax(1) == base[:, :N_VALID].argmax(1)).mean()
-            assert agree >= TOLERANCES[qtype]["top1"], (isa, agree)
+            assert_argmax_flips_only_at_ties(got, base)
 
 
 def test_unknown_isa_is_a_clear_error(mini_files):
@@ -204,3 +214,16 @@ def test_engine_errors_are_package_errors(mini_files):
     missing = [e for e in tensors if e[0] != "blk.3.ffn_up.weight"]
     with pytest.raises(ModelFileError, match="missing tensor blk.3.ffn_up.weight"):
         _core.Model(str(mf.path), mf.config.as_dict(), missing, 8, 1)
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_batched_prefill_equals_token_by_token(mini_files, eval_text, qtype):
+    """Prefill (GEMM on dequantized panels) and decoding (integer GEMV) see the same Q8_0
+    activations, so they agree within the type's tolerance."""
+    m = phi2cpu.load(mini_files[qtype], threads=2)
+    ids = m.tokenize(eval_text[:3000])[:48]
+    batch = m.logits(ids)
+    m.reset()
+    steps = np.stack([m.eval([i]) for i in ids])
+    assert rel_err(steps, batch) <= TOLERANCES[qtype]["max_rel"]
+    assert_argmax_flips_only_at_ties(steps, batch)

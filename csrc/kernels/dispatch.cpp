@@ -19,6 +19,7 @@ Kernels scalar_kernels() {
     k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_ref;
     k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_ref;
     k.quantize_row_q8_0 = quantize_row_q8_0_ref;
+    k.gemm_f32_panel16 = gemm_f32_panel16_ref;
     k.layernorm_f32 = layernorm_f32_ref;
     k.gelu_new_f32 = gelu_new_f32_ref;
     k.rope_neox_f32 = rope_neox_f32_ref;

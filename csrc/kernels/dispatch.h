@@ -18,6 +18,8 @@ struct Kernels {
     vec_dot_fn vec_dot_q8_0_q8_0;
     vec_dot_fn vec_dot_q4_0_q8_0;
     void (*quantize_row_q8_0)(const float* x, block_q8_0* y, int64_t n);
+    void (*gemm_f32_panel16)(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
+                             int64_t ldy, bool accumulate);
     void (*layernorm_f32)(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);
     void (*gelu_new_f32)(int64_t n, float* x);
     void (*rope_neox_f32)(int n_head, int head_dim, int n_rot, int pos, float theta, float* x);

@@ -15,6 +15,7 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_avx2;
     k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_avx2;
     k.quantize_row_q8_0 = quantize_row_q8_0_avx2;
+    k.gemm_f32_panel16 = gemm_f32_panel16_avx2;
     paths.push_back(k);
     if (!f.avx512_vnni) return;
     k.isa = "avx512";

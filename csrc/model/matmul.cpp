@@ -1,11 +1,97 @@
 #include "model/matmul.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
 #include "kernels/dispatch.h"
+#include "kernels/ref/ops_ref.h"
 
 namespace phi2cpu {
+namespace {
 
-void matmul(const Tensor& W, const float* bias, const float* x, int64_t n_tok, float* y, int64_t y_stride,
-            ThreadPool& pool, std::vector<uint8_t>& scratch) {
+constexpr int kGemmMinTokens = 4;  // below this a batch runs as GEMVs
+constexpr int64_t kKChunk = 2048;  // a 16 x 2048 f32 panel (128 KiB) stays in L2
+
+struct AlignedFree {
+    void operator()(float* p) const { std::free(p); }
+};
+
+// A per-thread f32 buffer of at least n floats, 64-byte aligned.
+float* thread_buffer(int which, size_t n) {
+    thread_local std::unique_ptr<float, AlignedFree> bufs[2];
+    thread_local size_t caps[2] = {0, 0};
+    if (caps[which] < n) {
+        const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+        bufs[which].reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+        caps[which] = n;
+    }
+    return bufs[which].get();
+}
+
+// Weight rows [r0, r0+16) x columns [k0, k0+kc) dequantized and transposed to panel[k][16]; rows
+// past the end of W are zero.
+void load_panel(const Tensor& W, int64_t r0, int64_t k0, int64_t kc, float* row, float* panel) {
+    const size_t col_offset = size_t(k0 / W.tt->block_size) * W.tt->type_size;
+    for (int i = 0; i < kPanelRows; i++) {
+        if (r0 + i < W.rows) {
+            W.tt->dequantize(W.row(r0 + i) + col_offset, row, kc);
+            for (int64_t k = 0; k < kc; k++) panel[k * kPanelRows + i] = row[k];
+        } else {
+            for (int64_t k = 0; k < kc; k++) panel[k * kPanelRows + i] = 0.0f;
+        }
+    }
+}
+
+// Batched prefill: every 16-row weight panel is dequantized once and reused for all tokens by the
+// register-blocked kernel. Activations are the values the dot kernels would see (Q8_0 round trip
+// for quantized weights), so a batch gives the same logits as token-by-token decoding.
+void matmul_gemm(const Tensor& W, const float* bias, const float* x, int64_t n_tok, float* y, int64_t y_stride,
+                 ThreadPool& pool, std::vector<uint8_t>& scratch) {
+    const Kernels& k = kernels();
+    const int64_t K = W.cols;
+    const float* xa = x;
+    if (W.tt->vec_dot_type == GgmlType::Q8_0) {
+        const size_t qrow = size_t(K / QK8_0) * sizeof(block_q8_0);
+        scratch.resize(size_t(n_tok) * (qrow + size_t(K) * sizeof(float)));
+        float* xf = reinterpret_cast<float*>(scratch.data() + size_t(n_tok) * qrow);
+        uint8_t* xq = scratch.data();
+        const TypeTraits* q8 = type_traits(GgmlType::Q8_0);
+        pool.parallel_for(n_tok, 1, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; t++) {
+                auto* blocks = reinterpret_cast<block_q8_0*>(xq + size_t(t) * qrow);
+                k.quantize_row_q8_0(x + t * K, blocks, K);
+                q8->dequantize(blocks, xf + t * K, K);
+            }
+        });
+        xa = xf;
+    }
+
+    const int64_t n_panels = (W.rows + kPanelRows - 1) / kPanelRows;
+    pool.parallel_for(n_panels, 1, [&](int64_t p0, int64_t p1) {
+        const int64_t kc_max = std::min(K, kKChunk);
+        float* panel = thread_buffer(0, size_t(kc_max) * kPanelRows);
+        float* tmp = thread_buffer(1, size_t(kc_max) + size_t(n_tok) * kPanelRows);
+        float* row = tmp;
+        float* out = tmp + kc_max;  // (n_tok, 16)
+        for (int64_t p = p0; p < p1; p++) {
+            const int64_t r0 = p * kPanelRows;
+            for (int64_t k0 = 0; k0 < K; k0 += kKChunk) {
+                const int64_t kc = std::min(kKChunk, K - k0);
+                load_panel(W, r0, k0, kc, row, panel);
+                k.gemm_f32_panel16(kc, panel, xa + k0, K, int(n_tok), out, kPanelRows, k0 > 0);
+            }
+            const int64_t nr = std::min<int64_t>(kPanelRows, W.rows - r0);
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int64_t i = 0; i < nr; i++)
+                    y[t * y_stride + r0 + i] = out[t * kPanelRows + i] + (bias ? bias[r0 + i] : 0.0f);
+        }
+    });
+}
+
+void matmul_gemv(const Tensor& W, const float* bias, const float* x, int64_t n_tok, float* y, int64_t y_stride,
+                 ThreadPool& pool, std::vector<uint8_t>& scratch) {
     const Kernels& k = kernels();
     const vec_dot_fn dot = k.vec_dot_for(W.tt->type);
     const int64_t n = W.cols;
@@ -16,15 +102,12 @@ void matmul(const Tensor& W, const float* bias, const float* x, int64_t n_tok, f
         act_row_bytes = size_t(n / QK8_0) * sizeof(block_q8_0);
         scratch.resize(act_row_bytes * size_t(n_tok));
         uint8_t* q = scratch.data();
-        pool.parallel_for(n_tok, 1, [&](int64_t t0, int64_t t1) {
-            for (int64_t t = t0; t < t1; t++)
-                k.quantize_row_q8_0(x + t * n, reinterpret_cast<block_q8_0*>(q + size_t(t) * act_row_bytes), n);
-        });
+        for (int64_t t = 0; t < n_tok; t++)
+            k.quantize_row_q8_0(x + t * n, reinterpret_cast<block_q8_0*>(q + size_t(t) * act_row_bytes), n);
         act = q;
     }
     const uint8_t* a = static_cast<const uint8_t*>(act);
 
-    // Rows in chunks: each weight row is read once per chunk and reused for every token.
     pool.parallel_for(W.rows, 16, [&](int64_t r0, int64_t r1) {
         for (int64_t t = 0; t < n_tok; t++) {
             const void* xt = a + size_t(t) * act_row_bytes;
@@ -32,6 +115,16 @@ void matmul(const Tensor& W, const float* bias, const float* x, int64_t n_tok, f
             for (int64_t r = r0; r < r1; r++) yt[r] = dot(n, W.row(r), xt) + (bias ? bias[r] : 0.0f);
         }
     });
+}
+
+}  // namespace
+
+void matmul(const Tensor& W, const float* bias, const float* x, int64_t n_tok, float* y, int64_t y_stride,
+            ThreadPool& pool, std::vector<uint8_t>& scratch) {
+    if (n_tok >= kGemmMinTokens)
+        matmul_gemm(W, bias, x, n_tok, y, y_stride, pool, scratch);
+    else
+        matmul_gemv(W, bias, x, n_tok, y, y_stride, pool, scratch);
 }
 
 }  // namespace phi2cpu

@@ -2,7 +2,9 @@
 // No dependencies: prints one line per check and a closing "N passed, N failed" line.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <random>
 #include <string>
 #include <vector>
@@ -103,6 +105,37 @@ void test_quant_dots(const Kernels& k) {
           std::string(k.isa) + " vec_dot_q8_0_q8_0 extreme values");
 }
 
+void test_gemm(const Kernels& k) {
+    for (int64_t K : {1, 7, 32, 33, 100, 2048}) {
+        for (int n_tok : {1, 2, 5, 6, 7, 13}) {
+            auto pv = randn(K * kPanelRows);
+            float* panel = static_cast<float*>(std::aligned_alloc(64, size_t((K * kPanelRows * 4 + 63) / 64 * 64)));
+            std::copy(pv.begin(), pv.end(), panel);
+            const int64_t ldx = K + 3, ldy = kPanelRows + 5;
+            const auto x = randn(n_tok * ldx);
+            for (bool accumulate : {false, true}) {
+                auto y0 = randn(n_tok * ldy), y1 = y0;
+                gemm_f32_panel16_ref(K, panel, x.data(), ldx, n_tok, y0.data(), ldy, accumulate);
+                k.gemm_f32_panel16(K, panel, x.data(), ldx, n_tok, y1.data(), ldy, accumulate);
+                bool ok = true;
+                for (int c = 0; c < n_tok; c++) {
+                    for (int j = 0; j < ldy; j++) {
+                        const size_t i = size_t(c * ldy + j);
+                        if (j >= kPanelRows) { ok &= y1[i] == y0[i]; continue; }  // untouched
+                        double scale = 0;
+                        for (int64_t kk = 0; kk < K; kk++)
+                            scale += std::fabs(panel[kk * kPanelRows + j] * x[size_t(c * ldx + kk)]);
+                        ok &= close(y1[i], y0[i], scale + std::fabs(y0[i]), test::kDotF32);
+                    }
+                }
+                check(ok, std::string(k.isa) + " gemm_f32_panel16 K=" + std::to_string(K) + " n_tok=" +
+                              std::to_string(n_tok) + (accumulate ? " accumulate" : ""));
+            }
+            std::free(panel);
+        }
+    }
+}
+
 void test_elementwise(const Kernels& k) {
     const Tolerance t = test::kElementwise;
     for (int64_t n : {1, 7, 33, 80, 2560}) {
@@ -151,6 +184,7 @@ int main() {
         names += std::string(names.empty() ? "" : ", ") + k.isa;
         test_float_dots(k);
         test_quant_dots(k);
+        test_gemm(k);
         test_elementwise(k);
     }
     std::printf("kernel paths tested: %s\n", names.c_str());

@@ -49,6 +49,17 @@ float vec_dot_q4_0_q8_0_ref(int64_t n, const void* w, const void* x) {
     return sum;
 }
 
+void gemm_f32_panel16_ref(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
+                          int64_t ldy, bool accumulate) {
+    for (int c = 0; c < n_tok; c++) {
+        for (int j = 0; j < kPanelRows; j++) {
+            float sum = accumulate ? y[c * ldy + j] : 0.0f;
+            for (int64_t k = 0; k < K; k++) sum += panel[k * kPanelRows + j] * x[c * ldx + k];
+            y[c * ldy + j] = sum;
+        }
+    }
+}
+
 void layernorm_f32_ref(int64_t n, const float* x, const float* w, const float* b, float eps, float* y) {
     double mean = 0.0;
     for (int64_t i = 0; i < n; i++) mean += x[i];

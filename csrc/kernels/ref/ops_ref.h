@@ -13,6 +13,13 @@ float vec_dot_f16_f32_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q8_0_q8_0_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q4_0_q8_0_ref(int64_t n, const void* w, const void* x);
 
+// Register-blocked GEMM step on a weight panel: for c < n_tok, j < 16,
+//   y[c*ldy + j] (+)= sum_k panel[k*16 + j] * x[c*ldx + k]      (k < K; += when accumulate)
+// The panel holds 16 weight rows transposed to [K][16] in f32 (dequantized once, reused for every token).
+constexpr int kPanelRows = 16;
+void gemm_f32_panel16_ref(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
+                          int64_t ldy, bool accumulate);
+
 // y = (x - mean) / sqrt(var + eps) * w + b over n elements.
 void layernorm_f32_ref(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);
 // In place: x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).

@@ -11,6 +11,8 @@ float vec_dot_f16_f32_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q8_0_q8_0_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q4_0_q8_0_avx2(int64_t n, const void* w, const void* x);
 void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int64_t n);
+void gemm_f32_panel16_avx2(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
+                           int64_t ldy, bool accumulate);
 
 float vec_dot_f32_f32_avx512(int64_t n, const void* w, const void* x);
 float vec_dot_f16_f32_avx512(int64_t n, const void* w, const void* x);

@@ -1,0 +1,25 @@
+#include <sys/auxv.h>
+
+#include "kernels/arm/ops_arm.h"
+#include "kernels/paths.h"
+
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+
+namespace phi2cpu {
+
+void add_isa_paths(std::vector<Kernels>& paths) {
+    if (!(getauxval(AT_HWCAP) & HWCAP_ASIMDDP)) return;
+    Kernels k = scalar_kernels();
+    k.isa = "neon";
+    k.reason = "best path for this CPU: NEON with the dot-product extension (HWCAP ASIMDDP)";
+    k.vec_dot_f32_f32 = vec_dot_f32_f32_neon;
+    k.vec_dot_f16_f32 = vec_dot_f16_f32_neon;
+    k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_neon;
+    k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_neon;
+    k.quantize_row_q8_0 = quantize_row_q8_0_neon;
+    paths.push_back(k);
+}
+
+}  // namespace phi2cpu
