@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None, prog: str = "tools/quantize.py") -> int:
     args = ap.parse_args(argv)
     try:
         s = quantize(args.src, args.out, args.qtype, progress=not args.quiet)
-    except Phi2Error as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (Phi2Error, OSError) as e:
+        message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+        print(f"{prog.split()[0]}: error: {message}", file=sys.stderr)
         return 1
     print(f"wrote {s['out']}: {s['qtype']}, {s['n_params'] / 1e9:.2f}B params, "
           f"{s['file_bytes'] / 2**20:.1f} MiB in {s['seconds']:.1f} s")
