@@ -173,11 +173,11 @@ def test_perplexity_command(fake_load, capsys, tmp_path):
 def test_quantize_delegates_argv(monkeypatch):
     seen = []
     fake = types.ModuleType("phi2cpu.quantize")
-    fake.main = lambda argv: seen.append(argv) or 0
+    fake.main = lambda argv, prog: seen.append((argv, prog)) or 0
     monkeypatch.setitem(sys.modules, "phi2cpu.quantize", fake)
     monkeypatch.setattr(phi2cpu, "quantize", fake, raising=False)
     assert main(["quantize", "src", "out.q4", "--type", "q4_0"]) == 0
-    assert seen == [["src", "out.q4", "--type", "q4_0"]]
+    assert seen == [(["src", "out.q4", "--type", "q4_0"], "phi2cpu quantize")]
 
 
 def test_info(monkeypatch, capsys):
