@@ -19,6 +19,11 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_neon;
     k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_neon;
     k.quantize_row_q8_0 = quantize_row_q8_0_neon;
+    k.gemm_f32_panel16 = gemm_f32_panel16_neon;
+    k.layernorm_f32 = layernorm_f32_neon;
+    k.gelu_new_f32 = gelu_new_f32_neon;
+    k.rope_neox_f32 = rope_neox_f32_neon;
+    k.attn_head_f32 = attn_head_f32_neon;
     paths.push_back(k);
 }
 

@@ -16,6 +16,10 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_avx2;
     k.quantize_row_q8_0 = quantize_row_q8_0_avx2;
     k.gemm_f32_panel16 = gemm_f32_panel16_avx2;
+    k.layernorm_f32 = layernorm_f32_avx2;
+    k.gelu_new_f32 = gelu_new_f32_avx2;
+    k.rope_neox_f32 = rope_neox_f32_avx2;
+    k.attn_head_f32 = attn_head_f32_avx2;
     paths.push_back(k);
     if (!f.avx512_vnni) return;
     k.isa = "avx512";

@@ -30,18 +30,19 @@ float* thread_buffer(int which, size_t n) {
     return bufs[which].get();
 }
 
-// Weight rows [r0, r0+16) x columns [k0, k0+kc) dequantized and transposed to panel[k][16]; rows
-// past the end of W are zero.
-void load_panel(const Tensor& W, int64_t r0, int64_t k0, int64_t kc, float* row, float* panel) {
+// Weight rows [r0, r0+16) x columns [k0, k0+kc) dequantized to rows[16][kc], then transposed to
+// panel[k][16] writing the panel sequentially; rows past the end of W are zero.
+void load_panel(const Tensor& W, int64_t r0, int64_t k0, int64_t kc, float* rows, float* panel) {
     const size_t col_offset = size_t(k0 / W.tt->block_size) * W.tt->type_size;
     for (int i = 0; i < kPanelRows; i++) {
-        if (r0 + i < W.rows) {
+        float* row = rows + i * kc;
+        if (r0 + i < W.rows)
             W.tt->dequantize(W.row(r0 + i) + col_offset, row, kc);
-            for (int64_t k = 0; k < kc; k++) panel[k * kPanelRows + i] = row[k];
-        } else {
-            for (int64_t k = 0; k < kc; k++) panel[k * kPanelRows + i] = 0.0f;
-        }
+        else
+            std::fill(row, row + kc, 0.0f);
     }
+    for (int64_t k = 0; k < kc; k++)
+        for (int i = 0; i < kPanelRows; i++) panel[k * kPanelRows + i] = rows[i * kc + k];
 }
 
 // Batched prefill: every 16-row weight panel is dequantized once and reused for all tokens by the
@@ -72,14 +73,14 @@ void matmul_gemm(const Tensor& W, const float* bias, const float* x, int64_t n_t
     pool.parallel_for(n_panels, 1, [&](int64_t p0, int64_t p1) {
         const int64_t kc_max = std::min(K, kKChunk);
         float* panel = thread_buffer(0, size_t(kc_max) * kPanelRows);
-        float* tmp = thread_buffer(1, size_t(kc_max) + size_t(n_tok) * kPanelRows);
-        float* row = tmp;
-        float* out = tmp + kc_max;  // (n_tok, 16)
+        float* tmp = thread_buffer(1, size_t(kc_max) * kPanelRows + size_t(n_tok) * kPanelRows);
+        float* rows = tmp;                                   // (16, kc)
+        float* out = tmp + size_t(kc_max) * kPanelRows;      // (n_tok, 16)
         for (int64_t p = p0; p < p1; p++) {
             const int64_t r0 = p * kPanelRows;
             for (int64_t k0 = 0; k0 < K; k0 += kKChunk) {
                 const int64_t kc = std::min(kKChunk, K - k0);
-                load_panel(W, r0, k0, kc, row, panel);
+                load_panel(W, r0, k0, kc, rows, panel);
                 k.gemm_f32_panel16(kc, panel, xa + k0, K, int(n_tok), out, kPanelRows, k0 > 0);
             }
             const int64_t nr = std::min<int64_t>(kPanelRows, W.rows - r0);

@@ -136,43 +136,63 @@ void test_gemm(const Kernels& k) {
     }
 }
 
+bool all_close(const std::vector<float>& got, const std::vector<float>& want, Tolerance t) {
+    bool ok = got.size() == want.size();
+    for (size_t i = 0; ok && i < want.size(); i++) ok = close(got[i], want[i], std::fabs(want[i]) + 1, t);
+    return ok;
+}
+
 void test_elementwise(const Kernels& k) {
     const Tolerance t = test::kElementwise;
-    for (int64_t n : {1, 7, 33, 80, 2560}) {
-        const auto x = randn(n, 2.0f), w = randn(n), b = randn(n);
-        std::vector<float> y0(static_cast<size_t>(n)), y1(static_cast<size_t>(n));
-        layernorm_f32_ref(n, x.data(), w.data(), b.data(), 1e-5f, y0.data());
-        k.layernorm_f32(n, x.data(), w.data(), b.data(), 1e-5f, y1.data());
-        bool ok = true;
-        for (int64_t i = 0; i < n; i++) ok &= close(y1[size_t(i)], y0[size_t(i)], std::fabs(y0[size_t(i)]) + 1, t);
-        check(ok, std::string(k.isa) + " layernorm_f32 n=" + std::to_string(n));
-
-        y0 = x;
-        y1 = x;
+    for (int64_t n : {1, 7, 33, 80, 2560, 2561}) {
+        for (float offset : {0.0f, 100.0f}) {  // a large mean must not cost the variance its accuracy
+            auto x = randn(n, 2.0f);
+            for (auto& xi : x) xi += offset;
+            const auto w = randn(n), b = randn(n);
+            std::vector<float> y0(static_cast<size_t>(n)), y1(static_cast<size_t>(n));
+            layernorm_f32_ref(n, x.data(), w.data(), b.data(), 1e-5f, y0.data());
+            k.layernorm_f32(n, x.data(), w.data(), b.data(), 1e-5f, y1.data());
+            check(all_close(y1, y0, t), std::string(k.isa) + " layernorm_f32 n=" + std::to_string(n) +
+                                            " mean=" + std::to_string(int(offset)));
+        }
+    }
+    for (int64_t n : {1, 7, 33, 80, 2560, 10240, 10241}) {
+        auto x = randn(n, 2.0f);
+        std::uniform_real_distribution<float> wide(-20.0f, 20.0f);
+        for (int64_t i = 0; i < n; i += 3) x[size_t(i)] = wide(g_rng);
+        for (int64_t i = 5; i < n; i += 11) x[size_t(i)] = 0.0f;
+        const float special[] = {0.0f, -0.0f, 20.0f, -20.0f, 1e-4f, -1e-4f, 9.0f, -9.0f, 100.0f, -100.0f};
+        for (size_t i = 0; i < 10 && i < size_t(n); i++) x[i] = special[i];
+        auto y0 = x, y1 = x;
         gelu_new_f32_ref(n, y0.data());
         k.gelu_new_f32(n, y1.data());
-        ok = true;
-        for (int64_t i = 0; i < n; i++) ok &= close(y1[size_t(i)], y0[size_t(i)], std::fabs(y0[size_t(i)]) + 1, t);
-        check(ok, std::string(k.isa) + " gelu_new_f32 n=" + std::to_string(n));
+        check(all_close(y1, y0, t), std::string(k.isa) + " gelu_new_f32 n=" + std::to_string(n));
     }
-    for (int pos : {0, 1, 17, 300, 2047}) {
-        const int n_head = 3, head_dim = 80, n_rot = 32;
-        auto y0 = randn(n_head * head_dim), y1 = y0;
-        rope_neox_f32_ref(n_head, head_dim, n_rot, pos, 10000.0f, y0.data());
-        k.rope_neox_f32(n_head, head_dim, n_rot, pos, 10000.0f, y1.data());
-        bool ok = true;
-        for (size_t i = 0; i < y0.size(); i++) ok &= close(y1[i], y0[i], std::fabs(y0[i]) + 1, t);
-        check(ok, std::string(k.isa) + " rope_neox_f32 pos=" + std::to_string(pos));
+    struct Rope { int n_head, head_dim, n_rot; };
+    for (Rope r : {Rope{3, 80, 32}, Rope{32, 80, 32}, Rope{2, 24, 20}, Rope{2, 160, 160}, Rope{1, 6, 2}}) {
+        for (int pos : {0, 1, 17, 300, 2047}) {
+            auto y0 = randn(r.n_head * r.head_dim), y1 = y0;
+            rope_neox_f32_ref(r.n_head, r.head_dim, r.n_rot, pos, 10000.0f, y0.data());
+            k.rope_neox_f32(r.n_head, r.head_dim, r.n_rot, pos, 10000.0f, y1.data());
+            check(all_close(y1, y0, t), std::string(k.isa) + " rope_neox_f32 head_dim=" +
+                                            std::to_string(r.head_dim) + " n_rot=" + std::to_string(r.n_rot) +
+                                            " pos=" + std::to_string(pos));
+        }
     }
-    for (int n_kv : {1, 5, 64, 301}) {
-        const int hd = 80, stride = 3 * hd;
-        const auto q = randn(hd), kk = randn(int64_t(n_kv) * stride), vv = randn(int64_t(n_kv) * stride);
-        std::vector<float> s0(static_cast<size_t>(n_kv)), s1(static_cast<size_t>(n_kv)), o0(hd), o1(hd);
-        attn_head_f32_ref(hd, n_kv, q.data(), kk.data(), vv.data(), stride, 0.11f, s0.data(), o0.data());
-        k.attn_head_f32(hd, n_kv, q.data(), kk.data(), vv.data(), stride, 0.11f, s1.data(), o1.data());
-        bool ok = true;
-        for (int i = 0; i < hd; i++) ok &= close(o1[size_t(i)], o0[size_t(i)], std::fabs(o0[size_t(i)]) + 1, t);
-        check(ok, std::string(k.isa) + " attn_head_f32 n_kv=" + std::to_string(n_kv));
+    for (int hd : {80, 64, 37}) {
+        for (int n_kv : {1, 5, 7, 8, 9, 64, 301, 2048}) {
+            for (float qs : {1.0f, 8.0f}) {  // 8x: peaked softmax, most exps far below 1
+                const int64_t stride = 3 * hd + 1;
+                auto q = randn(hd, qs);
+                const auto kk = randn(n_kv * stride), vv = randn(n_kv * stride);
+                std::vector<float> s0(static_cast<size_t>(n_kv)), s1(s0), o0(static_cast<size_t>(hd)), o1(o0);
+                const float scale = 1.0f / std::sqrt(float(hd));
+                attn_head_f32_ref(hd, n_kv, q.data(), kk.data(), vv.data(), stride, scale, s0.data(), o0.data());
+                k.attn_head_f32(hd, n_kv, q.data(), kk.data(), vv.data(), stride, scale, s1.data(), o1.data());
+                check(all_close(o1, o0, t), std::string(k.isa) + " attn_head_f32 head_dim=" + std::to_string(hd) +
+                                                " n_kv=" + std::to_string(n_kv) + " q_sigma=" + std::to_string(int(qs)));
+            }
+        }
     }
 }
 

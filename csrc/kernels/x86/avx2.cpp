@@ -48,33 +48,50 @@ inline __m256i dot_i8_32(__m256i w, __m256i x) {
     return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
 }
 
+inline __m256i load_q8(const int8_t* qs) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs)); }
+
 }  // namespace
 
 float vec_dot_q8_0_q8_0_avx2(int64_t n, const void* w, const void* x) {
     const block_q8_0* a = static_cast<const block_q8_0*>(w);
     const block_q8_0* b = static_cast<const block_q8_0*>(x);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / QK8_0; i++) {
-        const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].qs));
-        const __m256i qb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs));
-        const __m256 d = _mm256_set1_ps(half_to_float(a[i].d) * half_to_float(b[i].d));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8_32(qa, qb)), acc);
+    const int64_t nb = n / QK8_0;
+    // two blocks per step into two accumulators: the FMA chain, not the arithmetic, bounds one
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * half_to_float(b[i].d)),
+                               _mm256_cvtepi32_ps(dot_i8_32(load_q8(a[i].qs), load_q8(b[i].qs))), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i + 1].d) * half_to_float(b[i + 1].d)),
+                               _mm256_cvtepi32_ps(dot_i8_32(load_q8(a[i + 1].qs), load_q8(b[i + 1].qs))), acc1);
     }
-    return hsum(acc);
+    if (i < nb)
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * half_to_float(b[i].d)),
+                               _mm256_cvtepi32_ps(dot_i8_32(load_q8(a[i].qs), load_q8(b[i].qs))), acc0);
+    return hsum(_mm256_add_ps(acc0, acc1));
 }
 
 float vec_dot_q4_0_q8_0_avx2(int64_t n, const void* w, const void* x) {
     const block_q4_0* a = static_cast<const block_q4_0*>(w);
     const block_q8_0* b = static_cast<const block_q8_0*>(x);
+    const int64_t nb = n / QK4_0;
     const __m256i eight = _mm256_set1_epi8(8);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / QK4_0; i++) {
-        const __m256i qa = _mm256_sub_epi8(unpack_q4_0(a[i].qs), eight);
-        const __m256i qb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs));
-        const __m256 d = _mm256_set1_ps(half_to_float(a[i].d) * half_to_float(b[i].d));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8_32(qa, qb)), acc);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const __m256i q0 = _mm256_sub_epi8(unpack_q4_0(a[i].qs), eight);
+        const __m256i q1 = _mm256_sub_epi8(unpack_q4_0(a[i + 1].qs), eight);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * half_to_float(b[i].d)),
+                               _mm256_cvtepi32_ps(dot_i8_32(q0, load_q8(b[i].qs))), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i + 1].d) * half_to_float(b[i + 1].d)),
+                               _mm256_cvtepi32_ps(dot_i8_32(q1, load_q8(b[i + 1].qs))), acc1);
     }
-    return hsum(acc);
+    if (i < nb) {
+        const __m256i q0 = _mm256_sub_epi8(unpack_q4_0(a[i].qs), eight);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * half_to_float(b[i].d)),
+                               _mm256_cvtepi32_ps(dot_i8_32(q0, load_q8(b[i].qs))), acc0);
+    }
+    return hsum(_mm256_add_ps(acc0, acc1));
 }
 
 void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int64_t n) {

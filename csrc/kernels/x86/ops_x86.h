@@ -13,6 +13,11 @@ float vec_dot_q4_0_q8_0_avx2(int64_t n, const void* w, const void* x);
 void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int64_t n);
 void gemm_f32_panel16_avx2(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
                            int64_t ldy, bool accumulate);
+void layernorm_f32_avx2(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);
+void gelu_new_f32_avx2(int64_t n, float* x);
+void rope_neox_f32_avx2(int n_head, int head_dim, int n_rot, int pos, float theta, float* x);
+void attn_head_f32_avx2(int head_dim, int n_kv, const float* q, const float* k, const float* v,
+                        int64_t kv_stride, float scale, float* scores, float* out);
 
 float vec_dot_f32_f32_avx512(int64_t n, const void* w, const void* x);
 float vec_dot_f16_f32_avx512(int64_t n, const void* w, const void* x);
