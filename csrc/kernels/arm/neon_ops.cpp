@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "kernels/arm/ops_arm.h"
+#include "kernels/rope_angles.h"
 #include "kernels/arm/vexp_neon.h"
 
 namespace phi2cpu {
@@ -114,12 +115,7 @@ void rope_neox_f32_neon(int n_head, int head_dim, int n_rot, int pos, float thet
     float cs[kChunk], sn[kChunk];
     for (int i0 = 0; i0 < half; i0 += kChunk) {
         const int m = std::min(kChunk, half - i0);
-        for (int j = 0; j < m; j++) {
-            const int i = i0 + j;  // angle exactly as the ref computes it
-            const double angle = double(pos) * std::pow(double(theta), -2.0 * i / n_rot);
-            cs[j] = float(std::cos(angle));
-            sn[j] = float(std::sin(angle));
-        }
+        rope_cos_sin(pos, theta, n_rot, i0, m, cs, sn);
         for (int h = 0; h < n_head; h++) {
             float* xa = x + int64_t(h) * head_dim + i0;
             float* xb = xa + half;

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kernels/rope_angles.h"
 #include "quant/fp16.h"
 
 namespace phi2cpu {
@@ -83,10 +84,8 @@ void gelu_new_f32_ref(int64_t n, float* x) {
 void rope_neox_f32_ref(int n_head, int head_dim, int n_rot, int pos, float theta, float* x) {
     const int half = n_rot / 2;
     for (int i = 0; i < half; i++) {
-        // angle in double: positions up to the context length keep full f32 accuracy
-        const double inv_freq = std::pow(double(theta), -2.0 * i / n_rot);
-        const double angle = double(pos) * inv_freq;
-        const float c = float(std::cos(angle)), s = float(std::sin(angle));
+        float c, s;
+        rope_cos_sin(pos, theta, n_rot, i, 1, &c, &s);
         for (int h = 0; h < n_head; h++) {
             float* xh = x + int64_t(h) * head_dim;
             const float a = xh[i], b = xh[i + half];
