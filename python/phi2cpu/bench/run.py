@@ -1,0 +1,312 @@
+"""`phi2cpu bench`: validation, quality, bandwidth and speed in one run; JSON + Markdown + PNG out."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import assets, quality, report, speed
+from .bandwidth import DEFAULT_BYTES, decode_ceiling, read_bandwidth, weight_bytes_per_token
+from .engines import ALL_ENGINES, HF_FP32, LLAMA_CPP, PHI2CPU, missing_reason, uses_gguf
+
+SECTIONS = ("validate", "ppl", "kl", "bandwidth", "speed")
+DEFAULT_FORMATS = ("F16", "Q8_0", "Q4_0")
+
+
+def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)} (comma-separated)")
+        return items
+    return parse
+
+
+def _threads(text: str) -> list[int]:
+    """"1,2,4" or "1-4"."""
+    try:
+        if "-" in text:
+            a, b = (int(x) for x in text.split("-", 1))
+            out = list(range(a, b + 1))
+        else:
+            out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError("threads: a list like 1,2,4 or a range like 1-4 of positive counts")
+    return sorted(set(out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="phi2cpu bench",
+        description="Benchmark phi2cpu against llama.cpp and HF transformers on this machine: validation, "
+                    "prompt/generation speed per format and thread count, the memory-bandwidth ceiling, "
+                    "perplexity and KL divergence. Writes results.json, results.md and PNG plots.")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run in a few minutes: Q4_0 only, short prompt/generation, all threads only, "
+                         "no torch peers, 1 perplexity window, no KL")
+    ap.add_argument("--out", default="bench-out", help="output folder (default bench-out/)")
+    ap.add_argument("--results-md", metavar="PATH", help="also write the Markdown report here "
+                                                         "(e.g. benchmarks/RESULTS.md)")
+    ap.add_argument("--cache-dir", help=f"where generated models are kept (default {assets.default_cache_dir()})")
+    ap.add_argument("--shared", help="the shared/ assets folder (default: beside the checkout, or $PHI2CPU_SHARED)")
+    ap.add_argument("--config", help="HF config.json of the speed model (default shared/phi-2/config.json)")
+    ap.add_argument("--formats", type=_csv(tuple(assets.FORMAT_QTYPE)), help="default F16,Q8_0,Q4_0")
+    ap.add_argument("--threads", type=_threads, help="thread counts, e.g. 1,2 or 1-4 (default 1..cores)")
+    ap.add_argument("--engines", type=_csv(ALL_ENGINES), help=f"default {','.join(ALL_ENGINES)}")
+    ap.add_argument("--sections", type=_csv(SECTIONS), help=f"default {','.join(SECTIONS)}")
+    ap.add_argument("--runs", type=int, help="counted runs per engine (default 3)")
+    ap.add_argument("--pp", type=int, help="prompt tokens (default 512)")
+    ap.add_argument("--tg", type=int, help="generated tokens (default 128)")
+    ap.add_argument("--tg-prompt", type=int, default=16, help="prompt before generation (default 16)")
+    ap.add_argument("--ppl-windows", type=int, help="perplexity windows, 0 = the whole text (default 8)")
+    ap.add_argument("--ppl-window", type=int, default=512, help="perplexity window in tokens (default 512)")
+    ap.add_argument("--kl-positions", type=int, help="KL positions on the full-size model (default 256)")
+    ap.add_argument("--validate-tokens", type=int, default=32, help="greedy tokens compared (default 32)")
+    ap.add_argument("--bandwidth-mib", type=int, help="bandwidth probe buffer (default 1024)")
+    ap.add_argument("--budget-min", type=float,
+                    help="time budget in minutes, not counting making cached files; speed groups that would "
+                         "overrun it drop their slowest peers, reported as skipped (default 30, --quick 5; 0 = none)")
+    return ap
+
+
+def resolve(args: argparse.Namespace, cores: int) -> argparse.Namespace:
+    """Fill the defaults that --quick changes."""
+    q = args.quick
+    pick = lambda value, normal, quick: value if value is not None else (quick if q else normal)  # noqa: E731
+    args.formats = pick(args.formats, list(DEFAULT_FORMATS), ["Q4_0"])
+    args.threads = pick(args.threads, list(range(1, cores + 1)), [cores])
+    args.engines = pick(args.engines, list(ALL_ENGINES), [PHI2CPU, LLAMA_CPP])
+    args.sections = pick(args.sections, list(SECTIONS), ["validate", "ppl", "bandwidth", "speed"])
+    args.runs = pick(args.runs, 3, 3)
+    args.pp = pick(args.pp, 512, 64)
+    args.tg = pick(args.tg, 128, 16)
+    args.ppl_windows = pick(args.ppl_windows, 8, 1)
+    args.kl_positions = pick(args.kl_positions, 256, 64)
+    args.bandwidth_mib = pick(args.bandwidth_mib, DEFAULT_BYTES >> 20, 512)
+    args.budget_min = pick(args.budget_min, 30.0, 5.0)
+    if PHI2CPU not in args.engines:
+        args.engines.insert(0, PHI2CPU)
+    args.engines = [e for e in ALL_ENGINES if e in args.engines]
+    return args
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, log: Callable[[str], None]):
+        self.args, self.log = args, log
+        self.t0 = time.monotonic()
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.worker_log = str(self.out / "workers.log")
+        Path(self.worker_log).write_text("")
+        self.cache = assets.Cache(Path(args.cache_dir) if args.cache_dir else assets.default_cache_dir(), log)
+        self.shared = assets.Shared.at(assets.find_shared(args.shared))
+        self.config_path = Path(args.config) if args.config else self.shared.phi2_config
+        self.cores = max(args.threads)
+        self.skipped = {e: r for e in args.engines if (r := missing_reason(e))}
+        self.res: dict = {"config": self._config(), "skipped_engines": self.skipped, "models": {}}
+
+    def _config(self) -> dict:
+        a = self.args
+        return {"quick": a.quick, "formats": a.formats, "threads": a.threads, "engines": a.engines,
+                "sections": a.sections, "budget_min": a.budget_min, "validate_tokens": a.validate_tokens,
+                "workload": dataclasses.asdict(self.workload())}
+
+    def workload(self) -> speed.Workload:
+        a = self.args
+        return speed.Workload(pp=a.pp, tg=a.tg, tg_prompt=a.tg_prompt, runs=a.runs,
+                              warmup_pp=min(64, a.pp), warmup_tg=min(8, a.tg))
+
+    def runnable(self, engines: list[str]) -> list[str]:
+        return [e for e in engines if e not in self.skipped]
+
+    # --- sections ------------------------------------------------------------------------
+    def mini_paths(self, formats: list[str]) -> dict[tuple[str, str], str]:
+        mini = self.shared.mini_dir
+        paths = {}
+        for f in formats:
+            g = str(self.cache.gguf(mini, f))
+            paths[(PHI2CPU, f)] = paths[(LLAMA_CPP, f)] = g
+        paths[(HF_FP32, "F16")] = str(mini)
+        return paths
+
+    def tokenizer(self):
+        from ..tokenizer import Tokenizer
+
+        return Tokenizer.from_dir(self.shared.mini_dir)
+
+    def validate(self) -> None:
+        self.log("validation: greedy tokens on phi2-mini-code")
+        paths = self.mini_paths(["F16", "Q8_0"])
+        tok = self.tokenizer()
+        pairs = [(PHI2CPU, "Q8_0", LLAMA_CPP, "Q8_0"), (PHI2CPU, "F16", HF_FP32, "F16")]
+        pairs = [p for p in pairs if p[2] in self.args.engines]
+        res = quality.validate(pairs, paths, tok.encode(quality.VALIDATION_PROMPT), self.cores,
+                               self.args.validate_tokens, tok.decode, self.log, self.worker_log, self.skipped)
+        self.res["validation"] = [dataclasses.asdict(r) for r in res]
+
+    def perplexity(self) -> None:
+        self.log("perplexity: phi2-mini-code on the eval text")
+        formats = [f for f in ("F16", "Q8_0", "Q4_0")]
+        paths = self.mini_paths(formats)
+        ids = self.tokenizer().encode(self.shared.eval_text.read_text(encoding="utf-8"))
+        rows = [quality.PplRow(HF_FP32, "F16")] if HF_FP32 in self.args.engines else []
+        rows += [quality.PplRow(e, f) for e in (PHI2CPU, LLAMA_CPP) if e in self.args.engines for f in formats]
+        for r in rows:
+            if r.engine in self.skipped:
+                r.status, r.reason = "skipped", self.skipped[r.engine]
+        max_w = self.args.ppl_windows or None
+        quality.perplexity(rows, paths, ids, self.args.ppl_window, max_w, self.cores, self.log, self.worker_log)
+        self.res["perplexity"] = {"text": self.shared.eval_text.name, "window": self.args.ppl_window,
+                                  "max_windows": max_w, "rows": [dataclasses.asdict(r) for r in rows]}
+
+    def speed_files(self) -> tuple[Path, dict[str, Path]]:
+        ckpt = self.cache.random_checkpoint(self.config_path)
+        return ckpt, {f: self.cache.gguf(ckpt, f) for f in self.args.formats}
+
+    def kl(self) -> None:
+        self.log("KL divergence: full-size random model against its F32 GGUF")
+        ckpt, files = self.speed_files()
+        ref = self.cache.gguf(ckpt, "F32")
+        text = self.shared.eval_text.read_text(encoding="utf-8")
+        ids = self.tokenizer().encode(text)[: self.args.kl_positions]
+        paths = {(e, f): str(p) for f, p in files.items() for e in (PHI2CPU, LLAMA_CPP)}
+        rows = [quality.KlRow(e, f) for e in (PHI2CPU, LLAMA_CPP) if e in self.args.engines for f in files]
+        for r in rows:
+            if r.engine in self.skipped:
+                r.status, r.reason = "skipped", self.skipped[r.engine]
+        quality.kl_divergence(rows, str(ref), paths, ids, self.cores, self.log, self.worker_log)
+        self.res["kl"] = {"reference": f"phi2cpu on the F32 GGUF of the same checkpoint ({ref.name})",
+                          "positions": len(ids), "text": f"the first {len(ids)} tokens of {self.shared.eval_text.name}",
+                          "rows": [dataclasses.asdict(r) for r in rows]}
+
+    def bandwidth(self) -> None:
+        self.log("memory bandwidth probe")
+        nbytes, passes = self.args.bandwidth_mib << 20, 5
+        gbs = {str(t): read_bandwidth(t, nbytes, passes) for t in self.args.threads}
+        self.log("  " + ", ".join(f"{t} threads: {v:.1f} GB/s" for t, v in gbs.items()))
+        self.res["bandwidth"] = {"gbs": gbs, "buffer_bytes": nbytes, "passes": passes}
+
+    def speed(self) -> None:
+        ckpt, files = self.speed_files()
+        from ..checkpoint import HFCheckpoint
+
+        n_params = assets.n_params(HFCheckpoint(ckpt).config)
+        self.res["models"].update({"hf_checkpoint": ckpt.name, "speed_params": n_params, "speed": {
+            f: {"file": p.name, "bytes": p.stat().st_size, "weight_bytes_per_token": weight_bytes_per_token(p)}
+            for f, p in files.items()}})
+        budget = self.args.budget_min * 60
+        deadline = self.t0 + budget + self.cache.setup_s if budget > 0 else None
+        runner = speed.GroupRunner(self.workload(), self.log, self.worker_log)
+        cells = []
+        # Most threads first, the smallest format first: under a time budget the headline numbers
+        # come before the slow F16/torch groups and the scaling curve.
+        by_size = sorted(self.args.formats, key=lambda f: assets.BYTES_PER_PARAM[f])
+        for t in sorted(self.args.threads, reverse=True):
+            for f in by_size:
+                engines = [e for e in self.args.engines if uses_gguf(e) or f == "F16"]
+                group = [speed.Cell(e, f, t) for e in engines]
+                cells += group
+                for c in group:
+                    if c.engine in self.skipped:
+                        c.status, c.reason = "skipped", self.skipped[c.engine]
+                live = [c for c in group if c.status == "pending"]
+                paths = {e: str(files[f]) if uses_gguf(e) else str(ckpt) for e in engines}
+                need = lambda e: speed.memory_need(e, files[f].stat().st_size, n_params)  # noqa: E731
+                for sub in speed.split_by_memory([c.engine for c in live], need, int(speed.mem_available() * 0.85)):
+                    self.log(f"speed: {f}, {t} thread{'s' if t > 1 else ''}: {' / '.join(sub)}")
+                    runner.run([c for c in live if c.engine in sub], paths, deadline)
+                self.res["speed"] = [self._cell_dict(c) for c in cells]
+
+    @staticmethod
+    def _cell_dict(c: speed.Cell) -> dict:
+        d = dataclasses.asdict(c)
+        d["pp"], d["tg"] = c.summary("pp"), c.summary("tg")
+        return d
+
+    def ceilings(self) -> None:
+        bw = (self.res.get("bandwidth") or {}).get("gbs")
+        models = self.res["models"].get("speed")
+        if not bw or not models:
+            return
+        t = str(max(int(k) for k in bw))
+        rows = []
+        for f, m in models.items():
+            ceiling = decode_ceiling(bw[t], m["weight_bytes_per_token"])
+            get = lambda e: next((c["tg"]["median"] for c in self.res.get("speed", [])  # noqa: E731
+                                  if c["engine"] == e and c["format"] == f and c["threads"] == int(t)
+                                  and c["status"] == "ok"), None)
+            rows.append({"format": f, "bytes_per_token": m["weight_bytes_per_token"], "bandwidth_gbs": bw[t],
+                         "threads": int(t), "ceiling_tps": ceiling, "phi2cpu_tg": get(PHI2CPU),
+                         "llama_cpp_tg": get(LLAMA_CPP)})
+        self.res["ceiling"] = rows
+
+    def run(self) -> dict:
+        from . import environment
+
+        self.res["environment"] = environment.collect()
+        for e, why in self.skipped.items():
+            self.log(f"{e}: skipped ({why})")
+        steps = {"validate": self.validate, "ppl": self.perplexity, "kl": self.kl,
+                 "bandwidth": self.bandwidth, "speed": self.speed}
+        sections = {}
+        for name in SECTIONS:  # validation always comes before any timing
+            if name in self.args.sections:
+                t0, setup0 = time.monotonic(), self.cache.setup_s
+                try:
+                    steps[name]()
+                except assets.AssetError as e:
+                    self.log(f"{name}: skipped: {e}")
+                    self.res.setdefault("section_errors", {})[name] = str(e)
+                sections[name] = time.monotonic() - t0 - (self.cache.setup_s - setup0)
+        self.ceilings()
+        self.res["timing"] = {"total_s": time.monotonic() - self.t0, "setup_s": self.cache.setup_s,
+                              "sections_s": sections}
+        return self.res
+
+
+def write_outputs(res: dict, out: Path, results_md: Optional[str], log: Callable[[str], None]) -> str:
+    try:
+        res["plots"] = report.plot(res, out)
+    except ImportError:
+        log("plots: skipped (matplotlib is not installed: pip install 'phi2cpu[bench]')")
+        res["plots"] = []
+    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    md = report.render_markdown(res)
+    (out / "results.md").write_text(md)
+    if results_md:
+        Path(results_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(results_md).write_text(md)
+    return md
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from ..model import default_threads
+
+    args = build_parser().parse_args(argv)
+    args = resolve(args, default_threads())
+    for name in ("runs", "pp", "tg", "tg_prompt", "ppl_window", "validate_tokens", "bandwidth_mib"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        bench = Bench(args, log)
+        res = bench.run()
+    except assets.AssetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    md = write_outputs(res, bench.out, args.results_md, log)
+    print(md)
+    log(f"wrote {bench.out / 'results.json'}, {bench.out / 'results.md'} and {len(res['plots'])} plots "
+        f"in {res['timing']['total_s'] / 60:.1f} min")
+    return 0
