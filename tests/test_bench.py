@@ -31,9 +31,10 @@ def tiny_config(tmp_path_factory, phi2_dir):
     return d / "config.json"
 
 
-def test_quick_run_on_a_tiny_model(tmp_path, tiny_config, capsys):
+def test_quick_run_on_a_tiny_model(tmp_path, tiny_config, phi2_dir, capsys):
     out = tmp_path / "out"
-    argv = ["--quick", "--config", str(tiny_config), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+    argv = ["--quick", "--shared", str(phi2_dir.parent), "--config", str(tiny_config),
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
             "--sections", "bandwidth,speed", "--formats", "Q8_0,Q4_0", "--engines", "phi2cpu,llama.cpp",
             "--pp", "16", "--tg", "4", "--threads", "1", "--bandwidth-mib", "16",
             "--results-md", str(tmp_path / "RESULTS.md")]

@@ -1,5 +1,9 @@
 // A persistent pool: parallel_for hands out chunks of [0, n) to the workers and the calling
 // thread, and returns when all are done. One parallel_for runs at a time.
+//
+// Decoding one token runs a few hundred short parallel sections, so waking a sleeping worker each
+// time would cost a futex round trip per section: workers and the caller first spin briefly on an
+// atomic, and block on a condition variable only when nothing arrives.
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -9,6 +13,15 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define PHI2CPU_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define PHI2CPU_CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define PHI2CPU_CPU_RELAX() std::this_thread::yield()
+#endif
 
 namespace phi2cpu {
 
@@ -20,7 +33,7 @@ public:
     ~ThreadPool() {
         {
             std::lock_guard<std::mutex> lk(mu_);
-            stop_ = true;
+            stop_.store(true);
         }
         cv_start_.notify_all();
         for (auto& t : workers_) t.join();
@@ -44,17 +57,25 @@ public:
             n_ = n;
             grain_ = grain;
             next_.store(0);
-            active_ = int(workers_.size());
-            generation_++;
+            active_.store(int(workers_.size()));
+            generation_.fetch_add(1, std::memory_order_release);
         }
         cv_start_.notify_all();
         run_chunks();
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_done_.wait(lk, [this] { return active_ == 0; });
+        for (int spin = 0; active_.load(std::memory_order_acquire) != 0; spin++) {
+            if (spin < kSpins) {
+                PHI2CPU_CPU_RELAX();
+                continue;
+            }
+            std::unique_lock<std::mutex> lk(mu_);
+            cv_done_.wait(lk, [this] { return active_.load() == 0; });
+        }
         job_ = nullptr;
     }
 
 private:
+    static constexpr int kSpins = 20000;  // ~50-100 us of pause before sleeping
+
     void run_chunks() {
         for (;;) {
             const int64_t b = next_.fetch_add(grain_);
@@ -66,16 +87,19 @@ private:
     void worker_loop() {
         uint64_t seen = 0;
         for (;;) {
+            for (int spin = 0; spin < kSpins && generation_.load(std::memory_order_acquire) == seen && !stop_.load();
+                 spin++)
+                PHI2CPU_CPU_RELAX();
             {
                 std::unique_lock<std::mutex> lk(mu_);
-                cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
-                if (stop_) return;
-                seen = generation_;
+                cv_start_.wait(lk, [&] { return stop_.load() || generation_.load() != seen; });
+                if (stop_.load()) return;
+                seen = generation_.load();
             }
             run_chunks();
-            {
+            if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
                 std::lock_guard<std::mutex> lk(mu_);
-                if (--active_ == 0) cv_done_.notify_one();
+                cv_done_.notify_one();
             }
         }
     }
@@ -87,9 +111,9 @@ private:
     const std::function<void(int64_t, int64_t)>* job_ = nullptr;
     int64_t n_ = 0, grain_ = 1;
     std::atomic<int64_t> next_{0};
-    int active_ = 0;
-    uint64_t generation_ = 0;
-    bool stop_ = false;
+    std::atomic<int> active_{0};
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<bool> stop_{false};
 };
 
 }  // namespace phi2cpu

@@ -46,13 +46,15 @@ def repo_root() -> Optional[Path]:
 
 
 def find_shared(explicit: Optional[str]) -> Optional[Path]:
-    """--shared, else $PHI2CPU_SHARED, else `shared/` beside the checkout."""
+    """--shared, else $PHI2CPU_SHARED, else `shared/` beside the checkout this package runs from
+    or beside the current directory (a checkout with a non-editable install)."""
     for cand in (explicit, os.environ.get("PHI2CPU_SHARED")):
         if cand:
             return Path(cand)
     root = repo_root()
-    if root is not None and (root.parent / "shared").is_dir():
-        return root.parent / "shared"
+    for base in ([root] if root is not None else []) + [Path.cwd()]:
+        if (base.parent / "shared").is_dir():
+            return base.parent / "shared"
     return None
 
 
