@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .errors import Phi2Error, SamplingError
+from .errors import Phi2Error, SamplingError, error_message
 from .generate import STOP_CONTEXT, generate
 from .sampling import SamplingParams
 from .tokenizer import check_text
@@ -311,12 +311,6 @@ def _error(message: str) -> None:
     print(f"phi2cpu: error: {' '.join(message.split(chr(10)))}", file=sys.stderr)
 
 
-def _os_message(e: OSError) -> str:
-    if e.filename is not None and e.strerror:
-        return f"{e.filename}: {e.strerror}"
-    return str(e)
-
-
 def _dispatch(argv: list) -> int:
     top, subs = build_parser()
     if argv and argv[0] == "quantize":
@@ -359,5 +353,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _error(str(e))
         return 1
     except OSError as e:
-        _error(_os_message(e))
+        _error(error_message(e))
         return 1

@@ -15,3 +15,10 @@ class ContextFullError(Phi2Error):
 
 class SamplingError(Phi2Error, ValueError):
     """An invalid sampling or generation parameter."""
+
+
+def error_message(e: BaseException) -> str:
+    """One line for the user: an OSError as 'path: reason', anything else as its text."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)

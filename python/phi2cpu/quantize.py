@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import _core
 from .checkpoint import HFCheckpoint, expected_gguf_shapes, gguf_tensor_names
-from .errors import ModelFileError, Phi2Error
+from .errors import ModelFileError, Phi2Error, error_message
 from .gguf_io import Vocab, read_model_file, tensor_nbytes, write_gguf
 
 QTYPES = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}
@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None, prog: str = "tools/quantize.py") -> int:
     try:
         s = quantize(args.src, args.out, args.qtype, progress=not args.quiet)
     except (Phi2Error, OSError) as e:
-        message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
-        print(f"{prog.split()[0]}: error: {message}", file=sys.stderr)
+        print(f"{prog.split()[0]}: error: {error_message(e)}", file=sys.stderr)
         return 1
     print(f"wrote {s['out']}: {s['qtype']}, {s['n_params'] / 1e9:.2f}B params, "
           f"{s['file_bytes'] / 2**20:.1f} MiB in {s['seconds']:.1f} s")
