@@ -55,9 +55,17 @@ class FakeModel:
     def n_past(self) -> int:
         return len(self.history)
 
+    @property
+    def tokens(self) -> List[int]:
+        return list(self.history)
+
     def reset(self) -> None:
         self.history = []
         self.resets += 1
+
+    def truncate(self, n: int) -> None:
+        assert 0 <= n <= len(self.history)
+        del self.history[n:]
 
     def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         ids = [int(i) for i in ids]

@@ -201,3 +201,54 @@ def test_perplexity_errors():
         perplexity(model, "abc" * 20, window=1)
     with pytest.raises(Phi2Error, match="max_windows"):
         perplexity(model, "abc" * 20, window=4, max_windows=0)
+
+
+def test_reuse_prefix_processes_only_the_new_tokens():
+    m, table = table_model(n_ctx=64)
+    first = generate(m, "hello", max_tokens=5, **GREEDY)
+    cached = m.tokens
+    calls = len(m.calls)
+    stream = generate(m, "hello" + first + " world", max_tokens=3, stream=True, reuse_prefix=True, **GREEDY)
+    text = "".join(stream)
+    new_ids = m.tokenizer.encode("hello" + first + " world")
+    st = stream.stats
+    common = next(i for i, (a, b) in enumerate(zip(cached + [-1], new_ids)) if a != b)
+    assert st.prompt_tokens == len(new_ids) and st.prompt_evaluated == len(new_ids) - common
+    assert m.calls[calls] == new_ids[common:]  # the prefill saw only the part not in the cache
+    assert m.resets == 1                       # the second call did not empty the cache
+    # the same text as a run from an empty cache
+    assert text == generate(table_model()[0], "hello" + first + " world", max_tokens=3, **GREEDY)
+
+
+def test_reuse_prefix_keeps_one_token_to_evaluate():
+    m, _ = table_model()
+    generate(m, "abc", max_tokens=2, **GREEDY)
+    ids = m.tokens  # the prompt and the tokens generated after it, all in the cache
+    stats = GenerationStats()
+    list(generate_tokens(m, ids, SamplingParams(temperature=0), max_tokens=1, stats=stats, reuse_prefix=True))
+    assert stats.prompt_evaluated == 1 and m.calls[-1] == ids[-1:]
+
+
+def test_logprobs_of_sampled_tokens():
+    m, table = table_model()
+    stream = generate(m, "ab", max_tokens=4, stream=True, temperature=1.0, seed=3)
+    list(stream)
+    st = stream.stats
+    assert len(st.token_ids) == len(st.token_logprobs) == st.generated_tokens - (st.stop_reason == "eos")
+    prev = m.tokenizer.encode("ab")[-1]
+    for tok, lp in zip(st.token_ids, st.token_logprobs):
+        row = table[prev].astype(np.float64)
+        expect = row[tok] - row.max() - math.log(np.exp(row - row.max()).sum())
+        assert lp == pytest.approx(expect, abs=1e-9) and lp <= 0
+        prev = tok
+    assert st.finish_reason in ("stop", "length")
+
+
+def test_penalties_reach_the_sampler_through_generate():
+    m = scripted_model("x", "aaaa")
+    # the script makes 'a' overwhelmingly likely; a ban through logit_bias must win anyway
+    a = m.tokenizer.encode("a")[0]
+    out = generate(m, "x", max_tokens=4, logit_bias={a: -math.inf}, **GREEDY)
+    assert "a" not in out
+    with pytest.raises(SamplingError, match="unknown sampling option"):
+        generate(m, "x", top_q=0.3)

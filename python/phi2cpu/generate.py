@@ -5,12 +5,15 @@ so generation from nothing is unconditional text rather than an error.
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
 
 from .errors import ContextFullError, SamplingError
-from .sampling import Sampler, SamplingParams, _is_int
+from .sampling import Sampler, SamplingParams, _is_int, sampling_params
 from .tokenizer import StreamDecoder, check_text
 
 # why generation ended
@@ -19,22 +22,34 @@ STOP_EOS, STOP_STRING, STOP_MAX_TOKENS, STOP_CONTEXT = "eos", "stop_string", "ma
 
 @dataclass
 class GenerationStats:
+    """What one generation did; filled in as it runs."""
+
     prompt_tokens: int = 0
+    prompt_evaluated: int = 0      # prompt tokens the prefill processed (fewer when a cached prefix was reused)
     prompt_seconds: float = 0.0    # the prefill call
     generated_tokens: int = 0      # sampled tokens, including a final end-of-text token
     gen_seconds: float = 0.0       # time inside the engine and sampler after the prefill
     stop_reason: str = ""
+    token_ids: List[int] = field(default_factory=list)         # sampled ids, end-of-text excluded
+    token_logprobs: List[float] = field(default_factory=list)  # log p(id) under the model's own logits
+
+    @property
+    def finish_reason(self) -> str:
+        """OpenAI's name for why it ended: "stop" (end-of-text or a stop string) or "length"."""
+        return "stop" if self.stop_reason in (STOP_EOS, STOP_STRING) else "length"
 
     @property
     def prompt_tokens_per_s(self) -> float:
-        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+        return self.prompt_evaluated / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
 
     @property
     def gen_tokens_per_s(self) -> float:
         return self.generated_tokens / self.gen_seconds if self.gen_seconds > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"prompt: {self.prompt_tokens} tokens, {self.prompt_tokens_per_s:.1f} tok/s | "
+        cached = self.prompt_tokens - self.prompt_evaluated
+        reused = f" ({cached} cached)" if cached > 0 else ""
+        return (f"prompt: {self.prompt_tokens} tokens{reused}, {self.prompt_tokens_per_s:.1f} tok/s | "
                 f"generated: {self.generated_tokens} tokens, {self.gen_tokens_per_s:.1f} tok/s")
 
 
@@ -73,37 +88,69 @@ def generate_tokens(
     params: SamplingParams,
     max_tokens: int = 128,
     stats: Optional[GenerationStats] = None,
+    reuse_prefix: bool = False,
 ) -> Iterator[int]:
     """Yields sampled token ids after prefilling `ids` (end-of-text is not yielded; it ends the
     stream). Stops after max_tokens or when the context window is full. Arguments are checked
-    before the first token is requested."""
+    before the first token is requested.
+
+    The cache is emptied first, unless `reuse_prefix`: then the longest prefix of `ids` already in
+    the model's cache is kept and only the rest is processed (how chat avoids re-reading history)."""
     sampler = Sampler(params, n_valid=min(model.tokenizer.n_vocab, model.config.n_vocab))
     requested = _check_max_tokens(max_tokens)
     ids = list(ids)
     budget = _fit_context(model, len(ids), requested)
     st = stats if stats is not None else GenerationStats()
     st.prompt_tokens = len(ids)
-    return _token_loop(model, ids, sampler, budget, requested, st)
+    return _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix)
 
 
-def _token_loop(model, ids, sampler, budget, requested, st) -> Iterator[int]:
+def _keep_cached_prefix(model, ids: List[int]) -> int:
+    """Truncate the cache to its longest common prefix with `ids`, leaving at least one token of
+    `ids` to evaluate; returns the number of positions kept."""
+    cached = model.tokens
+    n = 0
+    limit = min(len(cached), len(ids) - 1)
+    while n < limit and cached[n] == ids[n]:
+        n += 1
+    model.truncate(n)
+    return n
+
+
+def token_logprob(logits: np.ndarray, token: int) -> float:
+    """log p(token) under a float64 log-softmax of all the logits (as in perplexity)."""
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    m = x.max()
+    return float(x[token] - m - math.log(np.exp(x - m).sum()))
+
+
+def _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix) -> Iterator[int]:
     eos = model.tokenizer.eos_id
-    model.reset()
     t = time.perf_counter()
-    logits = model.eval(ids)
+    if reuse_prefix:
+        start = _keep_cached_prefix(model, ids)
+    else:
+        model.reset()
+        start = 0
+    st.prompt_evaluated = len(ids) - start
+    logits = model.eval(ids[start:])
     st.prompt_seconds = time.perf_counter() - t
     st.stop_reason = STOP_MAX_TOKENS if budget == requested else STOP_CONTEXT
+    history = list(ids)
     tok = None
     for _ in range(budget):
         t = time.perf_counter()
         if tok is not None:
             logits = model.eval([tok])
-        tok = sampler.sample(logits)
+        tok = sampler.sample(logits, history)
         st.generated_tokens += 1
         st.gen_seconds += time.perf_counter() - t
         if tok == eos:
             st.stop_reason = STOP_EOS
             return
+        history.append(tok)
+        st.token_ids.append(tok)
+        st.token_logprobs.append(token_logprob(logits, tok))
         yield tok
 
 
@@ -171,26 +218,29 @@ def generate(
     model,
     prompt: str,
     max_tokens: int = 128,
-    temperature: float = 0.8,
-    top_k: int = 40,
-    top_p: float = 0.95,
-    seed: Optional[int] = None,
     stop: Optional[List[str]] = None,
     stream: bool = False,
+    reuse_prefix: bool = False,
+    **sampling: Any,
 ) -> Union[str, TextStream]:
     """Continue `prompt` with up to `max_tokens` tokens.
 
+    `sampling` takes the SamplingParams fields (temperature, top_k, top_p, min_p, seed,
+    repeat_penalty, presence_penalty, frequency_penalty, penalty_last_n, logit_bias); unset ones
+    keep llama.cpp's defaults, temperature=0 is greedy.
+
     Stops at end-of-text (not included), after max_tokens, when the context window is full, or
     just before the first occurrence of any `stop` string (which may span tokens; it is not
-    included). An empty prompt starts from `<|endoftext|>`. Raises SamplingError for invalid
+    included). An empty prompt starts from `<|endoftext|>`. With `reuse_prefix` the part of the
+    prompt already in the model's cache is not processed again. Raises SamplingError for invalid
     arguments and ContextFullError when the prompt leaves no room to generate, both before any
     model work. Returns the text, or with stream=True an iterator of text pieces whose `.stats`
-    (a GenerationStats) is complete once it is exhausted.
+    (a GenerationStats, with the sampled ids and their log-probs) is complete once it is exhausted.
     """
-    params = SamplingParams(temperature, top_k, top_p, seed).validate()
+    params = sampling_params(**sampling)
     _check_max_tokens(max_tokens)
     stops = _check_stop(stop)
     stats = GenerationStats()
-    tokens = generate_tokens(model, prompt_ids(model, prompt), params, max_tokens, stats)
+    tokens = generate_tokens(model, prompt_ids(model, prompt), params, max_tokens, stats, reuse_prefix)
     pieces = TextStream(model, tokens, stops, stats)
     return pieces if stream else "".join(pieces)
