@@ -110,6 +110,47 @@ py::array_t<float> forward(Model& m, py::array_t<int32_t, py::array::c_style | p
     return out;
 }
 
+// Appends tokens like forward and returns (residual streams (len(layers), n, n_embd), logits (n, n_vocab) or
+// None).
+py::tuple forward_hidden(Model& m, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+                         const std::vector<int>& layers, bool want_logits) {
+    if (tokens.ndim() != 1) throw std::invalid_argument("forward: tokens must be a 1-D sequence");
+    const int n = int(tokens.shape(0));
+    const int64_t d = m.config().n_embd;
+    py::array_t<float> hidden({py::ssize_t(layers.size()), py::ssize_t(n), py::ssize_t(d)});
+    py::object logits = py::none();
+    float* lp = nullptr;
+    if (want_logits) {
+        py::array_t<float> l({py::ssize_t(n), py::ssize_t(m.config().n_vocab)});
+        lp = l.mutable_data();
+        logits = l;
+    }
+    const int32_t* ids = tokens.data();
+    float* hp = hidden.mutable_data();
+    {
+        py::gil_scoped_release release;
+        m.forward(ids, n, true, lp, &layers, hp);
+    }
+    return py::make_tuple(hidden, logits);
+}
+
+py::tuple get_state(const Model& m) {
+    const auto shape = std::vector<py::ssize_t>{m.config().n_layer, m.n_past(), m.config().n_embd};
+    py::array_t<float> k(shape), v(shape);
+    m.read_state(k.mutable_data(), v.mutable_data());
+    return py::make_tuple(k, v);
+}
+
+void set_state(Model& m, py::array_t<float, py::array::c_style | py::array::forcecast> k,
+               py::array_t<float, py::array::c_style | py::array::forcecast> v) {
+    const Config& c = m.config();
+    for (const auto* a : {&k, &v})
+        if (a->ndim() != 3 || a->shape(0) != c.n_layer || a->shape(2) != c.n_embd || a->shape(1) != k.shape(1))
+            throw std::invalid_argument("state arrays must both be (n_layer=" + std::to_string(c.n_layer) +
+                                        ", n_past, n_embd=" + std::to_string(c.n_embd) + ")");
+    m.write_state(int(k.shape(1)), k.data(), v.data());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -135,6 +176,11 @@ PYBIND11_MODULE(_core, m) {
              "Map a GGUF file. tensors: [(name, ggml_type, numpy_shape, absolute_offset)].")
         .def("forward", &forward, py::arg("tokens"), py::arg("all_logits") = false,
              "Append tokens to the KV cache; float32 logits (n or 1, n_vocab).")
+        .def("forward_hidden", &forward_hidden, py::arg("tokens"), py::arg("layers"), py::arg("logits") = false,
+             "Append tokens; (residual streams (len(layers), n, n_embd), logits (n, n_vocab) or None). "
+             "Layer 0 is the token embeddings, l the residual stream after layer l.")
+        .def("get_state", &get_state, "The KV cache of the cached positions: (k, v), each (n_layer, n_past, n_embd).")
+        .def("set_state", &set_state, py::arg("k"), py::arg("v"), "Replace the KV cache with get_state's arrays.")
         .def("reset", &Model::reset)
         .def("truncate", &Model::truncate, py::arg("n"))
         .def_property_readonly("n_past", &Model::n_past)

@@ -32,8 +32,42 @@ void Model::truncate(int n) {
     kv_.n_past = n;
 }
 
-void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits) {
+void Model::read_state(float* k, float* v) const {
+    const size_t row = size_t(kv_.n_past) * kv_.n_embd;
+    for (int l = 0; l < kv_.n_layer; l++) {
+        const size_t src = size_t(l) * kv_.n_ctx * kv_.n_embd;
+        std::copy(kv_.k.get() + src, kv_.k.get() + src + row, k + l * row);
+        std::copy(kv_.v.get() + src, kv_.v.get() + src + row, v + l * row);
+    }
+}
+
+void Model::write_state(int n, const float* k, const float* v) {
+    if (n < 0 || n > kv_.n_ctx)
+        throw ContextError("state holds " + std::to_string(n) + " positions; the context holds " +
+                           std::to_string(kv_.n_ctx));
+    const size_t row = size_t(n) * kv_.n_embd;
+    for (int l = 0; l < kv_.n_layer; l++) {
+        std::copy(k + l * row, k + (l + 1) * row, kv_.k_at(l, 0));
+        std::copy(v + l * row, v + (l + 1) * row, kv_.v_at(l, 0));
+    }
+    kv_.n_past = n;
+}
+
+void Model::HiddenOut::capture(int index, const float* x, int n, int64_t d) const {
+    if (!layers) return;
+    for (size_t j = 0; j < layers->size(); j++)
+        if ((*layers)[j] == index)
+            std::copy(x, x + n * d, data + (j * size_t(n_total) + size_t(offset)) * size_t(d));
+}
+
+void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits,
+                    const std::vector<int>* hidden_layers, float* hidden) {
     if (n <= 0) throw std::invalid_argument("forward: no tokens");
+    if (hidden_layers)
+        for (int l : *hidden_layers)
+            if (l < 0 || l > cfg_.n_layer)
+                throw std::invalid_argument("hidden layer " + std::to_string(l) + " is outside 0.." +
+                                            std::to_string(cfg_.n_layer));
     if (n > kv_.n_ctx - kv_.n_past)
         throw ContextError("context full: " + std::to_string(kv_.n_past) + " cached + " + std::to_string(n) +
                            " new tokens exceed the context of " + std::to_string(kv_.n_ctx) + " tokens");
@@ -44,14 +78,16 @@ void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits
     for (int done = 0; done < n;) {
         const int m = std::min(kMaxBatch, n - done);
         const bool last = done + m == n;
-        float* out = all_logits ? logits + size_t(done) * cfg_.n_vocab : (last ? logits : nullptr);
-        forward_batch(tokens + done, m, all_logits, out);
+        float* out = !logits ? nullptr : all_logits ? logits + size_t(done) * cfg_.n_vocab : (last ? logits : nullptr);
+        HiddenOut h;
+        if (hidden_layers && hidden) h = HiddenOut{hidden_layers, hidden, n, done};
+        forward_batch(tokens + done, m, all_logits, out, h);
         done += m;
     }
 }
 
 // x = x + attn(LN(x)) + mlp(LN(x)) per layer; logits from the final LayerNorm.
-void Model::forward_batch(const int32_t* tokens, int n, bool all_logits, float* logits) {
+void Model::forward_batch(const int32_t* tokens, int n, bool all_logits, float* logits, const HiddenOut& hidden) {
     const Kernels& k = kernels();
     const int64_t d = cfg_.n_embd, ff = cfg_.n_ff;
     x_.resize(size_t(n * d));
@@ -62,6 +98,7 @@ void Model::forward_batch(const int32_t* tokens, int n, bool all_logits, float* 
     tmp_.resize(size_t(n * d));
 
     for (int t = 0; t < n; t++) w_.token_embd.tt->dequantize(w_.token_embd.row(tokens[t]), &x_[size_t(t * d)], d);
+    hidden.capture(0, x_.data(), n, d);
 
     for (int l = 0; l < cfg_.n_layer; l++) {
         const LayerWeights& L = w_.layers[size_t(l)];
@@ -86,6 +123,7 @@ void Model::forward_batch(const int32_t* tokens, int n, bool all_logits, float* 
         matmul(L.down_w, L.down_b.data(), ff_.data(), n, h_.data(), d, pool_, act_scratch_);
 
         for (int64_t i = 0; i < n * d; i++) x_[size_t(i)] += tmp_[size_t(i)] + h_[size_t(i)];
+        hidden.capture(l + 1, x_.data(), n, d);
     }
     kv_.n_past += n;
 

@@ -20,7 +20,15 @@ public:
     // Appends n tokens at positions n_past()..n_past()+n-1 to the cache and writes float32 logits:
     // (n, n_vocab) when all_logits, else (1, n_vocab) for the last token. Throws ContextError when the
     // tokens do not fit, std::invalid_argument for ids outside the vocabulary; the cache is unchanged then.
-    void forward(const int32_t* tokens, int n, bool all_logits, float* logits);
+    // When `hidden` is given, it also receives the residual stream (n_sel, n, n_embd) at each index in
+    // `hidden_layers` (0 = token embeddings, l = after layer l, up to n_layer). `logits` may be null.
+    void forward(const int32_t* tokens, int n, bool all_logits, float* logits,
+                 const std::vector<int>* hidden_layers = nullptr, float* hidden = nullptr);
+
+    // The cached keys and values of positions 0..n_past()-1, as (n_layer, n_past, n_embd) arrays each.
+    void read_state(float* k, float* v) const;
+    // Replace the cache with n positions from arrays laid out as read_state writes them.
+    void write_state(int n, const float* k, const float* v);
 
     void reset() { kv_.n_past = 0; }
     // Keep only the first n cached positions (n <= n_past()).
@@ -31,7 +39,14 @@ public:
     const Config& config() const { return cfg_; }
 
 private:
-    void forward_batch(const int32_t* tokens, int n, bool all_logits, float* logits);
+    // Where forward_batch copies residual snapshots: rows [offset, offset+n) of each (n_total, n_embd) slab.
+    struct HiddenOut {
+        const std::vector<int>* layers = nullptr;
+        float* data = nullptr;
+        int n_total = 0, offset = 0;
+        void capture(int index, const float* x, int n, int64_t d) const;
+    };
+    void forward_batch(const int32_t* tokens, int n, bool all_logits, float* logits, const HiddenOut& hidden);
     void attention(int layer, int n, float* qkv, float* out);
 
     Config cfg_;

@@ -1,15 +1,18 @@
 """The user-facing model: a GGUF file mapped by the C++ engine, its tokenizer, and generation."""
 from __future__ import annotations
 
+import json
 import os
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core
 from .config import PhiConfig
-from .errors import ContextFullError, Phi2Error
+from .errors import ContextFullError, ModelFileError, Phi2Error
 from .gguf_io import ModelFile, read_model_file
 from .tokenizer import Tokenizer
 
@@ -28,6 +31,20 @@ def default_threads() -> int:
         except OSError:
             cores.add(str(cpu))
     return max(1, len(cores))
+
+
+STATE_FORMAT = "phi2cpu-state-1"
+
+
+@dataclass
+class Completion:
+    """The result of :meth:`Model.complete`."""
+
+    text: str
+    token_ids: List[int]          # the sampled ids (a stop string's tokens included, end-of-text not)
+    token_logprobs: List[float]   # log p of each sampled id under the model's logits
+    finish_reason: str            # "stop" (end-of-text or a stop string) or "length"
+    stats: Any                    # the GenerationStats of the run
 
 
 class Model:
@@ -52,6 +69,7 @@ class Model:
         )
         tensors = [(t.name, t.ggml_type, list(t.shape), t.offset) for t in self.file.tensors.values()]
         self._engine = _core.Model(self.path, self.config.as_dict(), tensors, n_ctx, threads or default_threads())
+        self._tokens: List[int] = []  # the ids whose keys and values are in the cache, in order
 
     # --- cache-level API -------------------------------------------------------------------
     @property
@@ -67,24 +85,113 @@ class Model:
     def threads(self) -> int:
         return self._engine.n_threads
 
+    @property
+    def tokens(self) -> List[int]:
+        """The token ids in the KV cache, oldest first (a copy)."""
+        return list(self._tokens)
+
     def reset(self) -> None:
         """Empty the KV cache."""
         self._engine.reset()
+        self._tokens = []
 
-    def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
-        """Append ``ids`` to the KV cache. Returns float32 logits of the last token ``(n_vocab,)``,
-        or of every token ``(len(ids), n_vocab)`` when ``all_logits``."""
+    def truncate(self, n: int) -> None:
+        """Keep only the first ``n`` cached positions (0 <= n <= n_past)."""
+        if not isinstance(n, int) or not 0 <= n <= self.n_past:
+            raise Phi2Error(f"truncate needs an integer in 0..{self.n_past}, got {n!r}")
+        self._engine.truncate(n)
+        del self._tokens[n:]
+
+    def _checked_ids(self, ids: Sequence[int]) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim != 1 or ids.size == 0:
-            raise Phi2Error("eval needs a non-empty 1-D sequence of token ids")
+            raise Phi2Error("needs a non-empty 1-D sequence of token ids")
         if ids.min() < 0 or ids.max() >= self.config.n_vocab:
             raise Phi2Error(f"token ids must lie in 0..{self.config.n_vocab - 1}")
         if self.n_past + ids.size > self.n_ctx:
             raise ContextFullError(
                 f"{ids.size} tokens do not fit: {self.n_past} of the {self.n_ctx}-token context are in use"
             )
+        return ids
+
+    def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Append ``ids`` to the KV cache. Returns float32 logits of the last token ``(n_vocab,)``,
+        or of every token ``(len(ids), n_vocab)`` when ``all_logits``."""
+        ids = self._checked_ids(ids)
         out = self._engine.forward(ids.astype(np.int32), all_logits)
+        self._tokens.extend(int(i) for i in ids)
         return out if all_logits else out[0]
+
+    def hidden_states(self, ids: Union[str, Sequence[int]], layers: Optional[Sequence[int]] = None
+                      ) -> np.ndarray:
+        """The residual stream of a fresh sequence (the cache is reset first), float32
+        ``(len(layers), len(ids), n_embd)``. Index 0 is the token embeddings and ``l`` the stream
+        after layer ``l`` (1..n_layer; negative indices count from the end, -1 = the last layer),
+        before the final LayerNorm. ``layers`` defaults to all n_layer + 1. Text is tokenized first."""
+        n = self.config.n_layer + 1
+        picked = list(range(n)) if layers is None else list(layers)
+        if not picked:
+            raise Phi2Error("layers must name at least one layer")
+        for layer in picked:
+            if not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+                raise Phi2Error(f"layer indices must be integers in {-n}..{n - 1}, got {layer!r}")
+        token_ids = self.tokenize(ids) if isinstance(ids, str) else ids
+        self.reset()
+        checked = self._checked_ids(token_ids)
+        hidden, _ = self._engine.forward_hidden(checked.astype(np.int32), [int(x) % n for x in picked])
+        self._tokens.extend(int(i) for i in checked)
+        return hidden
+
+    def token_logprobs(self, ids: Union[str, Sequence[int]]) -> np.ndarray:
+        """log p(ids[t] | ids[:t]) for t = 1..len(ids)-1 (float64), for a fresh sequence, under a
+        log-softmax of all the logits. Text is tokenized first."""
+        from .perplexity import window_nll
+
+        token_ids = self.tokenize(ids) if isinstance(ids, str) else list(ids)
+        if len(token_ids) < 2:
+            raise Phi2Error("log-probs need at least two tokens")
+        return -window_nll(self.logits(token_ids), token_ids)
+
+    def perplexity(self, text: str, window: int = 512, max_windows: Optional[int] = None,
+                   progress: bool = False):
+        """Perplexity of ``text`` by the `phi2cpu perplexity` protocol; a PerplexityResult."""
+        from .perplexity import perplexity
+
+        return perplexity(self, text, window=window, max_windows=max_windows, progress=progress)
+
+    # --- saved prompt caches ---------------------------------------------------------------
+    def _identity(self) -> dict:
+        return {"config": self.config.as_dict(), "file_bytes": os.path.getsize(self.path),
+                "tensors": sorted((t.name, t.ggml_type) for t in self.file.tensors.values())}
+
+    def save_state(self, path: Union[str, os.PathLike]) -> None:
+        """Write the KV cache and its token ids to ``path`` (a NumPy .npz), to skip re-reading a
+        long prompt in a later run with :meth:`load_state`."""
+        k, v = self._engine.get_state()
+        meta = json.dumps({"format": STATE_FORMAT, "model": self._identity()})
+        with open(path, "wb") as f:  # an open file: np.savez would otherwise append ".npz"
+            np.savez(f, meta=np.array(meta), tokens=np.asarray(self._tokens, dtype=np.int64), k=k, v=v)
+
+    def load_state(self, path: Union[str, os.PathLike]) -> None:
+        """Replace the KV cache with one written by :meth:`save_state` for this same model file.
+        On any error the cache is left as it was."""
+        with open(path, "rb") as f:
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"]))
+                    tokens, k, v = z["tokens"], z["k"], z["v"]
+            except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                raise ModelFileError(f"{path}: not a phi2cpu state file ({e})") from None
+        if meta.get("format") != STATE_FORMAT:
+            raise ModelFileError(f"{path}: unknown state format {meta.get('format')!r}")
+        if json.loads(json.dumps(self._identity())) != meta.get("model"):
+            raise ModelFileError(f"{path}: the state was saved from a different model file")
+        if tokens.ndim != 1 or k.shape != v.shape or k.ndim != 3 or k.shape[1] != tokens.size:
+            raise ModelFileError(f"{path}: state arrays are inconsistent")
+        if tokens.size > self.n_ctx:
+            raise ContextFullError(f"{path}: the state holds {tokens.size} tokens; the context holds {self.n_ctx}")
+        self._engine.set_state(k, v)
+        self._tokens = [int(t) for t in tokens]
 
     # --- text-level API --------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -98,23 +205,26 @@ class Model:
         self.reset()
         return self.eval(ids, all_logits=True)
 
-    def generate(
-        self,
-        prompt: str,
-        max_tokens: int = 128,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        seed: Optional[int] = None,
-        stop: Optional[Sequence[str]] = None,
-        stream: bool = False,
-    ) -> Union[str, Iterator[str]]:
-        """Continue ``prompt``. Greedy when ``temperature`` is 0. Returns the text, or an iterator
-        of text pieces when ``stream`` is true."""
+    def generate(self, prompt: str, max_tokens: int = 128, *, stop: Optional[Sequence[str]] = None,
+                 stream: bool = False, reuse_prefix: bool = False, **sampling: Any
+                 ) -> Union[str, Iterator[str]]:
+        """Continue ``prompt``: the text, or an iterator of text pieces when ``stream`` is true.
+        ``sampling`` takes the SamplingParams fields (temperature, top_k, top_p, min_p, seed,
+        repeat_penalty, presence_penalty, frequency_penalty, penalty_last_n, logit_bias);
+        temperature=0 is greedy. See :func:`phi2cpu.generate.generate`."""
         from .generate import generate
 
-        return generate(self, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, seed=seed, stop=stop, stream=stream)
+        return generate(self, prompt, max_tokens=max_tokens, stop=list(stop) if stop else None,
+                        stream=stream, reuse_prefix=reuse_prefix, **sampling)
+
+    def complete(self, prompt: str, max_tokens: int = 128, *, stop: Optional[Sequence[str]] = None,
+                 reuse_prefix: bool = False, **sampling: Any) -> Completion:
+        """Like :meth:`generate`, returning the text with the sampled token ids, their log-probs
+        and why generation ended."""
+        pieces = self.generate(prompt, max_tokens, stop=stop, stream=True, reuse_prefix=reuse_prefix, **sampling)
+        text = "".join(pieces)
+        st = pieces.stats
+        return Completion(text, list(st.token_ids), list(st.token_logprobs), st.finish_reason, st)
 
     def __repr__(self) -> str:
         c = self.config

@@ -72,14 +72,24 @@ def attention(c: PhiConfig, w: dict[str, np.ndarray], i: int, h: np.ndarray) -> 
     return _linear(w, f"blk.{i}.attn_output", out)
 
 
-def reference_logits(config: PhiConfig, weights: dict[str, np.ndarray], ids) -> np.ndarray:
-    """Logits (len(ids), n_vocab) for tokens at positions 0..len(ids)-1."""
+def reference_hidden_states(config: PhiConfig, weights: dict[str, np.ndarray], ids) -> list[np.ndarray]:
+    """The residual stream (len(ids), n_embd) at n_layer + 1 points: the token embeddings, then
+    after each layer (before the final LayerNorm)."""
     c, w = config, weights
     x = w["token_embd.weight"][np.asarray(ids, dtype=np.int64)].astype(np.float32)
+    out = [x]
     for i in range(c.n_layer):
         h = layer_norm(x, w[f"blk.{i}.attn_norm.weight"], w[f"blk.{i}.attn_norm.bias"], c.norm_eps)
         mlp = _linear(w, f"blk.{i}.ffn_down", gelu_new(_linear(w, f"blk.{i}.ffn_up", h)))
         x = x + attention(c, w, i, h) + mlp
+        out.append(x)
+    return out
+
+
+def reference_logits(config: PhiConfig, weights: dict[str, np.ndarray], ids) -> np.ndarray:
+    """Logits (len(ids), n_vocab) for tokens at positions 0..len(ids)-1."""
+    c, w = config, weights
+    x = reference_hidden_states(c, w, ids)[-1]
     h = layer_norm(x, w["output_norm.weight"], w["output_norm.bias"], c.norm_eps)
     return _linear(w, "output", h).astype(np.float32)
 

@@ -1,0 +1,55 @@
+"""Type stubs for phi2cpu._core, the C++ engine (see csrc/bind/module.cpp)."""
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ContextFullError, ModelFileError, Phi2Error
+
+FileError = ModelFileError
+ContextError = ContextFullError
+SetupError = Phi2Error
+
+def quantize(x: npt.ArrayLike, type: int) -> npt.NDArray[np.uint8]:
+    """Quantize float32 rows (last axis) to GGUF block bytes of the given GGML type id."""
+
+def dequantize(data: npt.ArrayLike, type: int, n: int) -> npt.NDArray[np.float32]:
+    """Dequantize GGUF block bytes to float32 rows of length n."""
+
+def isa() -> Tuple[str, str]:
+    """The kernel path in use and why it was chosen."""
+
+def available_isas() -> str:
+    """Kernel paths this build has and this CPU runs, comma-separated."""
+
+class Model:
+    """A mapped GGUF file, its KV cache and a thread pool."""
+
+    def __init__(self, path: str, config: Dict[str, Any], tensors: List[Tuple[str, int, Sequence[int], int]],
+                 n_ctx: int, n_threads: int) -> None:
+        """tensors: (name, ggml_type, numpy_shape, absolute_offset) for every tensor in the file."""
+
+    def forward(self, tokens: npt.ArrayLike, all_logits: bool = False) -> npt.NDArray[np.float32]:
+        """Append tokens to the KV cache; float32 logits (n or 1, n_vocab)."""
+
+    def forward_hidden(self, tokens: npt.ArrayLike, layers: Sequence[int], logits: bool = False
+                       ) -> Tuple[npt.NDArray[np.float32], Optional[npt.NDArray[np.float32]]]:
+        """Append tokens; (residual streams (len(layers), n, n_embd), logits (n, n_vocab) or None).
+        Layer 0 is the token embeddings, l the residual stream after layer l."""
+
+    def get_state(self) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """The KV cache of the cached positions: (k, v), each (n_layer, n_past, n_embd)."""
+
+    def set_state(self, k: npt.ArrayLike, v: npt.ArrayLike) -> None:
+        """Replace the KV cache with get_state's arrays."""
+
+    def reset(self) -> None: ...
+    def truncate(self, n: int) -> None:
+        """Keep only the first n cached positions."""
+
+    @property
+    def n_past(self) -> int: ...
+    @property
+    def n_ctx(self) -> int: ...
+    @property
+    def n_threads(self) -> int: ...
