@@ -40,6 +40,10 @@ def one_error_line(err: str, *words: str) -> None:
     (["--top-p", "2"], "top_p"), (["--top-p", "0"], "top_p"),
     (["--temperature", "-1"], "temperature"), (["--temperature", "nan"], "temperature"),
     (["--top-k", "-1"], "top_k"), (["--seed", "-5"], "seed"), (["--max-tokens", "0"], "max_tokens"),
+    (["--min-p", "1.5"], "min_p"), (["--repeat-penalty", "0"], "repeat_penalty"),
+    (["--presence-penalty", "3"], "presence_penalty"), (["--frequency-penalty", "-2.5"], "frequency_penalty"),
+    (["--repeat-last-n", "-1"], "penalty_last_n"), (["--logit-bias", "50256"], "--logit-bias"),
+    (["--logit-bias", "x=1"], "--logit-bias"), (["--logit-bias", "5=nan"], "logit_bias"),
 ])
 def test_invalid_sampling_values_exit_1(fake_load, capsys, args, name):
     assert main(["run", "model.q4", "hello", *args]) == 1
@@ -219,3 +223,39 @@ def test_broken_pipe_is_quiet():
                           cwd=str(__import__("pathlib").Path(__file__).parent))
     assert proc.stdout == b"zzzzz"
     assert b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr
+
+
+def test_format_wraps_prompt_and_adds_stops(fake_load, capsys):
+    fake_load.model = scripted_model("Instruct: hi\nOutput:", " 42\nInstruct: more")
+    assert main(["run", "m.q4", "hi", "--format", "qa", "--temperature", "0", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert out == " 42" and err == ""  # --quiet: no timing line
+
+
+def test_logit_bias_outside_the_vocabulary(fake_load, capsys):
+    fake_load.model = scripted_model("x", "ab")
+    assert main(["run", "m.q4", "x", "--logit-bias", "99999=1"]) == 1
+    out, err = capsys.readouterr()
+    one_error_line(err, "vocabulary")
+    assert out == ""
+
+
+def test_sampling_flags_reach_the_sampler(fake_load, capsys):
+    fake_load.model = scripted_model("x", "ab")
+    a = fake_load.model.tokenizer.encode("a")[0]
+    assert main(["run", "m.q4", "x", "--temperature", "0", "--logit-bias", f"{a}=-inf", "-q"]) == 0
+    out, _ = capsys.readouterr()
+    assert "a" not in out
+
+
+def test_verbose_prints_a_timing_breakdown(fake_load, capsys, monkeypatch):
+    from phi2cpu import _core
+
+    monkeypatch.setattr(_core, "isa", lambda: ("avx2", "test"))
+    fake_load.model = scripted_model("x", "ab")
+    fake_load.model.path, fake_load.model.threads = "m.q4", 1
+    assert main(["run", "m.q4", "x", "--temperature", "0", "-v"]) == 0
+    _, err = capsys.readouterr()
+    for label in ("load:", "prompt:", "generate:", "stopped:"):
+        assert label in err
+    assert main(["run", "m.q4", "x", "-q", "-v"]) == 2  # mutually exclusive

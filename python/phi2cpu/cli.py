@@ -1,15 +1,17 @@
-"""The `phi2cpu` command: run, info, perplexity, quantize."""
+"""The `phi2cpu` command: run, serve, info, perplexity, quantize."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 from .errors import Phi2Error, SamplingError, error_message
 from .generate import STOP_CONTEXT, generate
-from .sampling import SamplingParams
+from .prompts import FORMATS, get_format
+from .sampling import SamplingParams, sampling_params
 from .tokenizer import check_text
 
 DEMO_NOTE = (
@@ -21,20 +23,39 @@ DEMO_NOTE = (
 RUN_EXAMPLES = """\
 examples:
   phi2cpu run "def fibonacci(n):"                 # bundled demo model
-  phi2cpu run phi-2.q4 "Instruct: Explain gravity.\\nOutput:" --max-tokens 200
-  phi2cpu run phi-2.q4 "def add(a, b):" --temperature 0 --stop "\\n\\n"
-  cat prompt.txt | phi2cpu run phi-2.q4 - --seed 42
+  phi2cpu run phi-2.q4 "Explain gravity." --format qa --max-tokens 200
+  phi2cpu run phi-2.q4 "Instruct: Explain gravity.\\nOutput:" --stop "\\nInstruct:"
+  phi2cpu run phi-2.q4 "def add(a, b):" --format code --temperature 0
+  phi2cpu run phi-2.q4 "Write a haiku." --format chat --repeat-penalty 1.1 --min-p 0.1
+  cat prompt.txt | phi2cpu run phi-2.q4 - --seed 42 --quiet
 
-The prompt is used exactly as given (from stdin with "-", including any trailing newline); it
-must be valid UTF-8. Put `--` before a prompt that starts with "-". Only the generated text goes
+The prompt is used exactly as given unless --format wraps it (from stdin with "-", including any
+trailing newline); it must be valid UTF-8. Put `--` before a prompt that starts with "-". Only the generated text goes
 to stdout; notes and the timing line go to stderr."""
+
+SERVE_EXAMPLES = """\
+examples:
+  phi2cpu serve                                   # bundled demo model on 127.0.0.1:8000
+  phi2cpu serve phi-2.q4_0.gguf --host 0.0.0.0 --port 8080 --threads 8
+
+Requests run one at a time on the model, in arrival order; each starts from an empty cache.
+Point any OpenAI client at http://HOST:PORT/v1 (the API key is not checked)."""
+
+CHAT_EXAMPLES = """\
+examples:
+  phi2cpu chat                                  # bundled demo model
+  phi2cpu chat phi-2.q4 --system "A helpful assistant who answers briefly."
+  phi2cpu chat phi-2.q4 --temperature 0.3 --verbose
+
+Commands at the >>> prompt: /reset forgets the conversation, /bye quits (so does Ctrl-D).
+Ctrl-C while the model is replying stops that reply; the conversation goes on."""
 
 INFO_EXAMPLES = """\
 examples:
   phi2cpu info phi-2.q4"""
 
 QUANTIZE_HELP = """\
-convert a Hugging Face Phi-2 folder (or a phi-2 GGUF) to f16, q8_0 or q4_0;
+convert a Hugging Face Phi-2 folder (or a phi-2 GGUF) to f16, q8_0, q4_0, q4_k_m, q5_k_m or q6_k;
 see `phi2cpu quantize --help`"""
 
 
@@ -66,7 +87,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     top = argparse.ArgumentParser(
         prog="phi2cpu",
         description="Run Microsoft's Phi-2 on a CPU from quantized GGUF files.",
-        epilog="Run `phi2cpu COMMAND --help` for a command's options and examples.",
+        epilog="Run `phi2cpu COMMAND --help` for a command's options and examples.\n\n"
+               "exit status: 0 success, 1 error (one `phi2cpu: error:` line on stderr), 2 bad usage, "
+               "130 interrupted (Ctrl-C).",
         formatter_class=fmt,
     )
     top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -81,20 +104,39 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     run.add_argument("model", nargs="?", metavar="MODEL",
                      help="model file (.q4/.q8/.f16/.gguf); default: the bundled demo model")
     run.add_argument("prompt", metavar="PROMPT", help='prompt text, or "-" to read it from stdin')
+    run.add_argument("--format", choices=list(FORMATS), default="raw",
+                     help="wrap PROMPT in a Phi-2 prompt format and add its stop strings: "
+                          + "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values())
+                          + " (default: raw)")
     run.add_argument("--max-tokens", type=int, default=128, metavar="N",
                      help="most tokens to generate (default: 128)")
-    run.add_argument("--temperature", type=float, default=0.8, metavar="T",
-                     help="sampling temperature; 0 = greedy (default: 0.8)")
-    run.add_argument("--top-k", type=int, default=40, metavar="K",
-                     help="sample from the K most likely tokens; 0 = off (default: 40)")
-    run.add_argument("--top-p", type=float, default=0.95, metavar="P",
-                     help="nucleus sampling mass in (0, 1]; 1 = off (default: 0.95)")
-    run.add_argument("--seed", type=int, default=None, metavar="S",
-                     help="random seed >= 0 for reproducible output (default: random)")
+    _sampling_args(run)
     run.add_argument("--stop", action="append", default=None, metavar="STR",
                      help="stop before this text (repeatable; not printed)")
+    _output_args(run)
     _engine_args(run, ctx=True)
     run.set_defaults(func=_cmd_run)
+
+    chat = sub.add_parser(
+        "chat", help="talk with a model; the history stays in the KV cache", formatter_class=fmt,
+        usage="phi2cpu chat [options] [MODEL]",
+        description="An interactive chat in Phi-2's format (Alice: ... / Bob: ...). Each turn processes "
+                    "only the new text: the history stays in the KV cache. When the context is full, "
+                    "the oldest turns are dropped (with a note) and the rest is processed once.",
+        epilog=CHAT_EXAMPLES,
+    )
+    chat.add_argument("model", nargs="?", metavar="MODEL",
+                      help="model file (.q4/.q8/.f16/.gguf); default: the bundled demo model")
+    chat.add_argument("--system", default="", metavar="TEXT",
+                      help="text that opens the conversation (e.g. who the assistant is)")
+    chat.add_argument("--max-tokens", type=_positive_int, default=256, metavar="N",
+                      help="most tokens per reply (default: 256)")
+    _sampling_args(chat)
+    chat.add_argument("--stop", action="append", default=None, metavar="STR",
+                      help="also stop a reply before this text (repeatable)")
+    _output_args(chat)
+    _engine_args(chat, ctx=True)
+    chat.set_defaults(func=_cmd_chat)
 
     info = sub.add_parser("info", help="describe a model file", formatter_class=fmt,
                           description="Print a model file's architecture, hyper-parameters, "
@@ -115,13 +157,86 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="tokens per window (default: 512)")
     ppl.add_argument("--max-windows", type=_positive_int, default=None, metavar="N",
                      help="score at most N windows (default: all)")
+    ppl.add_argument("--quiet", "-q", action="store_true", help="no progress bar; print only the result lines")
     _engine_args(ppl, ctx=False)
     ppl.set_defaults(func=_cmd_perplexity)
+
+    srv = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
+                         formatter_class=fmt, usage="phi2cpu serve [options] [MODEL]",
+                         description="Serve MODEL at /v1/completions, /v1/chat/completions, /v1/models "
+                                     "and /health (needs `pip install \"phi2cpu[server]\"`).",
+                         epilog=SERVE_EXAMPLES)
+    srv.add_argument("model", nargs="?", metavar="MODEL",
+                     help="model file (.q4/.q8/.f16/.gguf); default: the bundled demo model")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, metavar="N",
+                     help="TCP port; 0 picks a free one (default: 8000)")
+    srv.add_argument("--model-name", default=None, metavar="NAME",
+                     help="model id clients pass as `model` (default: the file name without .gguf)")
+    srv.add_argument("--max-queue", type=_positive_int, default=64, metavar="N",
+                     help="requests allowed to wait for the model before answering 503 (default: 64)")
+    srv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                     help="server log level (default: info)")
+    _engine_args(srv, ctx=False)
+    srv.add_argument("--ctx-size", "--ctx", dest="ctx", type=_positive_int, default=2048, metavar="N",
+                     help="context window in tokens per request, prompt included (default: 2048)")
+    srv.set_defaults(func=_cmd_serve)
 
     sub.add_parser("quantize", help=QUANTIZE_HELP, add_help=False)
     sub.add_parser("bench", help="benchmark against llama.cpp and HF transformers; see `phi2cpu bench --help`",
                    add_help=False)
-    return top, {"run": run, "info": info, "perplexity": ppl}
+    return top, {"run": run, "chat": chat, "info": info, "perplexity": ppl, "serve": srv}
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    d = SamplingParams()
+    p.add_argument("--temperature", type=float, default=d.temperature, metavar="T",
+                   help=f"sampling temperature; 0 = greedy (default: {d.temperature})")
+    p.add_argument("--top-k", type=int, default=d.top_k, metavar="K",
+                   help=f"sample from the K most likely tokens; 0 = off (default: {d.top_k})")
+    p.add_argument("--top-p", type=float, default=d.top_p, metavar="P",
+                   help=f"nucleus sampling mass in (0, 1]; 1 = off (default: {d.top_p})")
+    p.add_argument("--min-p", type=float, default=d.min_p, metavar="P",
+                   help=f"drop tokens less likely than P x the most likely one; 0 = off (default: {d.min_p})")
+    p.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty, metavar="X",
+                   help=f"divide the logits of recent tokens by X (> 1 discourages repeats; default: "
+                        f"{d.repeat_penalty} = off)")
+    p.add_argument("--presence-penalty", type=float, default=d.presence_penalty, metavar="X",
+                   help="subtract X from the logit of each recent token, in [-2, 2] (default: 0)")
+    p.add_argument("--frequency-penalty", type=float, default=d.frequency_penalty, metavar="X",
+                   help="subtract X per occurrence of each recent token, in [-2, 2] (default: 0)")
+    p.add_argument("--repeat-last-n", type=int, default=d.penalty_last_n, metavar="N",
+                   help=f"how many recent tokens the penalties look at; 0 = off (default: {d.penalty_last_n})")
+    p.add_argument("--logit-bias", action="append", default=None, metavar="ID=BIAS",
+                   help="add BIAS to token ID's logit; -inf bans it (repeatable)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="random seed >= 0 for reproducible output (default: random)")
+
+
+def _sampling_options(args: argparse.Namespace) -> dict:
+    """The sampling options given on the command line, checked (a bad value is a SamplingError)."""
+    bias = {}
+    for item in args.logit_bias or []:
+        tok, sep, value = item.partition("=")
+        try:
+            bias[int(tok)] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise SamplingError(f"--logit-bias takes TOKEN_ID=BIAS (e.g. 50256=-inf), got {item!r}")
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                   repeat_penalty=args.repeat_penalty, presence_penalty=args.presence_penalty,
+                   frequency_penalty=args.frequency_penalty, penalty_last_n=args.repeat_last_n,
+                   logit_bias=bias, seed=args.seed)
+    sampling_params(**options)
+    return options
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quiet", "-q", action="store_true", help="print only the generated text (no notes, no timing)")
+    g.add_argument("--verbose", "-v", action="store_true",
+                   help="print a timing breakdown (load, prompt, per-token generation) to stderr")
 
 
 def _engine_args(p: argparse.ArgumentParser, ctx: bool) -> None:
@@ -173,23 +288,51 @@ def _write(piece: str) -> None:
     sys.stdout.flush()
 
 
+def _model_path(args: argparse.Namespace) -> str:
+    """MODEL, or the bundled demo model (with a note unless --quiet)."""
+    if args.model is not None:
+        return args.model
+    import phi2cpu
+
+    if not getattr(args, "quiet", False):
+        print(DEMO_NOTE, file=sys.stderr)
+    return str(phi2cpu.default_model_path())
+
+
+def _load_timed(args: argparse.Namespace):
+    """The model named by args, and the seconds loading took."""
+    path = _model_path(args)
+    t = time.perf_counter()
+    model = _load(path, args.threads, args.ctx)
+    return model, time.perf_counter() - t
+
+
+def _timing_lines(model, load_s: Optional[float], st) -> list:
+    from . import _core
+
+    ms_tok = 1000 * st.gen_seconds / st.generated_tokens if st.generated_tokens else 0.0
+    ms_prompt = 1000 * st.prompt_seconds / st.prompt_evaluated if st.prompt_evaluated else 0.0
+    lines = [] if load_s is None else [
+        f"load:      {load_s * 1000:9.1f} ms  ({model.path}, {model.threads} threads, {_core.isa()[0]} kernels)"]
+    return lines + [
+        f"prompt:    {st.prompt_seconds * 1000:9.1f} ms  {st.prompt_evaluated} tokens processed"
+        f" ({st.prompt_tokens - st.prompt_evaluated} reused from the cache), {ms_prompt:.2f} ms/token",
+        f"generate:  {st.gen_seconds * 1000:9.1f} ms  {st.generated_tokens} tokens, {ms_tok:.2f} ms/token, "
+        f"{st.gen_tokens_per_s:.1f} tok/s",
+        f"stopped:   {st.stop_reason}",
+    ]
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args.prompt)
-    stop = [check_text(s, "--stop") for s in args.stop or []]
-    SamplingParams(args.temperature, args.top_k, args.top_p, args.seed).validate()
+    fmt = get_format(args.format)
+    stop = [check_text(s, "--stop") for s in args.stop or []] + list(fmt.stop)
+    sampling = _sampling_options(args)
     if args.max_tokens < 1:
         raise SamplingError(f"max_tokens must be an integer >= 1, got {args.max_tokens}")
-    if args.model is None:
-        import phi2cpu
-
-        path = phi2cpu.default_model_path()
-        print(DEMO_NOTE, file=sys.stderr)
-    else:
-        path = args.model
-    model = _load(path, args.threads, args.ctx)
-    pieces = generate(model, prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=stop or None,
-                      stream=True)
+    model, load_s = _load_timed(args)
+    pieces = generate(model, fmt.wrap(prompt), max_tokens=args.max_tokens, stop=stop or None, stream=True,
+                      **sampling)
     last = ""
     for piece in pieces:
         _write(piece)
@@ -197,10 +340,100 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if last and not last.endswith("\n") and sys.stdout.isatty():
         _write("\n")
     st = pieces.stats
+    if args.quiet:
+        return 0
     if st.stop_reason == STOP_CONTEXT:
         print(f"phi2cpu: note: stopped because the context ({model.n_ctx} tokens) is full",
               file=sys.stderr)
-    print(st.summary(), file=sys.stderr)
+    print("\n".join(_timing_lines(model, load_s, st)) if args.verbose else st.summary(), file=sys.stderr)
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import ChatSession
+
+    stop = [check_text(s, "--stop") for s in args.stop or []]
+    sampling = _sampling_options(args)
+    model, load_s = _load_timed(args)
+    session = ChatSession(model, system=check_text(args.system, "--system"), max_tokens=args.max_tokens,
+                          stop=stop, **sampling)
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    if not args.quiet:
+        print(f"phi2cpu chat: {os.path.basename(model.path)}, context {model.n_ctx} tokens. "
+              "Enter sends; Ctrl-C stops a reply; /reset forgets the conversation; Ctrl-D or /bye quits.",
+              file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print("\n(Ctrl-D or /bye quits)", file=sys.stderr)
+            continue
+        cmd = line.strip()
+        if not cmd:
+            continue
+        if cmd in ("/bye", "/exit", "/quit"):
+            return 0
+        if cmd == "/reset":
+            session.clear()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        try:
+            stream, dropped = session.reply(check_text(line, "message"))
+        except Phi2Error as e:
+            print(f"phi2cpu: {e}", file=sys.stderr)
+            continue
+        if dropped and not args.quiet:
+            print(f"(context full: dropped the {dropped} oldest turn(s); processing the rest once)",
+                  file=sys.stderr)
+        shown = []
+        try:
+            for piece in stream:
+                _write(piece)
+                shown.append(piece)
+        except KeyboardInterrupt:
+            stream.close()
+            print("\n(reply stopped)", file=sys.stderr)
+        session.record("".join(shown))
+        _write("\n")
+        if args.verbose:
+            print("\n".join(_timing_lines(model, load_s, stream.stats)), file=sys.stderr)
+            load_s = None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise Phi2Error(f"serve needs {e.name}: pip install \"phi2cpu[server]\"") from None
+    from .server import serve
+
+    if not 0 <= args.port <= 65535:
+        raise Phi2Error(f"--port must be in 0..65535, got {args.port}")
+    if args.model is None:
+        import phi2cpu
+
+        path = str(phi2cpu.default_model_path())
+        print(DEMO_NOTE, file=sys.stderr)
+    else:
+        path = args.model
+    model = _load(path, args.threads, args.ctx)
+    name = args.model_name or os.path.basename(path)
+    if name.endswith(".gguf") and not args.model_name:
+        name = name[: -len(".gguf")]
+
+    def listening(url: str) -> None:
+        print(f"phi2cpu: serving {name} at {url}/v1 (context {model.n_ctx} tokens, "
+              f"{model.threads} threads); Ctrl-C stops", file=sys.stderr, flush=True)
+
+    serve(model, name, host=args.host, port=args.port, log_level=args.log_level,
+          max_queue=args.max_queue, on_listen=listening)
     return 0
 
 
@@ -300,7 +533,7 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
 
     text = _read_text_file(args.file)
     model = _load(args.model, args.threads, args.window)
-    res = perplexity(model, text, window=args.window, max_windows=args.max_windows, progress=True)
+    res = perplexity(model, text, window=args.window, max_windows=args.max_windows, progress=not args.quiet)
     print(f"windows: {res.n_windows} x {args.window} tokens, scored tokens: {res.n_scored}, "
           f"mean nll: {res.nll_mean:.6f}")
     print(f"ppl = {res.ppl:.4f}")

@@ -1,0 +1,86 @@
+"""A chat whose history stays in the KV cache: each turn processes only the new text.
+
+The conversation is kept as Phi-2's chat transcript (`Alice: ...\\nBob: ...`, see prompts.py).
+Every turn generates from the whole transcript with ``reuse_prefix``, so the part already in the
+cache (the earlier turns and the model's own replies) is not processed again. When the transcript
+no longer fits, the oldest turns are dropped and what is left is processed once.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple
+
+from .errors import ContextFullError, Phi2Error
+from .generate import TextStream, generate
+from .prompts import FORMATS, chat_transcript
+from .sampling import sampling_params
+
+
+class ChatSession:
+    """One conversation with a model. ``reply(text)`` streams the answer; ``record(text)`` (done by
+    the stream's consumer, or ``ask``) stores what was shown, which may be cut short by Ctrl-C."""
+
+    def __init__(self, model, system: str = "", max_tokens: int = 256, stop: Sequence[str] = (),
+                 **sampling: Any):
+        self.model = model
+        self.system = system
+        self.max_tokens = max_tokens
+        self.stop = list(FORMATS["chat"].stop) + [s for s in stop if s not in FORMATS["chat"].stop]
+        self.sampling = sampling
+        sampling_params(**sampling)  # bad values fail now, not at the first turn
+        self.turns: List[Tuple[str, str]] = []
+        self.dropped = 0   # turns dropped so far to fit the context
+        self._pending: Optional[str] = None
+        self.last_stats = None   # the GenerationStats of the last `ask`
+
+    def _reserve(self) -> int:
+        """Room kept free for the reply when deciding what history fits."""
+        return min(self.max_tokens, self.model.n_ctx // 2)
+
+    def _fit(self, user: str) -> Tuple[str, int]:
+        """The transcript for the new turn and how many old turns had to go to make it fit."""
+        limit = self.model.n_ctx - self._reserve()
+        turns = self.turns + [(user, "")]
+        dropped = 0
+        while True:
+            text = chat_transcript(turns, self.system)
+            if len(self.model.tokenize(text)) <= limit:
+                return text, dropped
+            if len(turns) == 1:
+                raise ContextFullError(
+                    f"this message does not fit in the {self.model.n_ctx}-token context with room for a reply")
+            turns = turns[1:]
+            dropped += 1
+
+    def reply(self, user: str) -> Tuple[TextStream, int]:
+        """Start answering `user`: the stream of reply text, and the number of old turns dropped
+        to make room (0 normally). Call `record` with the text shown once the stream ends."""
+        if not user.strip():
+            raise Phi2Error("empty message")
+        text, dropped = self._fit(user)
+        if dropped:
+            self.turns = self.turns[dropped:]
+            self.dropped += dropped
+        self._pending = user
+        stream = generate(self.model, text, max_tokens=self.max_tokens, stop=self.stop, stream=True,
+                          reuse_prefix=True, **self.sampling)
+        return stream, dropped
+
+    def record(self, reply: str) -> None:
+        """Store the reply to the pending message (as shown: a stopped reply is kept as it was)."""
+        if self._pending is None:
+            raise Phi2Error("no message is waiting for a reply")
+        self.turns.append((self._pending, reply))
+        self._pending = None
+
+    def ask(self, user: str) -> str:
+        """Answer `user` in full and remember the exchange."""
+        stream, _ = self.reply(user)
+        text = "".join(stream)
+        self.record(text)
+        self.last_stats = stream.stats
+        return text
+
+    def clear(self) -> None:
+        """Forget the conversation (the cache is reused only where the new text matches)."""
+        self.turns = []
+        self._pending = None
