@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--kl-positions", type=int, help="KL positions on the full-size model (default 256)")
     ap.add_argument("--validate-tokens", type=int, default=32, help="greedy tokens compared (default 32)")
     ap.add_argument("--bandwidth-mib", type=int, help="bandwidth probe buffer (default 1024)")
+    ap.add_argument("--quiet", "-q", action="store_true", help="no progress bar or log lines; only the report")
     ap.add_argument("--budget-min", type=float,
                     help="time budget in minutes, not counting making cached files; speed groups that would "
                          "overrun it drop their slowest peers, reported as skipped (default 30, --quick 5; 0 = none)")
@@ -98,8 +99,10 @@ def resolve(args: argparse.Namespace, cores: int) -> argparse.Namespace:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, log: Callable[[str], None]):
+    def __init__(self, args: argparse.Namespace, log: Callable[[str], None],
+                 on_section: Callable[[str], None] = lambda name: None, on_done: Callable[[], None] = lambda: None):
         self.args, self.log = args, log
+        self.on_section, self.on_done = on_section, on_done
         self.t0 = time.monotonic()
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -259,12 +262,14 @@ class Bench:
         for name in SECTIONS:  # validation always comes before any timing
             if name in self.args.sections:
                 t0, setup0 = time.monotonic(), self.cache.setup_s
+                self.on_section(name)
                 try:
                     steps[name]()
                 except assets.AssetError as e:
                     self.log(f"{name}: skipped: {e}")
                     self.res.setdefault("section_errors", {})[name] = str(e)
                 sections[name] = time.monotonic() - t0 - (self.cache.setup_s - setup0)
+                self.on_done()
         self.ceilings()
         self.res["timing"] = {"total_s": time.monotonic() - self.t0, "setup_s": self.cache.setup_s,
                               "sections_s": sections}
@@ -296,15 +301,25 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
 
+    from tqdm import tqdm
+
+    # one bar over the sections (its postfix names the current one); log lines print above it
+    bar = tqdm(total=len(args.sections), desc="bench", unit="section", file=sys.stderr,
+               disable=True if args.quiet else None)
+
     def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        if not args.quiet:
+            tqdm.write(msg, file=sys.stderr)
 
     try:
-        bench = Bench(args, log)
+        bench = Bench(args, log, on_section=lambda name: (bar.set_postfix_str(name), bar.update(0)),
+                      on_done=lambda: bar.update(1))
         res = bench.run()
     except assets.AssetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        bar.close()
     md = write_outputs(res, bench.out, args.results_md, log)
     print(md)
     log(f"wrote {bench.out / 'results.json'}, {bench.out / 'results.md'} and {len(res['plots'])} plots "
