@@ -18,6 +18,10 @@ Kernels scalar_kernels() {
     k.vec_dot_f16_f32 = vec_dot_f16_f32_ref;
     k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_ref;
     k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_ref;
+    k.gemv_q8_0_q8_0 = gemv_q8_0_q8_0_ref;
+    k.gemv_q4_0_q8_0 = gemv_q4_0_q8_0_ref;
+    k.gemm_q8_0_q8_0 = gemm_q8_0_q8_0_ref;
+    k.gemm_q4_0_q8_0 = gemm_q4_0_q8_0_ref;
     k.quantize_row_q8_0 = quantize_row_q8_0_ref;
     k.gemm_f32_panel16 = gemm_f32_panel16_ref;
     k.layernorm_f32 = layernorm_f32_ref;
@@ -60,6 +64,18 @@ vec_dot_fn Kernels::vec_dot_for(GgmlType t) const {
         case GgmlType::Q8_0: return vec_dot_q8_0_q8_0;
         case GgmlType::Q4_0: return vec_dot_q4_0_q8_0;
     }
+    return nullptr;
+}
+
+gemv_fn Kernels::gemv_for(GgmlType t) const {
+    if (t == GgmlType::Q8_0) return gemv_q8_0_q8_0;
+    if (t == GgmlType::Q4_0) return gemv_q4_0_q8_0;
+    return nullptr;
+}
+
+gemm_fn Kernels::gemm_for(GgmlType t) const {
+    if (t == GgmlType::Q8_0) return gemm_q8_0_q8_0;
+    if (t == GgmlType::Q4_0) return gemm_q4_0_q8_0;
     return nullptr;
 }
 

@@ -1,5 +1,6 @@
 // The kernel table for this CPU, chosen once (PHI2CPU_ISA=... forces a path).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -9,6 +10,12 @@
 namespace phi2cpu {
 
 using vec_dot_fn = float (*)(int64_t n, const void* w, const void* x);
+// y[r] = dot(row r of w, x) for r < n_rows (rows row_bytes apart); see gemv_*_ref.
+using gemv_fn = void (*)(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);
+// y[t*ldy + r] = dot(row r of w, activation row t) for n_tok consecutive rows x; see gemm_*_ref.
+using gemm_fn = void (*)(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
+
 
 struct Kernels {
     const char* isa;     // "scalar", ...
@@ -17,6 +24,10 @@ struct Kernels {
     vec_dot_fn vec_dot_f16_f32;
     vec_dot_fn vec_dot_q8_0_q8_0;
     vec_dot_fn vec_dot_q4_0_q8_0;
+    gemv_fn gemv_q8_0_q8_0;
+    gemv_fn gemv_q4_0_q8_0;
+    gemm_fn gemm_q8_0_q8_0;
+    gemm_fn gemm_q4_0_q8_0;
     void (*quantize_row_q8_0)(const float* x, block_q8_0* y, int64_t n);
     void (*gemm_f32_panel16)(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
                              int64_t ldy, bool accumulate);
@@ -28,6 +39,9 @@ struct Kernels {
 
     // The dot product for a weight type (its activations are traits.vec_dot_type).
     vec_dot_fn vec_dot_for(GgmlType weight_type) const;
+    // Multi-row and integer-GEMM kernels for a weight type, or nullptr where there are none.
+    gemv_fn gemv_for(GgmlType weight_type) const;
+    gemm_fn gemm_for(GgmlType weight_type) const;
 };
 
 // The table in use: chosen on first call from the CPU and PHI2CPU_ISA.

@@ -19,6 +19,10 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_neon;
     k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_neon;
     k.quantize_row_q8_0 = quantize_row_q8_0_neon;
+    k.gemv_q8_0_q8_0 = gemv_q8_0_q8_0_neon;
+    k.gemv_q4_0_q8_0 = gemv_q4_0_q8_0_neon;
+    k.gemm_q8_0_q8_0 = gemm_q8_0_q8_0_neon;
+    k.gemm_q4_0_q8_0 = gemm_q4_0_q8_0_neon;
     k.gemm_f32_panel16 = gemm_f32_panel16_neon;
     k.layernorm_f32 = layernorm_f32_neon;
     k.gelu_new_f32 = gelu_new_f32_neon;

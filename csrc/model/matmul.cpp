@@ -13,6 +13,8 @@ namespace {
 
 constexpr int kGemmMinTokens = 4;  // below this a batch runs as GEMVs
 constexpr int64_t kKChunk = 2048;  // a 16 x 2048 f32 panel (128 KiB) stays in L2
+constexpr int64_t kGemvRows = 32;       // rows per decode work item
+constexpr int64_t kQGemmRowAlign = 32;  // integer GEMM row ranges: whole packed panel groups
 
 struct AlignedFree {
     void operator()(float* p) const { std::free(p); }
@@ -45,12 +47,40 @@ void load_panel(const Tensor& W, int64_t r0, int64_t k0, int64_t kc, float* rows
         for (int i = 0; i < kPanelRows; i++) panel[k * kPanelRows + i] = rows[i * kc + k];
 }
 
+// Prefill with an integer GEMM kernel (Q4_0/Q8_0 weights): activations are quantized to Q8_0 once,
+// exactly as decoding quantizes them, and each thread takes a few large row ranges (the kernel
+// packs its rows into panels and prepares per-block activation sums once per call).
+void matmul_qgemm(gemm_fn gemm, const Tensor& W, const float* bias, const float* x, int64_t n_tok, float* y,
+                  int64_t y_stride, ThreadPool& pool, std::vector<uint8_t>& scratch) {
+    const Kernels& k = kernels();
+    const int64_t K = W.cols;
+    const size_t qrow = size_t(K / QK8_0) * sizeof(block_q8_0);
+    scratch.resize(size_t(n_tok) * qrow);
+    uint8_t* xq = scratch.data();
+    pool.parallel_for(n_tok, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; t++)
+            k.quantize_row_q8_0(x + t * K, reinterpret_cast<block_q8_0*>(xq + size_t(t) * qrow), K);
+    });
+    const int64_t chunk = std::max<int64_t>(kQGemmRowAlign, (W.rows / (2 * pool.size()) + kQGemmRowAlign - 1) /
+                                                                kQGemmRowAlign * kQGemmRowAlign);
+    pool.parallel_for(W.rows, chunk, [&](int64_t r0, int64_t r1) {
+        gemm(K, r1 - r0, W.row(r0), W.row_bytes, n_tok, xq, y + r0, y_stride);
+        if (bias)
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int64_t r = r0; r < r1; r++) y[t * y_stride + r] += bias[r];
+    });
+}
+
 // Batched prefill: every 16-row weight panel is dequantized once and reused for all tokens by the
 // register-blocked kernel. Activations are the values the dot kernels would see (Q8_0 round trip
 // for quantized weights), so a batch gives the same logits as token-by-token decoding.
 void matmul_gemm(const Tensor& W, const float* bias, const float* x, int64_t n_tok, float* y, int64_t y_stride,
                  ThreadPool& pool, std::vector<uint8_t>& scratch) {
     const Kernels& k = kernels();
+    if (const gemm_fn gemm = k.gemm_for(W.tt->type)) {
+        matmul_qgemm(gemm, W, bias, x, n_tok, y, y_stride, pool, scratch);
+        return;
+    }
     const int64_t K = W.cols;
     const float* xa = x;
     if (W.tt->vec_dot_type == GgmlType::Q8_0) {
@@ -109,6 +139,17 @@ void matmul_gemv(const Tensor& W, const float* bias, const float* x, int64_t n_t
     }
     const uint8_t* a = static_cast<const uint8_t*>(act);
 
+    if (const gemv_fn gemv = k.gemv_for(W.tt->type)) {
+        pool.parallel_for(W.rows, kGemvRows, [&](int64_t r0, int64_t r1) {
+            for (int64_t t = 0; t < n_tok; t++) {
+                float* yt = y + t * y_stride;
+                gemv(n, r1 - r0, W.row(r0), W.row_bytes, a + size_t(t) * act_row_bytes, yt + r0);
+                if (bias)
+                    for (int64_t r = r0; r < r1; r++) yt[r] += bias[r];
+            }
+        });
+        return;
+    }
     pool.parallel_for(W.rows, 16, [&](int64_t r0, int64_t r1) {
         for (int64_t t = 0; t < n_tok; t++) {
             const void* xt = a + size_t(t) * act_row_bytes;

@@ -105,6 +105,74 @@ void test_quant_dots(const Kernels& k) {
           std::string(k.isa) + " vec_dot_q8_0_q8_0 extreme values");
 }
 
+// Multi-row GEMV and integer GEMM (Q8_0 / Q4_0 weights, Q8_0 activations) against the reference
+// dot, row by row: row counts around the 4-row and 8-row tiles, token counts around the 6-token
+// tile, K past one 80-block cache chunk, extreme quants (-128 weights, nibbles 0 and 15, activations
+// +-127), and output padding that must stay untouched.
+void test_multirow(const Kernels& k) {
+    for (int64_t K : {32, 96, 2560, 3232}) {
+        for (int64_t R : {1, 3, 4, 5, 8, 9, 13, 33}) {
+            const int64_t nb = K / 32;
+            auto w = randn(R * K);
+            for (int j = 0; j < 32; j++) w[size_t(j)] = 0.0f;  // an all-zero block
+            std::vector<block_q8_0> w8(size_t(R * nb));
+            std::vector<block_q4_0> w4(size_t(R * nb));
+            quantize_row_q8_0_ref(w.data(), w8.data(), R * K);
+            quantize_row_q4_0_ref(w.data(), w4.data(), R * K);
+            if (R > 1) {  // row 1, block 0: extremes
+                std::fill(w8[size_t(nb)].qs, w8[size_t(nb)].qs + 32, int8_t(-128));
+                for (int j = 0; j < 16; j++) w4[size_t(nb)].qs[j] = uint8_t(j % 2 ? 0xf0 : 0x0f);
+            }
+            for (int64_t T : {1, 2, 5, 6, 7, 13}) {
+                auto x = randn(T * K, 3.0f);
+                std::vector<block_q8_0> x8(size_t(T * nb));
+                quantize_row_q8_0_ref(x.data(), x8.data(), T * K);
+                for (int j = 0; j < 32; j++) x8[0].qs[j] = int8_t(j % 3 ? -127 : 127);
+                // dequantized operands, for the conditioning sum |w_i x_i| of each dot
+                std::vector<std::vector<float>> xs_f(size_t(T), std::vector<float>(static_cast<size_t>(K)));
+                for (int64_t t = 0; t < T; t++) dequantize_row_q8_0_ref(x8.data() + t * nb, xs_f[size_t(t)].data(), K);
+                std::vector<std::vector<std::vector<float>>> rows_f(2);
+                for (int64_t r = 0; r < R; r++) {
+                    rows_f[0].emplace_back(size_t(K));
+                    rows_f[1].emplace_back(size_t(K));
+                    dequantize_row_q8_0_ref(w8.data() + r * nb, rows_f[0].back().data(), K);
+                    dequantize_row_q4_0_ref(w4.data() + r * nb, rows_f[1].back().data(), K);
+                }
+                const int64_t ldy = R + 3;
+                const std::string sz = " K=" + std::to_string(K) + " rows=" + std::to_string(R) +
+                                       " n_tok=" + std::to_string(T);
+                for (int q = 0; q < 2; q++) {
+                    const void* wq = q ? static_cast<const void*>(w4.data()) : static_cast<const void*>(w8.data());
+                    const size_t rb = size_t(nb) * (q ? sizeof(block_q4_0) : sizeof(block_q8_0));
+                    const vec_dot_fn ref = q ? vec_dot_q4_0_q8_0_ref : vec_dot_q8_0_q8_0_ref;
+                    const gemm_fn gemm = q ? k.gemm_q4_0_q8_0 : k.gemm_q8_0_q8_0;
+                    const gemv_fn gemv = q ? k.gemv_q4_0_q8_0 : k.gemv_q8_0_q8_0;
+                    const Tolerance tol = q ? test::kDotQ4 : test::kDotQ8;
+                    const std::string name = std::string(k.isa) + (q ? " q4_0" : " q8_0");
+                    std::vector<float> yg(size_t(T * ldy), -7.0f), yv(size_t(T * ldy), -7.0f);
+                    gemm(K, R, wq, rb, T, x8.data(), yg.data(), ldy);
+                    for (int64_t t = 0; t < T; t++) gemv(K, R, wq, rb, x8.data() + t * nb, yv.data() + t * ldy);
+                    bool ok_g = true, ok_v = true, pad = true;
+                    for (int64_t t = 0; t < T; t++) {
+                        for (int64_t r = 0; r < R; r++) {
+                            const auto* wr = static_cast<const uint8_t*>(wq) + r * rb;
+                            const float want = ref(K, wr, x8.data() + t * nb);
+                            const double sc = abs_dot(rows_f[size_t(q)][size_t(r)], xs_f[size_t(t)]);
+                            ok_g = ok_g && close(yg[size_t(t * ldy + r)], want, sc, tol);
+                            ok_v = ok_v && close(yv[size_t(t * ldy + r)], want, sc, tol);
+                        }
+                        for (int64_t r = R; r < ldy; r++)
+                            pad = pad && yg[size_t(t * ldy + r)] == -7.0f && yv[size_t(t * ldy + r)] == -7.0f;
+                    }
+                    check(ok_g, name + " gemm" + sz);
+                    check(ok_v, name + " gemv" + sz);
+                    check(pad, name + " gemm/gemv leave padding alone" + sz);
+                }
+            }
+        }
+    }
+}
+
 void test_gemm(const Kernels& k) {
     for (int64_t K : {1, 7, 32, 33, 100, 2048}) {
         for (int n_tok : {1, 2, 5, 6, 7, 13}) {
@@ -204,6 +272,7 @@ int main() {
         names += std::string(names.empty() ? "" : ", ") + k.isa;
         test_float_dots(k);
         test_quant_dots(k);
+        test_multirow(k);
         test_gemm(k);
         test_elementwise(k);
     }

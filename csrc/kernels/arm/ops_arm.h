@@ -1,5 +1,6 @@
 // AArch64 kernels; each has the signature of its _ref twin in kernels/ref/ops_ref.h.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "quant/blocks.h"
@@ -11,6 +12,13 @@ float vec_dot_f16_f32_neon(int64_t n, const void* w, const void* x);
 float vec_dot_q8_0_q8_0_neon(int64_t n, const void* w, const void* x);
 float vec_dot_q4_0_q8_0_neon(int64_t n, const void* w, const void* x);
 void quantize_row_q8_0_neon(const float* x, block_q8_0* y, int64_t n);
+// Multi-row GEMV and integer GEMM: row-by-row loops over the NEON dot kernels (no packed tiles yet).
+void gemv_q8_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);
+void gemv_q4_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);
+void gemm_q8_0_q8_0_neon(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
+void gemm_q4_0_q8_0_neon(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
 void gemm_f32_panel16_neon(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
                            int64_t ldy, bool accumulate);
 void layernorm_f32_neon(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);

@@ -1,0 +1,229 @@
+// AVX2 integer GEMM for prefill: Q4_0 / Q8_0 weights times Q8_0 activation rows, with int8 dot
+// products (maddubs) and the per-block scales applied in f32. Compiled with -mavx2 -mfma -mf16c.
+//
+// Eight weight rows are packed into a panel, block by block: 8 f32 row scales, then 8 groups of
+// 32 bytes where bytes 4i..4i+3 of group g are quants 4g..4g+3 of row i. One maddubs of a group
+// with a token's 4 activation quants broadcast gives the 8 rows' partial sums side by side, so the
+// results need no horizontal reduction. Each packed group is reused for 6 tokens. Activation quants
+// are in [-127, 127], as the Q8_0 quantizer makes them.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/x86/ops_x86.h"
+#include "kernels/x86/simd_x86.h"
+
+namespace phi2cpu {
+
+using namespace x86;
+
+namespace {
+
+constexpr int kRows = 8;
+constexpr int kTok = 6;
+constexpr int kPanelBlock = kRows * 4 + kRows * QK8_0;  // bytes per block: scales + 8 groups
+
+// Per (token, block) of the activations: the f32 scale and 8 * the sum of the quants (Q4_0
+// weights are stored as unsigned nibbles q = value/d + 8, so their dot owes 8 * sum x back).
+struct ActSide {
+    std::vector<float> d;
+    std::vector<int32_t> sum8;
+};
+
+void fill_side(const block_q8_0* x, int64_t n, ActSide& s) {
+    s.d.resize(size_t(n));
+    s.sum8.resize(size_t(n));
+    const __m256i ones8 = _mm256_set1_epi8(1);
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    for (int64_t i = 0; i < n; i++) {
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs));
+        const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16);
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        s.sum8[size_t(i)] = 8 * _mm_cvtsi128_si32(s4);
+        s.d[size_t(i)] = half_to_float(x[i].d);
+    }
+}
+
+// Blocks [0, nb) of rows [0, nr) of w (nr <= 8; missing rows are zero) into the panel layout above.
+template <typename Block>
+void pack_panel(const uint8_t* w, size_t row_bytes, int nr, int64_t nb, uint8_t* panel) {
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t* pb = panel + b * kPanelBlock;
+        float* d = reinterpret_cast<float*>(pb);
+        int8_t* q = reinterpret_cast<int8_t*>(pb + kRows * 4);
+        for (int i = 0; i < kRows; i++) {
+            int8_t v[QK8_0] = {};
+            d[i] = 0.0f;
+            if (i < nr) {
+                const Block& blk = reinterpret_cast<const Block*>(w + size_t(i) * row_bytes)[b];
+                d[i] = half_to_float(blk.d);
+                if constexpr (sizeof(Block) == sizeof(block_q4_0)) {
+                    for (int j = 0; j < QK4_0 / 2; j++) {
+                        v[j] = int8_t(blk.qs[j] & 0x0f);
+                        v[j + QK4_0 / 2] = int8_t(blk.qs[j] >> 4);
+                    }
+                } else {
+                    std::memcpy(v, blk.qs, QK8_0);
+                }
+            }
+            for (int g = 0; g < QK8_0 / 4; g++) std::memcpy(q + g * 32 + i * 4, v + g * 4, 4);
+        }
+    }
+}
+
+inline __m256i bcast4(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+inline __m256 load_rows(const float* y, int nr) {
+    if (nr == kRows) return _mm256_loadu_ps(y);
+    alignas(32) float tmp[kRows] = {};
+    for (int i = 0; i < nr; i++) tmp[i] = y[i];
+    return _mm256_load_ps(tmp);
+}
+
+inline void store_rows(float* y, __m256 v, int nr) {
+    if (nr == kRows) {
+        _mm256_storeu_ps(y, v);
+    } else {
+        alignas(32) float tmp[kRows];
+        _mm256_store_ps(tmp, v);
+        for (int i = 0; i < nr; i++) y[i] = tmp[i];
+    }
+}
+
+// T tokens x 8 rows. Q4_0: nibbles are unsigned, so maddubs takes them as they are and up to 8
+// groups sum in 16 bits (8 * 2 * 15 * 127 < 2^15); the offset is removed per block in 32 bits.
+template <int T>
+void tile_q4_0(int64_t nb, const uint8_t* panel, const block_q8_0* x, int64_t ldx, const float* dx,
+               const int32_t* sum8, float* y, int64_t ldy, int nr, bool accumulate) {
+    __m256 acc[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows(y + t * ldy, nr) : _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* pb = panel + b * kPanelBlock;
+        __m256i s16[T];
+        const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + kRows * 4));
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) s16[t] = _mm256_maddubs_epi16(w0, bcast4(x[t * ldx + b].qs));
+#pragma GCC unroll 1
+        for (int g = 1; g < QK8_0 / 4; g++) {
+            const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + kRows * 4 + g * 32));
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++)
+                s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, bcast4(x[t * ldx + b].qs + 4 * g)));
+        }
+        const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb));
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const __m256i s = _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones), _mm256_set1_epi32(sum8[t * ldx + b]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(dx[t * ldx + b])), acc[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) store_rows(y + t * ldy, acc[t], nr);
+}
+
+// Q8_0: signed weights, so maddubs gets |w| and x carrying w's sign; a 16-bit pair can reach
+// 2 * 128 * 127, so every group widens to 32 bits at once.
+template <int T>
+void tile_q8_0(int64_t nb, const uint8_t* panel, const block_q8_0* x, int64_t ldx, const float* dx, const int32_t*,
+               float* y, int64_t ldy, int nr, bool accumulate) {
+    __m256 acc[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows(y + t * ldy, nr) : _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* pb = panel + b * kPanelBlock;
+        __m256i s32[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) s32[t] = _mm256_setzero_si256();
+#pragma GCC unroll 1
+        for (int g = 0; g < QK8_0 / 4; g++) {
+            const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + kRows * 4 + g * 32));
+            const __m256i aw = _mm256_sign_epi8(w, w);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) {
+                const __m256i xs = _mm256_sign_epi8(bcast4(x[t * ldx + b].qs + 4 * g), w);
+                s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones));
+            }
+        }
+        const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb));
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dw, _mm256_set1_ps(dx[t * ldx + b])),
+                                     acc[t]);
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) store_rows(y + t * ldy, acc[t], nr);
+}
+
+using tile_fn = void (*)(int64_t, const uint8_t*, const block_q8_0*, int64_t, const float*, const int32_t*, float*,
+                         int64_t, int, bool);
+
+constexpr tile_fn kTilesQ4[kTok + 1] = {nullptr,      tile_q4_0<1>, tile_q4_0<2>, tile_q4_0<3>,
+                                       tile_q4_0<4>, tile_q4_0<5>, tile_q4_0<6>};
+constexpr tile_fn kTilesQ8[kTok + 1] = {nullptr,      tile_q8_0<1>, tile_q8_0<2>, tile_q8_0<3>,
+                                       tile_q8_0<4>, tile_q8_0<5>, tile_q8_0<6>};
+
+// Cache blocking: kKcBlocks blocks of K (a 6-token activation tile of ~16 KiB stays in L1) times
+// kPanels panels of 8 rows (~92 KiB of Q4_0 panels in L2) are packed once and every token tile
+// runs over all of them, so activations stream from L3 once per 32 rows.
+constexpr int64_t kKcBlocks = 80;
+constexpr int kPanels = 4;
+
+template <typename Block>
+void gemm_packed(const tile_fn* tiles, int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
+                 const void* x, float* y, int64_t ldy) {
+    const int64_t nb = K / QK8_0;
+    const block_q8_0* xb = static_cast<const block_q8_0*>(x);
+    thread_local ActSide side;
+    struct alignas(32) Line { uint8_t b[32]; };
+    thread_local std::vector<Line> panel_buf;
+    fill_side(xb, n_tok * nb, side);
+    const int64_t panel_bytes = std::min(nb, kKcBlocks) * kPanelBlock;
+    panel_buf.resize(size_t(kPanels * panel_bytes / 32));
+    uint8_t* panels = reinterpret_cast<uint8_t*>(panel_buf.data());
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    for (int64_t b0 = 0; b0 < nb; b0 += kKcBlocks) {
+        const int64_t kb = std::min(kKcBlocks, nb - b0);
+        for (int64_t r0 = 0; r0 < n_rows; r0 += kRows * kPanels) {
+            const int np = int(std::min<int64_t>(kPanels, (n_rows - r0 + kRows - 1) / kRows));
+            for (int p = 0; p < np; p++) {
+                const int64_t rp = r0 + p * kRows;
+                const int nr = int(std::min<int64_t>(kRows, n_rows - rp));
+                pack_panel<Block>(wb + size_t(rp) * row_bytes + size_t(b0) * sizeof(Block), row_bytes, nr, kb,
+                                  panels + p * panel_bytes);
+            }
+            for (int64_t t0 = 0; t0 < n_tok; t0 += kTok) {
+                const int nt = int(std::min<int64_t>(kTok, n_tok - t0));
+                const size_t o = size_t(t0 * nb + b0);
+                for (int p = 0; p < np; p++) {
+                    const int64_t rp = r0 + p * kRows;
+                    const int nr = int(std::min<int64_t>(kRows, n_rows - rp));
+                    tiles[nt](kb, panels + p * panel_bytes, xb + o, nb, side.d.data() + o, side.sum8.data() + o,
+                              y + t0 * ldy + rp, ldy, nr, b0 > 0);
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void gemm_q4_0_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy) {
+    gemm_packed<block_q4_0>(kTilesQ4, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
+
+void gemm_q8_0_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy) {
+    gemm_packed<block_q8_0>(kTilesQ8, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
+
+}  // namespace phi2cpu
