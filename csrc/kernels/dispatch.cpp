@@ -1,6 +1,7 @@
 #include "kernels/dispatch.h"
 
 #include <cstdlib>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/paths.h"
@@ -18,11 +19,15 @@ Kernels scalar_kernels() {
     k.vec_dot_f16_f32 = vec_dot_f16_f32_ref;
     k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_ref;
     k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_ref;
+    k.vec_dot_q4_K_q8_K = vec_dot_q4_K_q8_K_ref;
+    k.vec_dot_q5_K_q8_K = vec_dot_q5_K_q8_K_ref;
+    k.vec_dot_q6_K_q8_K = vec_dot_q6_K_q8_K_ref;
     k.gemv_q8_0_q8_0 = gemv_q8_0_q8_0_ref;
     k.gemv_q4_0_q8_0 = gemv_q4_0_q8_0_ref;
     k.gemm_q8_0_q8_0 = gemm_q8_0_q8_0_ref;
     k.gemm_q4_0_q8_0 = gemm_q4_0_q8_0_ref;
     k.quantize_row_q8_0 = quantize_row_q8_0_ref;
+    k.quantize_row_q8_K = quantize_row_q8_K_ref;
     k.gemm_f32_panel16 = gemm_f32_panel16_ref;
     k.layernorm_f32 = layernorm_f32_ref;
     k.gelu_new_f32 = gelu_new_f32_ref;
@@ -63,8 +68,21 @@ vec_dot_fn Kernels::vec_dot_for(GgmlType t) const {
         case GgmlType::F16: return vec_dot_f16_f32;
         case GgmlType::Q8_0: return vec_dot_q8_0_q8_0;
         case GgmlType::Q4_0: return vec_dot_q4_0_q8_0;
+        case GgmlType::Q4_K: return vec_dot_q4_K_q8_K;
+        case GgmlType::Q5_K: return vec_dot_q5_K_q8_K;
+        case GgmlType::Q6_K: return vec_dot_q6_K_q8_K;
+        case GgmlType::Q8_K: return nullptr;  // an activation type only
     }
     return nullptr;
+}
+
+void Kernels::quantize_activations(GgmlType act_type, const float* x, void* y, int64_t n) const {
+    if (act_type == GgmlType::Q8_K)
+        quantize_row_q8_K(x, static_cast<block_q8_K*>(y), n);
+    else if (act_type == GgmlType::Q8_0)
+        quantize_row_q8_0(x, static_cast<block_q8_0*>(y), n);
+    else
+        throw std::logic_error("no activation quantizer for this type");
 }
 
 gemv_fn Kernels::gemv_for(GgmlType t) const {

@@ -16,7 +16,6 @@ using gemv_fn = void (*)(int64_t n, int64_t n_rows, const void* w, size_t row_by
 using gemm_fn = void (*)(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy);
 
-
 struct Kernels {
     const char* isa;     // "scalar", ...
     std::string reason;  // why this path was chosen
@@ -24,11 +23,15 @@ struct Kernels {
     vec_dot_fn vec_dot_f16_f32;
     vec_dot_fn vec_dot_q8_0_q8_0;
     vec_dot_fn vec_dot_q4_0_q8_0;
+    vec_dot_fn vec_dot_q4_K_q8_K;
+    vec_dot_fn vec_dot_q5_K_q8_K;
+    vec_dot_fn vec_dot_q6_K_q8_K;
     gemv_fn gemv_q8_0_q8_0;
     gemv_fn gemv_q4_0_q8_0;
     gemm_fn gemm_q8_0_q8_0;
     gemm_fn gemm_q4_0_q8_0;
     void (*quantize_row_q8_0)(const float* x, block_q8_0* y, int64_t n);
+    void (*quantize_row_q8_K)(const float* x, block_q8_K* y, int64_t n);
     void (*gemm_f32_panel16)(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
                              int64_t ldy, bool accumulate);
     void (*layernorm_f32)(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);
@@ -42,6 +45,8 @@ struct Kernels {
     // Multi-row and integer-GEMM kernels for a weight type, or nullptr where there are none.
     gemv_fn gemv_for(GgmlType weight_type) const;
     gemm_fn gemm_for(GgmlType weight_type) const;
+    // Quantizes one activation row of n floats to `act_type` blocks (Q8_0 or Q8_K) at y.
+    void quantize_activations(GgmlType act_type, const float* x, void* y, int64_t n) const;
 };
 
 // The table in use: chosen on first call from the CPU and PHI2CPU_ISA.

@@ -23,6 +23,8 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.gemv_q4_0_q8_0 = gemv_q4_0_q8_0_neon;
     k.gemm_q8_0_q8_0 = gemm_q8_0_q8_0_neon;
     k.gemm_q4_0_q8_0 = gemm_q4_0_q8_0_neon;
+    // K-quants (Q4_K/Q5_K/Q6_K x Q8_K and the Q8_K quantizer) have no NEON kernels yet: they keep
+    // the scalar _ref entries of scalar_kernels().
     k.gemm_f32_panel16 = gemm_f32_panel16_neon;
     k.layernorm_f32 = layernorm_f32_neon;
     k.gelu_new_f32 = gelu_new_f32_neon;

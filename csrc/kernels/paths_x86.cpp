@@ -19,6 +19,10 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.gemv_q4_0_q8_0 = gemv_q4_0_q8_0_avx2;
     k.gemm_q8_0_q8_0 = gemm_q8_0_q8_0_avx2;
     k.gemm_q4_0_q8_0 = gemm_q4_0_q8_0_avx2;
+    k.vec_dot_q4_K_q8_K = vec_dot_q4_K_q8_K_avx2;
+    k.vec_dot_q5_K_q8_K = vec_dot_q5_K_q8_K_avx2;
+    k.vec_dot_q6_K_q8_K = vec_dot_q6_K_q8_K_avx2;
+    k.quantize_row_q8_K = quantize_row_q8_K_avx2;
     k.gemm_f32_panel16 = gemm_f32_panel16_avx2;
     k.layernorm_f32 = layernorm_f32_avx2;
     k.gelu_new_f32 = gelu_new_f32_avx2;
@@ -32,6 +36,9 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.vec_dot_f16_f32 = vec_dot_f16_f32_avx512;
     k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_avx512vnni;
     k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_avx512vnni;
+    k.vec_dot_q4_K_q8_K = vec_dot_q4_K_q8_K_avx512vnni;
+    k.vec_dot_q5_K_q8_K = vec_dot_q5_K_q8_K_avx512vnni;
+    k.vec_dot_q6_K_q8_K = vec_dot_q6_K_q8_K_avx512vnni;
     paths.push_back(k);
 }
 

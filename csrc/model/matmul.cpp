@@ -72,8 +72,8 @@ void matmul_qgemm(gemm_fn gemm, const Tensor& W, const float* bias, const float*
 }
 
 // Batched prefill: every 16-row weight panel is dequantized once and reused for all tokens by the
-// register-blocked kernel. Activations are the values the dot kernels would see (Q8_0 round trip
-// for quantized weights), so a batch gives the same logits as token-by-token decoding.
+// register-blocked kernel. Activations are the values the dot kernels would see (Q8_0 or Q8_K
+// round trip for quantized weights), so a batch gives the same logits as token-by-token decoding.
 void matmul_gemm(const Tensor& W, const float* bias, const float* x, int64_t n_tok, float* y, int64_t y_stride,
                  ThreadPool& pool, std::vector<uint8_t>& scratch) {
     const Kernels& k = kernels();
@@ -83,17 +83,17 @@ void matmul_gemm(const Tensor& W, const float* bias, const float* x, int64_t n_t
     }
     const int64_t K = W.cols;
     const float* xa = x;
-    if (W.tt->vec_dot_type == GgmlType::Q8_0) {
-        const size_t qrow = size_t(K / QK8_0) * sizeof(block_q8_0);
+    if (W.tt->vec_dot_type != GgmlType::F32) {
+        const TypeTraits* at = type_traits(W.tt->vec_dot_type);
+        const size_t qrow = row_bytes(*at, K);
         scratch.resize(size_t(n_tok) * (qrow + size_t(K) * sizeof(float)));
         float* xf = reinterpret_cast<float*>(scratch.data() + size_t(n_tok) * qrow);
         uint8_t* xq = scratch.data();
-        const TypeTraits* q8 = type_traits(GgmlType::Q8_0);
         pool.parallel_for(n_tok, 1, [&](int64_t t0, int64_t t1) {
             for (int64_t t = t0; t < t1; t++) {
-                auto* blocks = reinterpret_cast<block_q8_0*>(xq + size_t(t) * qrow);
-                k.quantize_row_q8_0(x + t * K, blocks, K);
-                q8->dequantize(blocks, xf + t * K, K);
+                uint8_t* blocks = xq + size_t(t) * qrow;
+                k.quantize_activations(at->type, x + t * K, blocks, K);
+                at->dequantize(blocks, xf + t * K, K);
             }
         });
         xa = xf;
@@ -129,12 +129,12 @@ void matmul_gemv(const Tensor& W, const float* bias, const float* x, int64_t n_t
 
     const void* act = x;
     size_t act_row_bytes = size_t(n) * sizeof(float);
-    if (W.tt->vec_dot_type == GgmlType::Q8_0) {
-        act_row_bytes = size_t(n / QK8_0) * sizeof(block_q8_0);
+    if (W.tt->vec_dot_type != GgmlType::F32) {
+        act_row_bytes = row_bytes(*type_traits(W.tt->vec_dot_type), n);
         scratch.resize(act_row_bytes * size_t(n_tok));
         uint8_t* q = scratch.data();
         for (int64_t t = 0; t < n_tok; t++)
-            k.quantize_row_q8_0(x + t * n, reinterpret_cast<block_q8_0*>(q + size_t(t) * act_row_bytes), n);
+            k.quantize_activations(W.tt->vec_dot_type, x + t * n, q + size_t(t) * act_row_bytes, n);
         act = q;
     }
     const uint8_t* a = static_cast<const uint8_t*>(act);

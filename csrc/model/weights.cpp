@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "kernels/dispatch.h"
 #include "model/errors.h"
 
 namespace phi2cpu {
@@ -58,7 +59,9 @@ public:
             throw FileError(file_.path() + ": tensor " + name + " has shape " + shape_str(e.shape) +
                             ", expected " + shape_str(shape));
         const TypeTraits* tt = type_traits(e.type);
-        if (!tt) throw FileError(file_.path() + ": tensor " + name + " has unsupported type id " + std::to_string(e.type));
+        if (!tt || (shape.size() == 2 && !kernels().vec_dot_for(tt->type)))
+            throw FileError(file_.path() + ": tensor " + name + " has unsupported type " +
+                            (tt ? std::string(tt->name) : "id " + std::to_string(e.type)));
         Tensor t;
         t.tt = tt;
         t.rows = shape.size() == 2 ? shape[0] : 1;

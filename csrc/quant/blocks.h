@@ -6,7 +6,7 @@
 namespace phi2cpu {
 
 // GGML type ids as stored in GGUF tensor infos.
-enum class GgmlType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8 };
+enum class GgmlType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15 };
 
 constexpr int QK8_0 = 32;
 constexpr int QK4_0 = 32;
@@ -22,5 +22,59 @@ struct block_q4_0 {
     uint8_t qs[QK4_0 / 2];   // low nibbles hold elements 0..15, high nibbles 16..31; value = d*(q-8)
 };
 static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
+
+// K-quants: 256-value super-blocks split into sub-blocks that each carry a small integer scale
+// (and, for Q4_K/Q5_K, a min), themselves scaled by the super-block's fp16 d (and dmin).
+constexpr int QK_K = 256;
+constexpr int K_SCALE_SIZE = 12;
+
+// 8 sub-blocks of 32. scales[12] packs eight 6-bit scales sc[j] and eight 6-bit mins m[j]:
+//   j < 4:  sc = scales[j] & 63,                           m = scales[j+4] & 63
+//   j >= 4: sc = (scales[j+4] & 15) | (scales[j-4] >> 6) << 4, m = (scales[j+4] >> 4) | (scales[j] >> 6) << 4
+// qs holds 4 chunks of 32 bytes; chunk c: low nibbles are sub-block 2c, high nibbles 2c+1.
+// value = d * sc[j] * q - dmin * m[j]
+struct block_q4_K {
+    uint16_t d;                  // fp16 scale of the sub-block scales
+    uint16_t dmin;               // fp16 scale of the sub-block mins
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qs[QK_K / 2];
+};
+static_assert(sizeof(block_q4_K) == 144, "Q4_K block is 144 bytes");
+
+// As Q4_K with a fifth bit per value: bit j of qh[l] is the high bit of element l of sub-block j
+// (element l of each sub-block j shares qh[l]). value = d * sc[j] * (q + 16 h) - dmin * m[j]
+struct block_q5_K {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+};
+static_assert(sizeof(block_q5_K) == 176, "Q5_K block is 176 bytes");
+
+// 16 sub-blocks of 16 with int8 scales; 6-bit values q in 0..63, value = d * scales[j] * (q - 32).
+// Two halves of 128 values; half h uses ql[64h..64h+64), qh[32h..32h+32), scales[8h..8h+8). In a half,
+// for l < 32 (element index within the half):
+//   e = l      : low nibble of ql[l]    | bits 0-1 of qh[l] << 4
+//   e = l + 32 : low nibble of ql[l+32] | bits 2-3 of qh[l] << 4
+//   e = l + 64 : high nibble of ql[l]   | bits 4-5 of qh[l] << 4
+//   e = l + 96 : high nibble of ql[l+32]| bits 6-7 of qh[l] << 4
+// and element e of the half uses scales[8h + e/16].
+struct block_q6_K {
+    uint8_t ql[QK_K / 2];
+    uint8_t qh[QK_K / 4];
+    int8_t scales[QK_K / 16];
+    uint16_t d;                  // fp16 super-block scale
+};
+static_assert(sizeof(block_q6_K) == 210, "Q6_K block is 210 bytes");
+
+// Activations for the K-quant dot products: value = d * qs[i] (qs in -128..127), with the sums of
+// each 16 consecutive qs precomputed (they carry the min / offset terms of the weight formats).
+struct block_q8_K {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];
+};
+static_assert(sizeof(block_q8_K) == 292, "Q8_K block is 292 bytes");
 
 }  // namespace phi2cpu

@@ -13,4 +13,16 @@ void dequantize_row_q4_0_ref(const block_q4_0* x, float* y, int64_t n);
 void quantize_row_f16_ref(const float* x, uint16_t* y, int64_t n);
 void dequantize_row_f16_ref(const uint16_t* x, float* y, int64_t n);
 
+// K-quants (quantize_k_ref.cpp). Dequantizers equal gguf.quants bit for bit; the weight quantizers
+// are this project's own encoder (any valid encoding loads everywhere). Q8_K is the activation type
+// of the K-quant dot products; its ref quantizer is the spec the SIMD ones must match byte for byte.
+void quantize_row_q4_K_ref(const float* x, block_q4_K* y, int64_t n);
+void quantize_row_q5_K_ref(const float* x, block_q5_K* y, int64_t n);
+void quantize_row_q6_K_ref(const float* x, block_q6_K* y, int64_t n);
+void quantize_row_q8_K_ref(const float* x, block_q8_K* y, int64_t n);
+void dequantize_row_q4_K_ref(const block_q4_K* x, float* y, int64_t n);
+void dequantize_row_q5_K_ref(const block_q5_K* x, float* y, int64_t n);
+void dequantize_row_q6_K_ref(const block_q6_K* x, float* y, int64_t n);
+void dequantize_row_q8_K_ref(const block_q8_K* x, float* y, int64_t n);
+
 }  // namespace phi2cpu

@@ -28,6 +28,15 @@ const TypeTraits kTraits[] = {
      dequantize_as<block_q4_0, dequantize_row_q4_0_ref>, GgmlType::Q8_0},
     {GgmlType::Q8_0, "Q8_0", QK8_0, sizeof(block_q8_0), quantize_as<block_q8_0, quantize_row_q8_0_ref>,
      dequantize_as<block_q8_0, dequantize_row_q8_0_ref>, GgmlType::Q8_0},
+    {GgmlType::Q4_K, "Q4_K", QK_K, sizeof(block_q4_K), quantize_as<block_q4_K, quantize_row_q4_K_ref>,
+     dequantize_as<block_q4_K, dequantize_row_q4_K_ref>, GgmlType::Q8_K},
+    {GgmlType::Q5_K, "Q5_K", QK_K, sizeof(block_q5_K), quantize_as<block_q5_K, quantize_row_q5_K_ref>,
+     dequantize_as<block_q5_K, dequantize_row_q5_K_ref>, GgmlType::Q8_K},
+    {GgmlType::Q6_K, "Q6_K", QK_K, sizeof(block_q6_K), quantize_as<block_q6_K, quantize_row_q6_K_ref>,
+     dequantize_as<block_q6_K, dequantize_row_q6_K_ref>, GgmlType::Q8_K},
+    // activations only: no weight kernel pairs with it (the loader rejects it as a weight type)
+    {GgmlType::Q8_K, "Q8_K", QK_K, sizeof(block_q8_K), quantize_as<block_q8_K, quantize_row_q8_K_ref>,
+     dequantize_as<block_q8_K, dequantize_row_q8_K_ref>, GgmlType::Q8_K},
 };
 
 }  // namespace

@@ -173,6 +173,95 @@ void test_multirow(const Kernels& k) {
     }
 }
 
+// fp16 super-block scales of 1.0 (0x3c00), leaving every other byte as it is.
+void set_unit_scales(block_q4_K& b) { b.d = b.dmin = 0x3c00; }
+void set_unit_scales(block_q5_K& b) { b.d = b.dmin = 0x3c00; }
+void set_unit_scales(block_q6_K& b) { b.d = 0x3c00; }
+
+// K-quant weights (ref-quantized random rows, plus hand-made extreme blocks) against Q8_K
+// activations: every path's dot equals the reference dot, and the reference dot equals the f32 dot
+// of the dequantized operands (which ties the integer kernels to the block layouts).
+template <typename Block>
+void check_kquant_dot(const Kernels& k, const char* name, vec_dot_fn simd, vec_dot_fn ref,
+                      void (*quantize)(const float*, Block*, int64_t), void (*dequantize)(const Block*, float*, int64_t)) {
+    for (int64_t nb : {1, 3, 5, 11, 41}) {
+        const int64_t n = nb * QK_K;
+        auto w = randn(n), x = randn(n, 3.0f);
+        for (int j = 0; j < 40; j++) w[size_t(j)] = 0.0f;              // a zero run inside a block
+        if (nb > 1) for (int j = 0; j < QK_K; j++) w[size_t(QK_K + j)] = std::fabs(w[size_t(QK_K + j)]) + 1;
+        if (nb > 2) for (int j = 0; j < QK_K; j++) w[size_t(2 * QK_K + j)] = -std::fabs(w[size_t(2 * QK_K + j)]);
+        if (nb > 3) for (int j = 0; j < QK_K; j++) x[size_t(3 * QK_K + j)] = 0.0f;  // all-zero activations
+        std::vector<Block> wq(static_cast<size_t>(nb));
+        std::vector<block_q8_K> xq(static_cast<size_t>(nb));
+        quantize(w.data(), wq.data(), n);
+        quantize_row_q8_K_ref(x.data(), xq.data(), n);
+        std::vector<float> wd(static_cast<size_t>(n)), xd(static_cast<size_t>(n));
+        dequantize(wq.data(), wd.data(), n);
+        dequantize_row_q8_K_ref(xq.data(), xd.data(), n);
+        double exact = 0;
+        for (int64_t i = 0; i < n; i++) exact += double(wd[size_t(i)]) * xd[size_t(i)];
+        const double s = abs_dot(wd, xd) + abs_dot(w, x);
+        const float r = ref(n, wq.data(), xq.data());
+        const std::string sz = " n=" + std::to_string(n);
+        if (k.isa == std::string("scalar"))
+            check(close(r, exact, s, test::kDotQK), std::string(name) + "_ref equals the dequantized dot" + sz);
+        check(close(simd(n, wq.data(), xq.data()), r, s, test::kDotQK), std::string(k.isa) + " " + name + sz);
+    }
+    // extreme block: every weight byte 0xff (largest values and scales), activations at -128
+    std::vector<Block> wq(2);
+    std::memset(wq.data(), 0xff, wq.size() * sizeof(Block));
+    for (auto& b : wq) set_unit_scales(b);
+    std::vector<block_q8_K> xq(2);
+    for (auto& b : xq) {
+        b.d = 1.0f;
+        for (int i = 0; i < QK_K; i++) b.qs[i] = -128;
+        for (int j = 0; j < QK_K / 16; j++) b.bsums[j] = -128 * 16;
+    }
+    std::vector<float> wd(2 * QK_K), xd(2 * QK_K);
+    dequantize(wq.data(), wd.data(), 2 * QK_K);
+    dequantize_row_q8_K_ref(xq.data(), xd.data(), 2 * QK_K);
+    const float r = ref(2 * QK_K, wq.data(), xq.data());
+    check(std::isfinite(r) && close(simd(2 * QK_K, wq.data(), xq.data()), r, abs_dot(wd, xd), test::kDotQK),
+          std::string(k.isa) + " " + name + " extreme values");
+}
+
+void test_kquant_dots(const Kernels& k) {
+    check_kquant_dot<block_q4_K>(k, "vec_dot_q4_K_q8_K", k.vec_dot_q4_K_q8_K, vec_dot_q4_K_q8_K_ref,
+                                 quantize_row_q4_K_ref, dequantize_row_q4_K_ref);
+    check_kquant_dot<block_q5_K>(k, "vec_dot_q5_K_q8_K", k.vec_dot_q5_K_q8_K, vec_dot_q5_K_q8_K_ref,
+                                 quantize_row_q5_K_ref, dequantize_row_q5_K_ref);
+    check_kquant_dot<block_q6_K>(k, "vec_dot_q6_K_q8_K", k.vec_dot_q6_K_q8_K, vec_dot_q6_K_q8_K_ref,
+                                 quantize_row_q6_K_ref, dequantize_row_q6_K_ref);
+
+    // the activation quantizer: identical bytes to the reference, ties, signs and zero blocks included
+    for (int64_t nb : {1, 2, 5, 10}) {
+        const int64_t n = nb * QK_K;
+        auto x = randn(n, 2.0f);
+        if (nb > 1) {  // block 1: largest value -128 (scale 1), exact .5 ties of both signs, a repeated extreme
+            for (int i = 0; i < QK_K; i++) x[size_t(QK_K + i)] = float((i % 2 ? 1 : -1) * (i % 100)) + 0.5f;
+            x[size_t(QK_K + 7)] = -128.0f;
+            x[size_t(QK_K + 9)] = 128.0f;   // same magnitude, later: the first one sets the scale
+        }
+        if (nb > 2) std::fill(x.begin() + 2 * QK_K, x.begin() + 3 * QK_K, 0.0f);
+        if (nb > 3) x[size_t(3 * QK_K + 255)] = 1e30f;  // one huge value: the rest round to zero
+        std::vector<block_q8_K> a(static_cast<size_t>(nb)), b(static_cast<size_t>(nb));
+        std::memset(a.data(), 0x55, a.size() * sizeof(block_q8_K));
+        std::memset(b.data(), 0xaa, b.size() * sizeof(block_q8_K));
+        quantize_row_q8_K_ref(x.data(), a.data(), n);
+        k.quantize_row_q8_K(x.data(), b.data(), n);
+        check(std::memcmp(a.data(), b.data(), a.size() * sizeof(block_q8_K)) == 0,
+              std::string(k.isa) + " quantize_row_q8_K n=" + std::to_string(n));
+        bool sums_ok = true;
+        for (const auto& blk : a)
+            for (int j = 0; j < QK_K / 16; j++) {
+                int s = 0;
+                for (int i = 0; i < 16; i++) s += blk.qs[16 * j + i];
+                sums_ok &= s == blk.bsums[j];
+            }
+        check(sums_ok, std::string(k.isa) + " quantize_row_q8_K bsums n=" + std::to_string(n));
+    }
+}
+
 void test_gemm(const Kernels& k) {
     for (int64_t K : {1, 7, 32, 33, 100, 2048}) {
         for (int n_tok : {1, 2, 5, 6, 7, 13}) {
@@ -273,6 +362,7 @@ int main() {
         test_float_dots(k);
         test_quant_dots(k);
         test_multirow(k);
+        test_kquant_dots(k);
         test_gemm(k);
         test_elementwise(k);
     }

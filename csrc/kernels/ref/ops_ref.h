@@ -8,11 +8,15 @@
 namespace phi2cpu {
 
 // Dot products of one weight row with one activation row of n elements. For Q8_0/Q4_0 weights the
-// activations are Q8_0 blocks (quantized on the fly); for F16/F32 weights they are f32.
+// activations are Q8_0 blocks (quantized on the fly), for K-quants Q8_K blocks; for F16/F32 weights f32.
 float vec_dot_f32_f32_ref(int64_t n, const void* w, const void* x);
 float vec_dot_f16_f32_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q8_0_q8_0_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q4_0_q8_0_ref(int64_t n, const void* w, const void* x);
+// K-quant weights pair with Q8_K activations (n a multiple of 256).
+float vec_dot_q4_K_q8_K_ref(int64_t n, const void* w, const void* x);
+float vec_dot_q5_K_q8_K_ref(int64_t n, const void* w, const void* x);
+float vec_dot_q6_K_q8_K_ref(int64_t n, const void* w, const void* x);
 
 // Several weight rows against one Q8_0 activation row: y[r] = vec_dot(n, w + r*row_bytes, x) for
 // r < n_rows, so a kernel can share each activation block across rows.

@@ -18,6 +18,10 @@ void gemm_q8_0_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_by
                          float* y, int64_t ldy);
 void gemm_q4_0_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy);
+float vec_dot_q4_K_q8_K_avx2(int64_t n, const void* w, const void* x);
+float vec_dot_q5_K_q8_K_avx2(int64_t n, const void* w, const void* x);
+float vec_dot_q6_K_q8_K_avx2(int64_t n, const void* w, const void* x);
+void quantize_row_q8_K_avx2(const float* x, block_q8_K* y, int64_t n);
 void gemm_f32_panel16_avx2(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
                            int64_t ldy, bool accumulate);
 void layernorm_f32_avx2(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);
@@ -30,5 +34,8 @@ float vec_dot_f32_f32_avx512(int64_t n, const void* w, const void* x);
 float vec_dot_f16_f32_avx512(int64_t n, const void* w, const void* x);
 float vec_dot_q8_0_q8_0_avx512vnni(int64_t n, const void* w, const void* x);
 float vec_dot_q4_0_q8_0_avx512vnni(int64_t n, const void* w, const void* x);
+float vec_dot_q4_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
+float vec_dot_q5_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
+float vec_dot_q6_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
 
 }  // namespace phi2cpu

@@ -1,0 +1,98 @@
+// AVX-512 VNNI K-quant dot products (256-bit vpdpbusd: unsigned weight bytes x signed Q8_K bytes,
+// four products summed into each int32 lane with no intermediate saturation). Compiled with the
+// AVX-512 flags of avx512.cpp; called only when the CPU and OS support them. The Q8_K quantizer
+// is the AVX2 one.
+#include "kernels/x86/kquants_x86.h"
+#include "kernels/x86/ops_x86.h"
+
+namespace phi2cpu {
+
+using namespace x86;
+
+namespace {
+
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// 8 int32 lanes, lane l = sum of u[4l..4l+3] * s[4l..4l+3]
+inline __m256i dot_u8_s8(__m256i u, __m256i s) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s); }
+
+}  // namespace
+
+float vec_dot_q4_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
+    const block_q4_K* a = static_cast<const block_q4_K*>(w);
+    const block_q8_K* b = static_cast<const block_q8_K*>(x);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t sc[8], m[8];
+        unpack_scales_k4(a[i].scales, sc, m);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i q = load256(a[i].qs + 32 * c);
+            const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            const __m256i p0 = dot_u8_s8(lo, load256(b[i].qs + 64 * c));
+            const __m256i p1 = dot_u8_s8(hi, load256(b[i].qs + 64 * c + 32));
+            sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p0, _mm256_set1_epi32(sc[2 * c])));
+            sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p1, _mm256_set1_epi32(sc[2 * c + 1])));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * b[i].d), _mm256_cvtepi32_ps(sumi), acc);
+        mins += half_to_float(a[i].dmin) * b[i].d * float(min_dot_bsums(m, b[i].bsums));
+    }
+    return hsum(acc) - mins;
+}
+
+float vec_dot_q5_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
+    const block_q5_K* a = static_cast<const block_q5_K*>(w);
+    const block_q8_K* b = static_cast<const block_q8_K*>(x);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t sc[8], m[8];
+        unpack_scales_k4(a[i].scales, sc, m);
+        __m256i qh = load256(a[i].qh);  // bit j of byte l: high bit of element l of sub-block j
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i q = load256(a[i].qs + 32 * c);
+            const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, one), 4);
+            const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4);
+            qh = _mm256_srli_epi16(qh, 2);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), h0);
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h1);
+            const __m256i p0 = dot_u8_s8(lo, load256(b[i].qs + 64 * c));
+            const __m256i p1 = dot_u8_s8(hi, load256(b[i].qs + 64 * c + 32));
+            sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p0, _mm256_set1_epi32(sc[2 * c])));
+            sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p1, _mm256_set1_epi32(sc[2 * c + 1])));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * b[i].d), _mm256_cvtepi32_ps(sumi), acc);
+        mins += half_to_float(a[i].dmin) * b[i].d * float(min_dot_bsums(m, b[i].bsums));
+    }
+    return hsum(acc) - mins;
+}
+
+float vec_dot_q6_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
+    const block_q6_K* a = static_cast<const block_q6_K*>(w);
+    const block_q8_K* b = static_cast<const block_q8_K*>(x);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        // sum sc*(q-32)*x = sum sc*q*x - 32 sum sc*bsum
+        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                        _mm256_slli_epi32(q6_scale_dot_bsums(a[i].scales, b[i].bsums), 5));
+        for (int h = 0; h < 2; h++) {
+            __m256i v[4];
+            unpack_q6_half(a[i].ql + 64 * h, a[i].qh + 32 * h, v);
+            const int8_t* sc = a[i].scales + 8 * h;
+            const int8_t* xq = b[i].qs + 128 * h;
+            for (int g = 0; g < 4; g++) {
+                // lanes 0-3 hold elements 0-15 of the group (first sub-block), lanes 4-7 the rest
+                const __m256i p = dot_u8_s8(v[g], load256(xq + 32 * g));
+                sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, scale_pair_epi32(sc[2 * g], sc[2 * g + 1])));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * b[i].d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum(acc);
+}
+
+}  // namespace phi2cpu

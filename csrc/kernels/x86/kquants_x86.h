@@ -1,0 +1,67 @@
+// Helpers shared by the AVX2 and AVX-512 K-quant kernels (both files are compiled with AVX2+).
+#pragma once
+#include "kernels/x86/simd_x86.h"
+
+namespace phi2cpu {
+namespace x86 {
+
+// The eight 6-bit scales and mins of a Q4_K/Q5_K block (packing in quant/blocks.h).
+inline void unpack_scales_k4(const uint8_t* q, uint8_t* sc, uint8_t* m) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = q[j] & 63;
+        m[j] = q[j + 4] & 63;
+        sc[j + 4] = uint8_t((q[j + 8] & 0x0f) | ((q[j] >> 6) << 4));
+        m[j + 4] = uint8_t((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
+    }
+}
+
+inline int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+// sum_j m[j] * (bsums[2j] + bsums[2j+1]): a Q4_K/Q5_K block's min term against its Q8_K activations.
+inline int32_t min_dot_bsums(const uint8_t* m, const int16_t* bsums) {
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
+    const __m256i pairs = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+    const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bsums));
+    return hsum_i32(_mm256_madd_epi16(bs, pairs));
+}
+
+// sum_j scales[j] * bsums[j] over the 16 sub-blocks of a Q6_K block, as 8 int32 partial sums
+// (times 32 it is the offset of the unsigned 0..63 values against their signed meaning).
+inline __m256i q6_scale_dot_bsums(const int8_t* scales, const int16_t* bsums) {
+    const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+    return _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bsums)), sc);
+}
+
+// The four 32-value groups of one Q6_K half as unsigned bytes 0..63 (layout in quant/blocks.h):
+// v[g] holds elements 32g..32g+31 of the half.
+inline void unpack_q6_half(const uint8_t* ql, const uint8_t* qh, __m256i* v) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+    // masking before each 16-bit shift keeps bits from crossing into the neighbouring byte
+    const auto high = [&](int shift) {
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(shift)), m2), 4);
+    };
+    v[0] = _mm256_or_si256(_mm256_and_si256(a, m4), high(0));
+    v[1] = _mm256_or_si256(_mm256_and_si256(b, m4), high(2));
+    v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), high(4));
+    v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), m4), high(6));
+}
+
+// Two int16 (AVX2 madd) or int32 (VNNI) scale vectors for a 32-value group spanning two 16-value
+// Q6_K sub-blocks: low 128 bits take the first sub-block's scale, high 128 bits the second's.
+inline __m256i scale_pair_epi16(int s0, int s1) {
+    return _mm256_set_m128i(_mm_set1_epi16(int16_t(s1)), _mm_set1_epi16(int16_t(s0)));
+}
+inline __m256i scale_pair_epi32(int s0, int s1) {
+    return _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0));
+}
+
+}  // namespace x86
+}  // namespace phi2cpu
