@@ -4,13 +4,22 @@ perplexity increase over F16 on phi2-mini-code.
 
 F32/F16: the engine and the NumPy reference compute the same fp32 math on the same weights; only
 summation order differs. Q8_0/Q4_0: the engine also quantizes activations to Q8_0 blocks (as ggml
-does) while the reference keeps them fp32, so logits move by about 1% of their range."""
+does) while the reference keeps them fp32, so logits move by about 1% of their range; K-quants
+(Q8_K activations) by up to 2%."""
 
 TOLERANCES = {
     "f32": {"max_rel": 1e-4, "top1": 1.0},
     "f16": {"max_rel": 1e-4, "top1": 1.0},
     "q8_0": {"max_rel": 3e-2, "top1": 0.97, "ppl_rel": 0.02},
     "q4_0": {"max_rel": 3e-2, "top1": 0.95, "ppl_rel": 0.10},
+    # K-quant weights pair with Q8_K activations: one scale per 256 values instead of Q8_0's 32, so
+    # an outlier coarsens a whole super-block's rounding. Measured on phi2-mini-code (300 positions):
+    # 1.6e-2 to 1.9e-2 vs the reference, and up to 2.2e-2 between phi2cpu and llama.cpp on the same
+    # file (each rounds the activations itself); 4e-2 leaves ~2x margin. ppl_rel: measured +2.2%,
+    # +0.5%, +0.3% over F16 for llama.cpp's and our own q4_k_m / q5_k_m / q6_k files.
+    "q4_k_m": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.06},
+    "q5_k_m": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.03},
+    "q6_k": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.02},
 }
 
 # Kernel paths forced against each other on the same file. Summation order is all that differs, so

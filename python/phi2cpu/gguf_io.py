@@ -25,7 +25,8 @@ from .config import ARCH, PhiConfig
 from .errors import ModelFileError
 
 # ggml type id -> (name, elements per block, bytes per block)
-SUPPORTED_TYPES = {T.F32: ("F32", 1, 4), T.F16: ("F16", 1, 2), T.Q8_0: ("Q8_0", 32, 34), T.Q4_0: ("Q4_0", 32, 18)}
+SUPPORTED_TYPES = {T.F32: ("F32", 1, 4), T.F16: ("F16", 1, 2), T.Q8_0: ("Q8_0", 32, 34), T.Q4_0: ("Q4_0", 32, 18),
+                   T.Q4_K: ("Q4_K", 256, 144), T.Q5_K: ("Q5_K", 256, 176), T.Q6_K: ("Q6_K", 256, 210)}
 FLOAT_TYPES = (T.F32, T.F16)
 KEY_TOKENIZER_JSON = "phi2cpu.tokenizer_json"
 KEY_RECIPE = "phi2cpu.quant_recipe"
@@ -107,11 +108,13 @@ TensorData = Union[np.ndarray, Callable[[], np.ndarray]]
 def write_gguf(out_path: str | Path, config: PhiConfig,
                tensors: Iterable[tuple[str, TensorData, int, tuple[int, ...]]],
                tokenizer: Union[str, Path, Vocab, None], file_type: int, recipe: dict[str, Any],
-               name: str = "phi-2") -> Path:
+               name: str = "phi-2", phi2cpu_keys: bool = True) -> Path:
     """Write a phi2 GGUF. `tensors` yields (name, data, ggml_type, numpy_shape); data is the
     tensor's bytes (uint8 blocks, or an f32/f16 array for F32/F16), or a zero-argument callable
     returning them, called one tensor at a time while writing. `tokenizer` is a tokenizer.json
-    path/directory/text or a Vocab. Writes to a temporary file and renames it on success."""
+    path/directory/text or a Vocab. With `phi2cpu_keys` false neither the recipe nor the
+    tokenizer.json text is stored: the file holds only llama.cpp's keys, as its converter writes
+    them. Writes to a temporary file and renames it on success."""
     out = Path(out_path)
     plan = list(tensors)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -133,9 +136,10 @@ def write_gguf(out_path: str | Path, config: PhiConfig,
             w.add_eos_token_id(vocab.eos_id)
             w.add_unk_token_id(vocab.eos_id)
             w.add_add_bos_token(False)
-            if vocab.tokenizer_json:
+            if vocab.tokenizer_json and phi2cpu_keys:
                 w.add_string(KEY_TOKENIZER_JSON, vocab.tokenizer_json)
-        w.add_string(KEY_RECIPE, json.dumps(recipe, sort_keys=True))
+        if phi2cpu_keys:
+            w.add_string(KEY_RECIPE, json.dumps(recipe, sort_keys=True))
         for tname, _, ttype, shape in plan:
             w.add_tensor_info(tname, tuple(shape), np.dtype(np.float32), tensor_nbytes(ttype, tuple(shape)),
                               raw_dtype=T(ttype))

@@ -5,6 +5,11 @@ requested type (the embedding lookup dequantizes one row per token, so it costs 
 norms and all biases stay F32. output.weight (lm_head) is F16 in f16 files and Q8_0 in q8_0
 AND q4_0 files: it is the most error-sensitive matrix (llama.cpp keeps it at a higher type too).
 
+K-quant mixes: q4_k_m and q5_k_m put the block matrices and token_embd in Q4_K / Q5_K, but ffn_down
+(whose inputs, the gelu outputs, have the heaviest tails) and lm_head in Q6_K; q6_k is Q6_K
+throughout. K-quants need rows that are a multiple of 256 values; a matrix whose rows are not
+falls back to Q8_0 (to F16 when not even a multiple of 32).
+
 Works one tensor at a time (load, quantize, write, drop), so memory stays near one tensor.
 """
 from __future__ import annotations
@@ -25,25 +30,45 @@ from .checkpoint import HFCheckpoint, expected_gguf_shapes, gguf_tensor_names
 from .errors import ModelFileError, Phi2Error, error_message
 from .gguf_io import Vocab, read_model_file, tensor_nbytes, write_gguf
 
-QTYPES = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}
+# --type -> the type of the block matrices and token_embd
+QTYPES = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0,
+          "q4_k_m": T.Q4_K, "q5_k_m": T.Q5_K, "q6_k": T.Q6_K}
 FILE_TYPES = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
-              "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0}
-_LM_HEAD = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q8_0}
-LM_HEAD_REASON = "lm_head is the most error-sensitive matrix; it is kept at Q8_0 (F16/F32 in float files)"
+              "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0,
+              "q4_k_m": LlamaFileType.MOSTLY_Q4_K_M, "q5_k_m": LlamaFileType.MOSTLY_Q5_K_M,
+              "q6_k": LlamaFileType.MOSTLY_Q6_K}
+_LM_HEAD = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q8_0,
+            "q4_k_m": T.Q6_K, "q5_k_m": T.Q6_K, "q6_k": T.Q6_K}
+_FFN_DOWN = {"q4_k_m": T.Q6_K, "q5_k_m": T.Q6_K}  # where it differs from the block type
+K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
+QK_K = 256
+LM_HEAD_REASON = ("lm_head is the most error-sensitive matrix; it is kept at Q8_0 (Q6_K in K-quant files, "
+                  "F16/F32 in float files)")
 
 
 def recipe_for(qtype: str) -> dict[str, Any]:
     q = QTYPES[qtype].name
-    return {"qtype": qtype, "blocks": q, "token_embd.weight": q, "output.weight": _LM_HEAD[qtype].name,
-            "norms_and_biases": "F32", "output.weight_reason": LM_HEAD_REASON}
+    recipe = {"qtype": qtype, "blocks": q, "token_embd.weight": q, "output.weight": _LM_HEAD[qtype].name,
+              "norms_and_biases": "F32", "output.weight_reason": LM_HEAD_REASON}
+    if qtype in _FFN_DOWN:
+        recipe["ffn_down"] = _FFN_DOWN[qtype].name
+    if QTYPES[qtype] in K_QUANTS:
+        recipe["k_quant_fallback"] = f"Q8_0 (F16) for matrices whose rows are not a multiple of {QK_K} (32)"
+    return recipe
 
 
 def tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> T:
     if len(shape) == 1:
         return T.F32
     if name == "output.weight":
-        return _LM_HEAD[qtype]
-    return QTYPES[qtype]
+        t = _LM_HEAD[qtype]
+    elif name.endswith(".ffn_down.weight"):
+        t = _FFN_DOWN.get(qtype, QTYPES[qtype])
+    else:
+        t = QTYPES[qtype]
+    if t in K_QUANTS and shape[-1] % QK_K:
+        t = T.Q8_0 if shape[-1] % 32 == 0 else T.F16
+    return t
 
 
 def _is_gguf(path: Path) -> bool:
@@ -128,7 +153,8 @@ def main(argv: list[str] | None = None, prog: str = "tools/quantize.py") -> int:
     ap.add_argument("src", help="Hugging Face checkpoint directory, or an existing phi2 GGUF file")
     ap.add_argument("out", help="output .gguf path")
     ap.add_argument("--type", dest="qtype", choices=list(QTYPES), default="q8_0",
-                    help="weight type for the block matrices (default q8_0; f32 is for tests)")
+                    help="weight type for the block matrices (default q8_0; f32 is for tests; "
+                         "q4_k_m/q5_k_m keep ffn_down and lm_head in Q6_K)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     try:
