@@ -20,6 +20,12 @@ CORPUS = [
     " leading space",
     "trailing spaces   ",
     "\u200b\ufeff\x00\x7f control chars \u2028 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "it's we've they're I'm you'll he'd 'quoted' \"double\" '''triple'''",
+    "digits 0 12 345 6789 3.14159e-10 0xDEADBEEF 1_000_000 ½ ² ①",
+    "e\u0301 combining, a\u00a0b nbsp, c\u3000d ideographic space, \u2009thin\u2009",
+    "line\r\nbreaks\r\n\r\n\n\n\n\n\n\n\n\nend",
+    "    async def f(x: list[int] = []) -> dict[str, int]:\n        return {k: v for k, v in x if k != '_'}\n",
+    "<|endoftext|>text<|endoftext|> <|endoftext|>\t<|endoftext|>",
 ]
 
 
@@ -178,3 +184,29 @@ def test_from_json_errors(tmp_path):
         Tokenizer.from_json("{not json")
     with pytest.raises(ModelFileError, match="not found"):
         Tokenizer.from_dir(tmp_path)
+
+
+def test_vocab_read_back_from_a_gguf_file(tmp_path, phi2_json, reference, eval_text):
+    """The lists as a llama.cpp-written file holds them (tokenizer.ggml.* only, padding UNUSED),
+    through our own GGUF header reader: ids identical to tokenizer.json's on the corpus and the
+    eval text."""
+    import gguf
+
+    from phi2cpu.gguf_io import _parse_header
+
+    tokens, merges, types = gguf_vocab_from_json(phi2_json, pad_type=5)
+    w = gguf.GGUFWriter(tmp_path / "vocab.gguf", "phi2")
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_eos_token_id(50256)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    kv, _, _ = _parse_header(memoryview((tmp_path / "vocab.gguf").read_bytes()))
+    assert kv["tokenizer.ggml.model"] == "gpt2"
+    tok = Tokenizer.from_gguf_vocab(kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.merges"],
+                                    kv["tokenizer.ggml.token_type"])
+    for text in CORPUS + [eval_text[:300_000]]:
+        assert tok.encode(text) == reference.encode(text, add_special_tokens=False).ids, text[:80]
