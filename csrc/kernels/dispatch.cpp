@@ -26,6 +26,8 @@ Kernels scalar_kernels() {
     k.gemv_q4_0_q8_0 = gemv_q4_0_q8_0_ref;
     k.gemm_q8_0_q8_0 = gemm_q8_0_q8_0_ref;
     k.gemm_q4_0_q8_0 = gemm_q4_0_q8_0_ref;
+    k.repack_q8_0 = nullptr;
+    k.repack_q4_0 = nullptr;
     k.quantize_row_q8_0 = quantize_row_q8_0_ref;
     k.quantize_row_q8_K = quantize_row_q8_K_ref;
     k.gemm_f32_panel16 = gemm_f32_panel16_ref;
@@ -94,6 +96,12 @@ gemv_fn Kernels::gemv_for(GgmlType t) const {
 gemm_fn Kernels::gemm_for(GgmlType t) const {
     if (t == GgmlType::Q8_0) return gemm_q8_0_q8_0;
     if (t == GgmlType::Q4_0) return gemm_q4_0_q8_0;
+    return nullptr;
+}
+
+repack_fn Kernels::repack_for(GgmlType t) const {
+    if (t == GgmlType::Q8_0) return repack_q8_0;
+    if (t == GgmlType::Q4_0) return repack_q4_0;
     return nullptr;
 }
 

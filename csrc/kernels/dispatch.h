@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/repack.h"
 #include "quant/blocks.h"
 
 namespace phi2cpu {
@@ -30,6 +31,10 @@ struct Kernels {
     gemv_fn gemv_q4_0_q8_0;
     gemm_fn gemm_q8_0_q8_0;
     gemm_fn gemm_q4_0_q8_0;
+    // Load-time weight layouts: where one is set, that type's gemv and gemm read rows it has
+    // repacked (the dot kernels are never given such rows); nullptr keeps the GGUF blocks.
+    repack_fn repack_q8_0;
+    repack_fn repack_q4_0;
     void (*quantize_row_q8_0)(const float* x, block_q8_0* y, int64_t n);
     void (*quantize_row_q8_K)(const float* x, block_q8_K* y, int64_t n);
     void (*gemm_f32_panel16)(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
@@ -45,6 +50,7 @@ struct Kernels {
     // Multi-row and integer-GEMM kernels for a weight type, or nullptr where there are none.
     gemv_fn gemv_for(GgmlType weight_type) const;
     gemm_fn gemm_for(GgmlType weight_type) const;
+    repack_fn repack_for(GgmlType weight_type) const;
     // Quantizes one activation row of n floats to `act_type` blocks (Q8_0 or Q8_K) at y.
     void quantize_activations(GgmlType act_type, const float* x, void* y, int64_t n) const;
 };

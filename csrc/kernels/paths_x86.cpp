@@ -19,6 +19,8 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.gemv_q4_0_q8_0 = gemv_q4_0_q8_0_avx2;
     k.gemm_q8_0_q8_0 = gemm_q8_0_q8_0_avx2;
     k.gemm_q4_0_q8_0 = gemm_q4_0_q8_0_avx2;
+    k.repack_q8_0 = repack_q8_0_scales_first;  // the gemv/gemm above read scales-first rows
+    k.repack_q4_0 = repack_q4_0_scales_first;
     k.vec_dot_q4_K_q8_K = vec_dot_q4_K_q8_K_avx2;
     k.vec_dot_q5_K_q8_K = vec_dot_q5_K_q8_K_avx2;
     k.vec_dot_q6_K_q8_K = vec_dot_q6_K_q8_K_avx2;

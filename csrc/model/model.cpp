@@ -24,6 +24,7 @@ Model::Model(const std::string& path, const Config& cfg, const std::vector<Tenso
       pool_(n_threads) {
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
     kernels();  // choose the kernel path now, so a bad PHI2CPU_ISA fails at load
+    w_.repack(file_, pool_);
 }
 
 void Model::truncate(int n) {

@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "kernels/dispatch.h"
 #include "model/errors.h"
@@ -28,6 +30,12 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
         addr_ = nullptr;
         throw FileError(path + ": mmap failed: " + std::strerror(errno));
     }
+}
+
+void MappedFile::release(const void* p, size_t n) const {
+    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = (uintptr_t(p) + page - 1) / page * page, hi = (uintptr_t(p) + n) / page * page;
+    if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {
@@ -125,6 +133,27 @@ Weights Weights::bind(const MappedFile& file, const Config& c, const std::vector
         L.down_b = b.vec(p + "ffn_down.bias", d);
     }
     return w;
+}
+
+void Weights::repack(const MappedFile& file, ThreadPool& pool) {
+    const Kernels& k = kernels();
+    auto move = [&](Tensor& t) {
+        const repack_fn fn = t ? k.repack_for(t.tt->type) : nullptr;
+        if (!fn) return;
+        const size_t bytes = size_t(t.rows) * t.row_bytes;
+        uint8_t* dst = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+        if (!dst) throw std::bad_alloc();
+        repacked.emplace_back(dst, std::free);
+        const uint8_t* src = t.data;
+        pool.parallel_for(t.rows, 64, [&](int64_t r0, int64_t r1) {
+            fn(t.cols, r1 - r0, src + size_t(r0) * t.row_bytes, dst + size_t(r0) * t.row_bytes);
+        });
+        file.release(src, bytes);
+        t.data = dst;
+    };
+    for (LayerWeights& L : layers)
+        for (Tensor* t : {&L.qkv_w, &L.q_w, &L.k_w, &L.v_w, &L.out_w, &L.up_w, &L.down_w}) move(*t);
+    move(output_w);
 }
 
 }  // namespace phi2cpu

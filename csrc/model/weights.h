@@ -1,12 +1,15 @@
-// The model file mapped into memory and typed views of its tensors. Nothing is copied: matmul
-// kernels read the GGUF blocks in place.
+// The model file mapped into memory and typed views of its tensors. Matrices are read in place,
+// unless the kernel path repacks their type at load (Kernels::repack_for): then they move to owned
+// memory in the kernels' layout and the file pages they came from are released.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "kernels/threadpool.h"
 #include "model/config.h"
 #include "quant/traits.h"
 
@@ -40,6 +43,8 @@ public:
     const uint8_t* data() const { return static_cast<const uint8_t*>(addr_); }
     size_t size() const { return size_; }
     const std::string& path() const { return path_; }
+    // Drops the resident pages lying wholly inside [p, p + n) (a later read maps them in again).
+    void release(const void* p, size_t n) const;
 
 private:
     std::string path_;
@@ -47,7 +52,8 @@ private:
     size_t size_ = 0;
 };
 
-// Matrices stay in the mapped file; norms and biases are small and copied out as f32.
+// Matrices stay in the mapped file (or move to owned memory when repacked); norms and biases are
+// small and copied out as f32.
 using Vec = std::vector<float>;
 
 struct LayerWeights {
@@ -65,9 +71,13 @@ struct Weights {
     std::vector<LayerWeights> layers; // n_layer
     Vec output_norm_w, output_norm_b; // (n_embd)
     Tensor output_w; Vec output_b;    // (n_vocab, n_embd), (n_vocab)
+    std::vector<std::shared_ptr<uint8_t>> repacked;  // owned storage of the repacked matrices
 
     // Resolves every tensor Phi-2 needs, checking type, shape and bounds; throws FileError.
     static Weights bind(const MappedFile& file, const Config& cfg, const std::vector<TensorEntry>& entries);
+    // Moves every matrix whose type the kernel path repacks (all but token_embd, which is read by
+    // row for lookups) into that layout, releasing the file pages behind it.
+    void repack(const MappedFile& file, ThreadPool& pool);
 };
 
 }  // namespace phi2cpu

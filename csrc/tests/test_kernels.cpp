@@ -105,6 +105,30 @@ void test_quant_dots(const Kernels& k) {
           std::string(k.isa) + " vec_dot_q8_0_q8_0 extreme values");
 }
 
+// "Scales first" repacking moves every byte of a row and nothing else: reading block b back gives
+// the GGUF block, for row lengths with and without whole 8-block chunks.
+void test_repack() {
+    for (int64_t nb : {1, 7, 8, 9, 16, 21}) {
+        const int64_t n = nb * 32, R = 3;
+        auto w = randn(R * n);
+        std::vector<block_q8_0> w8(size_t(R * nb)), p8(w8.size());
+        std::vector<block_q4_0> w4(size_t(R * nb)), p4(w4.size());
+        quantize_row_q8_0_ref(w.data(), w8.data(), R * n);
+        quantize_row_q4_0_ref(w.data(), w4.data(), R * n);
+        repack_q8_0_scales_first(n, R, w8.data(), p8.data());
+        repack_q4_0_scales_first(n, R, w4.data(), p4.data());
+        bool ok = true;
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t b = 0; b < nb; b++) {
+                const block_q8_0 a = scales_first_block_q8_0(reinterpret_cast<const uint8_t*>(p8.data() + r * nb), nb, b);
+                const block_q4_0 c = scales_first_block_q4_0(reinterpret_cast<const uint8_t*>(p4.data() + r * nb), nb, b);
+                ok = ok && std::memcmp(&a, &w8[size_t(r * nb + b)], sizeof a) == 0 &&
+                     std::memcmp(&c, &w4[size_t(r * nb + b)], sizeof c) == 0;
+            }
+        check(ok, "scales-first repack round trip nb=" + std::to_string(nb));
+    }
+}
+
 // Multi-row GEMV and integer GEMM (Q8_0 / Q4_0 weights, Q8_0 activations) against the reference
 // dot, row by row: row counts around the 4-row and 8-row tiles, token counts around the 6-token
 // tile, K past one 80-block cache chunk, extreme quants (-128 weights, nibbles 0 and 15, activations
@@ -144,14 +168,22 @@ void test_multirow(const Kernels& k) {
                 for (int q = 0; q < 2; q++) {
                     const void* wq = q ? static_cast<const void*>(w4.data()) : static_cast<const void*>(w8.data());
                     const size_t rb = size_t(nb) * (q ? sizeof(block_q4_0) : sizeof(block_q8_0));
+                    // the path's gemv/gemm read its load-time layout where it has one
+                    std::vector<uint8_t> packed;
+                    const void* wk = wq;
+                    if (const repack_fn repack = k.repack_for(q ? GgmlType::Q4_0 : GgmlType::Q8_0)) {
+                        packed.resize(size_t(R) * rb);
+                        repack(K, R, wq, packed.data());
+                        wk = packed.data();
+                    }
                     const vec_dot_fn ref = q ? vec_dot_q4_0_q8_0_ref : vec_dot_q8_0_q8_0_ref;
                     const gemm_fn gemm = q ? k.gemm_q4_0_q8_0 : k.gemm_q8_0_q8_0;
                     const gemv_fn gemv = q ? k.gemv_q4_0_q8_0 : k.gemv_q8_0_q8_0;
                     const Tolerance tol = q ? test::kDotQ4 : test::kDotQ8;
                     const std::string name = std::string(k.isa) + (q ? " q4_0" : " q8_0");
                     std::vector<float> yg(size_t(T * ldy), -7.0f), yv(size_t(T * ldy), -7.0f);
-                    gemm(K, R, wq, rb, T, x8.data(), yg.data(), ldy);
-                    for (int64_t t = 0; t < T; t++) gemv(K, R, wq, rb, x8.data() + t * nb, yv.data() + t * ldy);
+                    gemm(K, R, wk, rb, T, x8.data(), yg.data(), ldy);
+                    for (int64_t t = 0; t < T; t++) gemv(K, R, wk, rb, x8.data() + t * nb, yv.data() + t * ldy);
                     bool ok_g = true, ok_v = true, pad = true;
                     for (int64_t t = 0; t < T; t++) {
                         for (int64_t r = 0; r < R; r++) {
@@ -183,7 +215,8 @@ void set_unit_scales(block_q6_K& b) { b.d = 0x3c00; }
 // of the dequantized operands (which ties the integer kernels to the block layouts).
 template <typename Block>
 void check_kquant_dot(const Kernels& k, const char* name, vec_dot_fn simd, vec_dot_fn ref,
-                      void (*quantize)(const float*, Block*, int64_t), void (*dequantize)(const Block*, float*, int64_t)) {
+                      void (*quantize)(const float*, Block*, int64_t),
+                      void (*dequantize)(const Block*, float*, int64_t)) {
     for (int64_t nb : {1, 3, 5, 11, 41}) {
         const int64_t n = nb * QK_K;
         auto w = randn(n), x = randn(n, 3.0f);
@@ -366,6 +399,7 @@ int main() {
         test_gemm(k);
         test_elementwise(k);
     }
+    test_repack();
     std::printf("kernel paths tested: %s\n", names.c_str());
     std::printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed == 0 ? 0 : 1;

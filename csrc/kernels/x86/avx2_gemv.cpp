@@ -1,7 +1,10 @@
-// AVX2 multi-row GEMV for decoding: four weight rows share every activation block load, its scale
-// conversion and (Q4_0) its offset correction. Compiled with -mavx2 -mfma -mf16c.
-#include "kernels/x86/ops_x86.h"
+// AVX2 multi-row GEMV for decoding over "scales first" rows (kernels/repack.h): four weight rows share
+// every activation load, 8 weight scales convert with one vcvtph2ps, and a block pair's quants come
+// with one (Q4_0) or two (Q8_0) 32-byte loads. Compiled with -mavx2 -mfma -mf16c.
+#include <vector>
 
+#include "kernels/repack.h"
+#include "kernels/x86/ops_x86.h"
 #include "kernels/x86/simd_x86.h"
 
 namespace phi2cpu {
@@ -10,84 +13,184 @@ using namespace x86;
 
 namespace {
 
-inline __m256i load32(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+constexpr int kRows = 4;
+constexpr int64_t kChunk = 8;  // blocks per scale vector
 
-// Scale broadcast of a fp16 block scale times the activation scale already in dx.
-inline __m256 scale(uint16_t d, __m256 dx) { return _mm256_mul_ps(_mm256_set1_ps(half_to_float(d)), dx); }
+inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline __m256 load_scales8(const uint8_t* d) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d)));
+}
+inline void prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
 
-// Q4_0 nibbles as unsigned bytes 0..15 (low nibbles -> lanes 0..15, high -> 16..31): one 16-byte
-// broadcast, then a per-128-bit-lane shift (0 for the low lane, 4 for the high one).
-inline __m256i nibbles(const uint8_t* qs) {
-    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
-    return _mm256_and_si256(_mm256_srlv_epi64(b, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0f));
+// The activation row as the kernels want it, built once per call. Per block, in scale-slot order:
+// its f32 scale d and c = 8 * d * (sum of its quants), what Q4_0's unsigned nibbles q = value/d + 8
+// owe back (sum (q - 8) x = sum q x - 8 sum x). Per pair (b, b+1) of a whole chunk: lo = quants
+// 0..15 of b and of b+1, hi = quants 16..31 of both, matching the weights' pair halves.
+struct alignas(32) Quants32 {
+    int8_t q[32];
+};
+struct ActSide {
+    std::vector<float> d, c;
+    std::vector<Quants32> lo, hi;
+};
+
+const ActSide& act_side(const block_q8_0* x, int64_t nb) {
+    thread_local ActSide s;
+    const int64_t nb8 = nb / kChunk * kChunk;
+    s.d.resize(size_t(nb));
+    s.c.resize(size_t(nb));
+    s.lo.resize(size_t(nb8 / 2));
+    s.hi.resize(size_t(nb8 / 2));
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < nb; b++) {
+        const float d = half_to_float(x[b].d);
+        const __m256i q = load32(x[b].qs);
+        const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16);
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        const size_t slot = size_t(scales_first_slot(b, nb));
+        s.d[slot] = d;
+        s.c[slot] = 8.0f * d * float(_mm_cvtsi128_si32(s4));
+    }
+    for (int64_t b = 0; b < nb8; b += 2) {
+        const __m256i x0 = load32(x[b].qs), x1 = load32(x[b + 1].qs);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(s.lo[size_t(b / 2)].q), _mm256_permute2x128_si256(x0, x1, 0x20));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(s.hi[size_t(b / 2)].q), _mm256_permute2x128_si256(x0, x1, 0x31));
+    }
+    return s;
 }
 
-// sum (q - 8) x as 8 int32 lanes: maddubs takes the unsigned nibbles directly and the shared
-// 8 * x pair sums (eight_x, int16) remove the offset; |16-bit pairs| <= 15*127*2 stays in range.
-inline __m256i dot_q4(const uint8_t* qs, __m256i xq, __m256i eight_x) {
-    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles(qs), xq), eight_x);
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+// y[i] = dot(row i, x) for R rows of nb Q4_0 blocks. Pair (b, b+1): one load holds both blocks'
+// nibbles, the low ones meet act.lo and the high ones act.hi; the 16-bit pair sums stay below
+// 2 * 2 * 15 * 127 < 2^15. Lanes 0..3 of the pair's dot belong to b, 4..7 to b+1, as do the halves
+// of the scale vector after the in-lane broadcast. The next R rows are prefetched meanwhile.
+template <int R>
+void rows_q4_0(int64_t nb, const uint8_t* w, size_t row_bytes, const block_q8_0* x, const ActSide& s, float* y) {
+    const uint8_t* d[R];
+    const uint8_t* q[R];
+    #pragma GCC unroll 4
+    for (int i = 0; i < R; i++) d[i] = w + size_t(i) * row_bytes, q[i] = d[i] + size_t(nb) * 2;
+    const size_t ahead = size_t(R) * row_bytes;
+    __m256 acc[R];
+    #pragma GCC unroll 4
+    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    int64_t b = 0;
+    for (; b + kChunk <= nb; b += kChunk) {
+        const __m256 dx = _mm256_loadu_ps(s.d.data() + b), cx = _mm256_loadu_ps(s.c.data() + b);
+        __m256 sc[R];
+        #pragma GCC unroll 4
+        for (int i = 0; i < R; i++) {
+            prefetch(q[i] + ahead + b * 16);
+            prefetch(q[i] + ahead + b * 16 + 64);
+            if (b % 32 == 0) prefetch(d[i] + ahead + b * 2);
+            const __m256 dw = load_scales8(d[i] + b * 2);
+            sc[i] = _mm256_mul_ps(dw, dx);
+            acc[i] = _mm256_fnmadd_ps(dw, cx, acc[i]);
+        }
+#pragma GCC unroll 4
+        for (int p = 0; p < int(kChunk / 2); p++) {
+            const __m256i xl = load32(s.lo[size_t(b / 2 + p)].q), xh = load32(s.hi[size_t(b / 2 + p)].q);
+            const __m256i sel = _mm256_set1_epi32(p);
+            #pragma GCC unroll 4
+            for (int i = 0; i < R; i++) {
+                const __m256i qq = load32(q[i] + (b + 2 * p) * 16);
+                const __m256i lo = _mm256_and_si256(qq, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qq, 4), m4);
+                const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+                const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                acc[i] = _mm256_fmadd_ps(dot, _mm256_permutevar_ps(sc[i], sel), acc[i]);
+            }
+        }
+    }
+    for (; b < nb; b++) {  // fewer than 8 blocks left, in block order: one at a time
+        const __m256i xq = load32(x[b].qs);
+        #pragma GCC unroll 4
+        for (int i = 0; i < R; i++) {
+            const float dw = half_to_float(reinterpret_cast<const uint16_t*>(d[i])[b]);
+            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_q4_0(q[i] + b * 16), xq), ones);
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * s.d[size_t(b)]), acc[i]);
+            acc[i] = _mm256_sub_ps(acc[i], _mm256_setr_ps(dw * s.c[size_t(b)], 0, 0, 0, 0, 0, 0, 0));
+        }
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < R; i++) y[i] = hsum(acc[i]);
 }
 
-// sum w x as 8 int32 lanes: |w| (unsigned, 128 included) times x carrying w's sign; x is an
-// activation quant in [-127, 127].
-inline __m256i dot_q8(const int8_t* qs, __m256i xq) {
-    const __m256i w = load32(qs);
-    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xq, w));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+// sum w x over 32 quants as 8 int32 lanes: |w| times x carrying w's sign (x in [-127, 127], so a
+// 16-bit pair is at most 2 * 128 * 127).
+inline __m256i dot_q8(__m256i w, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)),
+                             _mm256_set1_epi16(1));
+}
+
+// As rows_q4_0 for Q8_0: a pair's first-halves load meets act.lo, its second-halves load act.hi.
+template <int R>
+void rows_q8_0(int64_t nb, const uint8_t* w, size_t row_bytes, const block_q8_0* x, const ActSide& s, float* y) {
+    const uint8_t* d[R];
+    const uint8_t* q[R];
+    #pragma GCC unroll 4
+    for (int i = 0; i < R; i++) d[i] = w + size_t(i) * row_bytes, q[i] = d[i] + size_t(nb) * 2;
+    const size_t ahead = size_t(R) * row_bytes;
+    __m256 acc[R];
+    #pragma GCC unroll 4
+    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + kChunk <= nb; b += kChunk) {
+        const __m256 dx = _mm256_loadu_ps(s.d.data() + b);
+        __m256 sc[R];
+        #pragma GCC unroll 4
+        for (int i = 0; i < R; i++) {
+            for (int l = 0; l < 4; l++) prefetch(q[i] + ahead + b * 32 + l * 64);
+            if (b % 32 == 0) prefetch(d[i] + ahead + b * 2);
+            sc[i] = _mm256_mul_ps(load_scales8(d[i] + b * 2), dx);
+        }
+#pragma GCC unroll 4
+        for (int p = 0; p < int(kChunk / 2); p++) {
+            const __m256i xl = load32(s.lo[size_t(b / 2 + p)].q), xh = load32(s.hi[size_t(b / 2 + p)].q);
+            const __m256i sel = _mm256_set1_epi32(p);
+            #pragma GCC unroll 4
+            for (int i = 0; i < R; i++) {
+                const uint8_t* qp = q[i] + (b + 2 * p) * 32;
+                const __m256i dot32 = _mm256_add_epi32(dot_q8(load32(qp), xl), dot_q8(load32(qp + 32), xh));
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32), _mm256_permutevar_ps(sc[i], sel), acc[i]);
+            }
+        }
+    }
+    for (; b < nb; b++) {
+        const __m256i xq = load32(x[b].qs);
+        #pragma GCC unroll 4
+        for (int i = 0; i < R; i++) {
+            const float dw = half_to_float(reinterpret_cast<const uint16_t*>(d[i])[b]);
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q8(load32(q[i] + b * 32), xq)),
+                                     _mm256_set1_ps(dw * s.d[size_t(b)]), acc[i]);
+        }
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < R; i++) y[i] = hsum(acc[i]);
+}
+
+using rows_fn = void (*)(int64_t, const uint8_t*, size_t, const block_q8_0*, const ActSide&, float*);
+
+void gemv_rows(rows_fn four, rows_fn one, int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x,
+               float* y) {
+    const block_q8_0* xb = static_cast<const block_q8_0*>(x);
+    const uint8_t* base = static_cast<const uint8_t*>(w);
+    const int64_t nb = n / QK8_0;
+    const ActSide& s = act_side(xb, nb);
+    int64_t r = 0;
+    for (; r + kRows <= n_rows; r += kRows) four(nb, base + size_t(r) * row_bytes, row_bytes, xb, s, y + r);
+    for (; r < n_rows; r++) one(nb, base + size_t(r) * row_bytes, row_bytes, xb, s, y + r);
 }
 
 }  // namespace
 
 void gemv_q4_0_q8_0_avx2(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    const block_q8_0* xb = static_cast<const block_q8_0*>(x);
-    const uint8_t* base = static_cast<const uint8_t*>(w);
-    const int64_t nb = n / QK4_0;
-    int64_t r = 0;
-    for (; r + 4 <= n_rows; r += 4) {
-        const auto* a0 = reinterpret_cast<const block_q4_0*>(base + size_t(r) * row_bytes);
-        const auto* a1 = reinterpret_cast<const block_q4_0*>(base + size_t(r + 1) * row_bytes);
-        const auto* a2 = reinterpret_cast<const block_q4_0*>(base + size_t(r + 2) * row_bytes);
-        const auto* a3 = reinterpret_cast<const block_q4_0*>(base + size_t(r + 3) * row_bytes);
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const __m256i xq = load32(xb[b].qs);
-            const __m256i eight_x = _mm256_maddubs_epi16(_mm256_set1_epi8(8), xq);
-            const __m256 dx = _mm256_set1_ps(half_to_float(xb[b].d));
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q4(a0[b].qs, xq, eight_x)), scale(a0[b].d, dx), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q4(a1[b].qs, xq, eight_x)), scale(a1[b].d, dx), acc1);
-            acc2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q4(a2[b].qs, xq, eight_x)), scale(a2[b].d, dx), acc2);
-            acc3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q4(a3[b].qs, xq, eight_x)), scale(a3[b].d, dx), acc3);
-        }
-        y[r] = hsum(acc0), y[r + 1] = hsum(acc1), y[r + 2] = hsum(acc2), y[r + 3] = hsum(acc3);
-    }
-    for (; r < n_rows; r++) y[r] = vec_dot_q4_0_q8_0_avx2(n, base + size_t(r) * row_bytes, x);
+    gemv_rows(rows_q4_0<kRows>, rows_q4_0<1>, n, n_rows, w, row_bytes, x, y);
 }
 
 void gemv_q8_0_q8_0_avx2(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    const block_q8_0* xb = static_cast<const block_q8_0*>(x);
-    const uint8_t* base = static_cast<const uint8_t*>(w);
-    const int64_t nb = n / QK8_0;
-    int64_t r = 0;
-    for (; r + 4 <= n_rows; r += 4) {
-        const auto* a0 = reinterpret_cast<const block_q8_0*>(base + size_t(r) * row_bytes);
-        const auto* a1 = reinterpret_cast<const block_q8_0*>(base + size_t(r + 1) * row_bytes);
-        const auto* a2 = reinterpret_cast<const block_q8_0*>(base + size_t(r + 2) * row_bytes);
-        const auto* a3 = reinterpret_cast<const block_q8_0*>(base + size_t(r + 3) * row_bytes);
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const __m256i xq = load32(xb[b].qs);
-            const __m256 dx = _mm256_set1_ps(half_to_float(xb[b].d));
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q8(a0[b].qs, xq)), scale(a0[b].d, dx), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q8(a1[b].qs, xq)), scale(a1[b].d, dx), acc1);
-            acc2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q8(a2[b].qs, xq)), scale(a2[b].d, dx), acc2);
-            acc3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q8(a3[b].qs, xq)), scale(a3[b].d, dx), acc3);
-        }
-        y[r] = hsum(acc0), y[r + 1] = hsum(acc1), y[r + 2] = hsum(acc2), y[r + 3] = hsum(acc3);
-    }
-    for (; r < n_rows; r++) y[r] = vec_dot_q8_0_q8_0_avx2(n, base + size_t(r) * row_bytes, x);
+    gemv_rows(rows_q8_0<kRows>, rows_q8_0<1>, n, n_rows, w, row_bytes, x, y);
 }
 
 }  // namespace phi2cpu

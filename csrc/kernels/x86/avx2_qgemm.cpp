@@ -1,7 +1,7 @@
 // AVX2 integer GEMM for prefill: Q4_0 / Q8_0 weights times Q8_0 activation rows, with int8 dot
 // products (maddubs) and the per-block scales applied in f32. Compiled with -mavx2 -mfma -mf16c.
 //
-// Eight weight rows are packed into a panel, block by block: 8 f32 row scales, then 8 groups of
+// Weights arrive as "scales first" rows (kernels/repack.h). Eight rows are packed into a panel, block by block: 8 f32 row scales, then 8 groups of
 // 32 bytes where bytes 4i..4i+3 of group g are quants 4g..4g+3 of row i. One maddubs of a group
 // with a token's 4 activation quants broadcast gives the 8 rows' partial sums side by side, so the
 // results need no horizontal reduction. Each packed group is reused for 6 tokens. Activation quants
@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/repack.h"
 #include "kernels/x86/ops_x86.h"
 #include "kernels/x86/simd_x86.h"
 
@@ -46,10 +47,18 @@ void fill_side(const block_q8_0* x, int64_t n, ActSide& s) {
     }
 }
 
-// Blocks [0, nb) of rows [0, nr) of w (nr <= 8; missing rows are zero) into the panel layout above.
+inline block_q4_0 read_block(const block_q4_0*, const uint8_t* row, int64_t nb, int64_t b) {
+    return scales_first_block_q4_0(row, nb, b);
+}
+inline block_q8_0 read_block(const block_q8_0*, const uint8_t* row, int64_t nb, int64_t b) {
+    return scales_first_block_q8_0(row, nb, b);
+}
+
+// Blocks [b0, b0 + kb) of rows [0, nr) of w, "scales first" rows of nb blocks (kernels/repack.h),
+// into the panel layout above (nr <= 8; missing rows are zero).
 template <typename Block>
-void pack_panel(const uint8_t* w, size_t row_bytes, int nr, int64_t nb, uint8_t* panel) {
-    for (int64_t b = 0; b < nb; b++) {
+void pack_panel(const uint8_t* w, size_t row_bytes, int nr, int64_t nb, int64_t b0, int64_t kb, uint8_t* panel) {
+    for (int64_t b = 0; b < kb; b++) {
         uint8_t* pb = panel + b * kPanelBlock;
         float* d = reinterpret_cast<float*>(pb);
         int8_t* q = reinterpret_cast<int8_t*>(pb + kRows * 4);
@@ -57,7 +66,7 @@ void pack_panel(const uint8_t* w, size_t row_bytes, int nr, int64_t nb, uint8_t*
             int8_t v[QK8_0] = {};
             d[i] = 0.0f;
             if (i < nr) {
-                const Block& blk = reinterpret_cast<const Block*>(w + size_t(i) * row_bytes)[b];
+                const Block blk = read_block(static_cast<const Block*>(nullptr), w + size_t(i) * row_bytes, nb, b0 + b);
                 d[i] = half_to_float(blk.d);
                 if constexpr (sizeof(Block) == sizeof(block_q4_0)) {
                     for (int j = 0; j < QK4_0 / 2; j++) {
@@ -197,8 +206,7 @@ void gemm_packed(const tile_fn* tiles, int64_t K, int64_t n_rows, const void* w,
             for (int p = 0; p < np; p++) {
                 const int64_t rp = r0 + p * kRows;
                 const int nr = int(std::min<int64_t>(kRows, n_rows - rp));
-                pack_panel<Block>(wb + size_t(rp) * row_bytes + size_t(b0) * sizeof(Block), row_bytes, nr, kb,
-                                  panels + p * panel_bytes);
+                pack_panel<Block>(wb + size_t(rp) * row_bytes, row_bytes, nr, nb, b0, kb, panels + p * panel_bytes);
             }
             for (int64_t t0 = 0; t0 < n_tok; t0 += kTok) {
                 const int nt = int(std::min<int64_t>(kTok, n_tok - t0));
