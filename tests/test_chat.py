@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -84,19 +85,21 @@ def test_full_context_drops_oldest_turns(bundled):
 
 
 class TmuxChat:
-    """`phi2cpu chat` in a detached tmux session; read what a person would see."""
+    """`phi2cpu chat` in a detached tmux session on its own tmux server; read what a person would see.
+    The shell prints `[exited N]` when the program ends and keeps the pane open for reading."""
 
     def __init__(self, *args: str):
-        self.name = f"phi2cpu-test-{uuid.uuid4().hex[:8]}"
-        cmd = " ".join([sys.executable, "-m", "phi2cpu", "chat", *args])
-        # keep the pane after exit so the final screen can be read
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "200", "-y", "50", cmd],
-                       check=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        subprocess.run(["tmux", "set-option", "-t", self.name, "remain-on-exit", "on"], check=True)
+        self.socket = f"phi2cpu-test-{uuid.uuid4().hex[:8]}"
+        cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "phi2cpu", "chat", *args])
+        shell = f"{cmd}; echo \"[exited $?]\"; sleep 600"
+        self._tmux("new-session", "-d", "-x", "200", "-y", "50", shell, check=True)
+
+    def _tmux(self, *args: str, check: bool = False) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,
+                              check=check, env=dict(os.environ, PYTHONUNBUFFERED="1")).stdout
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-J", "-t", self.name, "-S", "-2000"],
-                              capture_output=True, text=True).stdout
+        return self._tmux("capture-pane", "-p", "-J", "-S", "-2000")
 
     def wait_for(self, pattern: str, count: int = 1, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
@@ -108,15 +111,16 @@ class TmuxChat:
         raise AssertionError(f"timed out waiting for {pattern!r} x{count}; screen:\n{self.screen()}")
 
     def send(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        self._tmux("send-keys", *keys, check=True)
 
     def alive(self) -> bool:
-        out = subprocess.run(["tmux", "display-message", "-p", "-t", self.name, "#{pane_dead}"],
-                             capture_output=True, text=True).stdout.strip()
-        return out == "0"
+        return "[exited " not in self.screen()
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        return int(re.search(r"\[exited (\d+)\]", self.wait_for(r"\[exited \d+\]", timeout=timeout)).group(1))
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        self._tmux("kill-server")
 
 
 @pytest.fixture
@@ -152,10 +156,7 @@ def test_tmux_chat_keeps_history_in_the_cache(tmux_chat):
     # only its own line: "\nAlice: def mul(a, b):\nBob:" is 12 tokens
     assert r2 >= p1 + 16 - 2 and p2 <= 12 + 2, s
     t.send("/bye", "Enter")
-    deadline = time.monotonic() + 10
-    while t.alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not t.alive()
+    assert t.wait_exit() == 0
 
 
 def test_tmux_ctrl_c_stops_the_reply_not_the_program(tmux_chat):
@@ -174,10 +175,7 @@ def test_tmux_ctrl_c_stops_the_reply_not_the_program(tmux_chat):
     t.wait_for(PROMPT_LINE, 4)
     assert t.alive()
     t.send("C-d")
-    deadline = time.monotonic() + 10
-    while t.alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not t.alive()
+    assert t.wait_exit() == 0
 
 
 def test_tmux_chat_says_when_the_context_fills(tmux_chat):
