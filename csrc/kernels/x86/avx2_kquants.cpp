@@ -105,7 +105,8 @@ void quantize_row_q8_K_avx2(const float* x, block_q8_K* y, int64_t n) {
     const __m256 sign_mask = _mm256_set1_ps(-0.0f);
     for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
         __m256 amax = _mm256_setzero_ps();
-        for (int j = 0; j < QK_K / 8; j++) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_mask, _mm256_loadu_ps(x + 8 * j)));
+        for (int j = 0; j < QK_K / 8; j++)
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_mask, _mm256_loadu_ps(x + 8 * j)));
         __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
         m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         m = _mm_max_ss(m, _mm_movehdup_ps(m));
@@ -129,8 +130,10 @@ void quantize_row_q8_K_avx2(const float* x, block_q8_K* y, int64_t n) {
         const __m256i lim = _mm256_set1_epi32(127);
         for (int j = 0; j < QK_K / 32; j++) {
             __m256i q[4];
-            for (int k = 0; k < 4; k++)
-                q[k] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(vis, _mm256_loadu_ps(x + 32 * j + 8 * k))), lim);
+            for (int k = 0; k < 4; k++) {
+                const __m256 v = _mm256_mul_ps(vis, _mm256_loadu_ps(x + 32 * j + 8 * k));
+                q[k] = _mm256_min_epi32(_mm256_cvtps_epi32(v), lim);
+            }
             y[i].bsums[2 * j] = int16_t(hsum_i32(_mm256_add_epi32(q[0], q[1])));
             y[i].bsums[2 * j + 1] = int16_t(hsum_i32(_mm256_add_epi32(q[2], q[3])));
             const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
