@@ -416,13 +416,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise Phi2Error(f"--port must be in 0..65535, got {args.port}")
-    if args.model is None:
-        import phi2cpu
-
-        path = str(phi2cpu.default_model_path())
-        print(DEMO_NOTE, file=sys.stderr)
-    else:
-        path = args.model
+    path = _model_path(args)
     model = _load(path, args.threads, args.ctx)
     name = args.model_name or os.path.basename(path)
     if name.endswith(".gguf") and not args.model_name:

@@ -149,7 +149,17 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
 
 
 def main(argv: list[str] | None = None, prog: str = "tools/quantize.py") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description="Convert a Phi-2 checkpoint to a phi2cpu GGUF file.")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="Convert a Phi-2 checkpoint to a phi2cpu GGUF file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"""examples:
+  {prog} phi-2/ phi-2.q4_0.gguf --type q4_0        # smallest and fastest to decode
+  {prog} phi-2/ phi-2.q4_k_m.gguf --type q4_k_m    # about the same size, lower quality loss
+  {prog} phi-2.f16.gguf phi-2.q8_0.gguf --type q8_0  # re-quantize an existing phi2 GGUF
+
+Norms and biases stay F32; in q4_0 files lm_head is Q8_0. With the K types, matrices whose rows are
+not a multiple of 256 values fall back to Q8_0. The file is written to a temporary name and
+renamed at the end, so an interrupted run leaves no partial OUT.""")
     ap.add_argument("src", help="Hugging Face checkpoint directory, or an existing phi2 GGUF file")
     ap.add_argument("out", help="output .gguf path")
     ap.add_argument("--type", dest="qtype", choices=list(QTYPES), default="q8_0",
