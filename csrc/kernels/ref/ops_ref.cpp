@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kernels/row_loops.h"
 #include "kernels/rope_angles.h"
 #include "quant/fp16.h"
 
@@ -152,25 +153,21 @@ float vec_dot_q6_K_q8_K_ref(int64_t n, const void* w, const void* x) {
 }
 
 void gemv_q8_0_q8_0_ref(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    for (int64_t r = 0; r < n_rows; r++) y[r] = vec_dot_q8_0_q8_0_ref(n, static_cast<const uint8_t*>(w) + r * row_bytes, x);
+    gemv_rows<vec_dot_q8_0_q8_0_ref>(n, n_rows, w, row_bytes, x, y);
 }
 
 void gemv_q4_0_q8_0_ref(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    for (int64_t r = 0; r < n_rows; r++) y[r] = vec_dot_q4_0_q8_0_ref(n, static_cast<const uint8_t*>(w) + r * row_bytes, x);
+    gemv_rows<vec_dot_q4_0_q8_0_ref>(n, n_rows, w, row_bytes, x, y);
 }
 
 void gemm_q8_0_q8_0_ref(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                         float* y, int64_t ldy) {
-    const size_t x_row = size_t(K / QK8_0) * sizeof(block_q8_0);
-    for (int64_t t = 0; t < n_tok; t++)
-        gemv_q8_0_q8_0_ref(K, n_rows, w, row_bytes, static_cast<const uint8_t*>(x) + t * x_row, y + t * ldy);
+    gemm_rows<vec_dot_q8_0_q8_0_ref>(K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_q4_0_q8_0_ref(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                         float* y, int64_t ldy) {
-    const size_t x_row = size_t(K / QK8_0) * sizeof(block_q8_0);
-    for (int64_t t = 0; t < n_tok; t++)
-        gemv_q4_0_q8_0_ref(K, n_rows, w, row_bytes, static_cast<const uint8_t*>(x) + t * x_row, y + t * ldy);
+    gemm_rows<vec_dot_q4_0_q8_0_ref>(K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_f32_panel16_ref(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
