@@ -52,6 +52,23 @@ struct block_q5_K {
 };
 static_assert(sizeof(block_q5_K) == 176, "Q5_K block is 176 bytes");
 
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block, from its 12 packed bytes.
+inline void k4_scale_min(int j, const uint8_t* q, int* sc, int* m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Element l (0..31) of sub-block j (0..7): the nibble, plus the fifth bit in Q5_K.
+inline int k4_quant(const block_q4_K& b, int j, int l) { return (b.qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 15; }
+inline int k4_quant(const block_q5_K& b, int j, int l) {
+    return ((b.qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 15) | (((b.qh[l] >> j) & 1) << 4);
+}
+
 // 16 sub-blocks of 16 with int8 scales; 6-bit values q in 0..63, value = d * scales[j] * (q - 32).
 // Two halves of 128 values; half h uses ql[64h..64h+64), qh[32h..32h+32), scales[8h..8h+8). In a half,
 // for l < 32 (element index within the half):

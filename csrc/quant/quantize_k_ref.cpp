@@ -13,17 +13,6 @@ namespace {
 
 inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// The 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes.
-inline void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
-
 void pack_scale_min_k4(const int* sc, const int* m, uint8_t* q) {
     for (int j = 0; j < 4; j++) {
         q[j] = uint8_t((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
@@ -198,34 +187,27 @@ void quantize_row_q8_K_ref(const float* x, block_q8_K* y, int64_t n) {
     }
 }
 
-void dequantize_row_q4_K_ref(const block_q4_K* x, float* y, int64_t n) {
+namespace {
+
+// Q4_K and Q5_K differ only in how an element is read (k4_quant).
+template <typename Block>
+void dequantize_row_k4(const Block* x, float* y, int64_t n) {
     for (int64_t b = 0; b < n / QK_K; b++) {
         const float d = fp16_to_fp32(x[b].d), dmin = fp16_to_fp32(x[b].dmin);
         for (int j = 0; j < 8; j++) {
             int sc, m;
-            scale_min_k4(j, x[b].scales, &sc, &m);
+            k4_scale_min(j, x[b].scales, &sc, &m);
             const float d1 = d * float(sc), m1 = dmin * float(m);
-            const uint8_t* q = x[b].qs + 32 * (j / 2);
-            const int shift = 4 * (j % 2);
-            for (int l = 0; l < 32; l++) *y++ = d1 * float((q[l] >> shift) & 15) - m1;
+            for (int l = 0; l < 32; l++) *y++ = d1 * float(k4_quant(x[b], j, l)) - m1;
         }
     }
 }
 
-void dequantize_row_q5_K_ref(const block_q5_K* x, float* y, int64_t n) {
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const float d = fp16_to_fp32(x[b].d), dmin = fp16_to_fp32(x[b].dmin);
-        for (int j = 0; j < 8; j++) {
-            int sc, m;
-            scale_min_k4(j, x[b].scales, &sc, &m);
-            const float d1 = d * float(sc), m1 = dmin * float(m);
-            const uint8_t* q = x[b].qs + 32 * (j / 2);
-            const int shift = 4 * (j % 2);
-            for (int l = 0; l < 32; l++)
-                *y++ = d1 * float(((q[l] >> shift) & 15) | (((x[b].qh[l] >> j) & 1) << 4)) - m1;
-        }
-    }
-}
+}  // namespace
+
+void dequantize_row_q4_K_ref(const block_q4_K* x, float* y, int64_t n) { dequantize_row_k4(x, y, n); }
+
+void dequantize_row_q5_K_ref(const block_q5_K* x, float* y, int64_t n) { dequantize_row_k4(x, y, n); }
 
 void dequantize_row_q6_K_ref(const block_q6_K* x, float* y, int64_t n) {
     for (int64_t b = 0; b < n / QK_K; b++) {

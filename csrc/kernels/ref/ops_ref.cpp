@@ -53,75 +53,44 @@ float vec_dot_q4_0_q8_0_ref(int64_t n, const void* w, const void* x) {
 
 namespace {
 
-// The 6-bit scale and min of Q4_K/Q5_K sub-block j (layout in quant/blocks.h).
-inline void kquant_scale_min(int j, const uint8_t* q, int* sc, int* m) {
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
-
 // sum_j m[j] * (sum of the 32 activations of sub-block j), from the Q8_K 16-value sums.
 inline int32_t kquant_min_sum(const uint8_t* scales, const int16_t* bsums) {
     int32_t s = 0;
     for (int j = 0; j < 8; j++) {
         int sc, m;
-        kquant_scale_min(j, scales, &sc, &m);
+        k4_scale_min(j, scales, &sc, &m);
         s += m * (int32_t(bsums[2 * j]) + int32_t(bsums[2 * j + 1]));
     }
     return s;
 }
 
+// Q4_K and Q5_K differ only in how an element is read (k4_quant). Per block:
+// d*x.d * sum_j sc[j] (q . xq)_j  -  dmin*x.d * sum_j m[j] (sum xq)_j
+template <typename Block>
+float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
+    const Block* a = static_cast<const Block*>(w);
+    const block_q8_K* b = static_cast<const block_q8_K*>(x);
+    float sum = 0.0f;
+    for (int64_t blk = 0; blk < n / QK_K; blk++) {
+        int32_t isum = 0;
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            k4_scale_min(j, a[blk].scales, &sc, &m);
+            int32_t s = 0;
+            for (int l = 0; l < 32; l++) s += k4_quant(a[blk], j, l) * int32_t(b[blk].qs[32 * j + l]);
+            isum += sc * s;
+        }
+        const float d = fp16_to_fp32(a[blk].d) * b[blk].d, dmin = fp16_to_fp32(a[blk].dmin) * b[blk].d;
+        sum += d * float(isum) - dmin * float(kquant_min_sum(a[blk].scales, b[blk].bsums));
+    }
+    return sum;
+}
+
 }  // namespace
 
-// sum over blocks: d*x.d * sum_j sc[j] (q . xq)_j  -  dmin*x.d * sum_j m[j] (sum xq)_j
-float vec_dot_q4_K_q8_K_ref(int64_t n, const void* w, const void* x) {
-    const block_q4_K* a = static_cast<const block_q4_K*>(w);
-    const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    float sum = 0.0f;
-    for (int64_t blk = 0; blk < n / QK_K; blk++) {
-        int32_t isum = 0;
-        for (int j = 0; j < 8; j++) {
-            int sc, m;
-            kquant_scale_min(j, a[blk].scales, &sc, &m);
-            const uint8_t* q = a[blk].qs + 32 * (j / 2);
-            const int shift = 4 * (j % 2);
-            int32_t s = 0;
-            for (int l = 0; l < 32; l++) s += ((q[l] >> shift) & 15) * int32_t(b[blk].qs[32 * j + l]);
-            isum += sc * s;
-        }
-        const float d = fp16_to_fp32(a[blk].d) * b[blk].d, dmin = fp16_to_fp32(a[blk].dmin) * b[blk].d;
-        sum += d * float(isum) - dmin * float(kquant_min_sum(a[blk].scales, b[blk].bsums));
-    }
-    return sum;
-}
+float vec_dot_q4_K_q8_K_ref(int64_t n, const void* w, const void* x) { return vec_dot_k4_q8_K<block_q4_K>(n, w, x); }
 
-float vec_dot_q5_K_q8_K_ref(int64_t n, const void* w, const void* x) {
-    const block_q5_K* a = static_cast<const block_q5_K*>(w);
-    const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    float sum = 0.0f;
-    for (int64_t blk = 0; blk < n / QK_K; blk++) {
-        int32_t isum = 0;
-        for (int j = 0; j < 8; j++) {
-            int sc, m;
-            kquant_scale_min(j, a[blk].scales, &sc, &m);
-            const uint8_t* q = a[blk].qs + 32 * (j / 2);
-            const int shift = 4 * (j % 2);
-            int32_t s = 0;
-            for (int l = 0; l < 32; l++) {
-                const int v = ((q[l] >> shift) & 15) | (((a[blk].qh[l] >> j) & 1) << 4);
-                s += v * int32_t(b[blk].qs[32 * j + l]);
-            }
-            isum += sc * s;
-        }
-        const float d = fp16_to_fp32(a[blk].d) * b[blk].d, dmin = fp16_to_fp32(a[blk].dmin) * b[blk].d;
-        sum += d * float(isum) - dmin * float(kquant_min_sum(a[blk].scales, b[blk].bsums));
-    }
-    return sum;
-}
+float vec_dot_q5_K_q8_K_ref(int64_t n, const void* w, const void* x) { return vec_dot_k4_q8_K<block_q5_K>(n, w, x); }
 
 float vec_dot_q6_K_q8_K_ref(int64_t n, const void* w, const void* x) {
     const block_q6_K* a = static_cast<const block_q6_K*>(w);

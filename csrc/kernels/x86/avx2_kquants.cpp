@@ -15,8 +15,6 @@ using namespace x86;
 
 namespace {
 
-inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-
 // sum_i u[i] * s[i] over 32 bytes in pairs of int16, then weighted by a per-pair int16 scale to int32.
 inline __m256i dot_scaled(__m256i u, __m256i s, __m256i scale16) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale16);
@@ -24,19 +22,23 @@ inline __m256i dot_scaled(__m256i u, __m256i s, __m256i scale16) {
 
 }  // namespace
 
-float vec_dot_q4_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
-    const block_q4_K* a = static_cast<const block_q4_K*>(w);
+namespace {
+
+// Q4_K and Q5_K differ only in the high bits k4_chunk merges in.
+template <typename Block>
+float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
+    const Block* a = static_cast<const Block*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
     __m256 acc = _mm256_setzero_ps();
     float mins = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         uint8_t sc[8], m[8];
         unpack_scales_k4(a[i].scales, sc, m);
+        __m256i qh = k4_high_bits(a[i]);
         __m256i sumi = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
-            const __m256i q = load256(a[i].qs + 32 * c);
-            const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            __m256i lo, hi;
+            k4_chunk(a[i].qs, c, qh, lo, hi);
             sumi = _mm256_add_epi32(sumi, dot_scaled(lo, load256(b[i].qs + 64 * c), _mm256_set1_epi16(sc[2 * c])));
             sumi = _mm256_add_epi32(sumi,
                                     dot_scaled(hi, load256(b[i].qs + 64 * c + 32), _mm256_set1_epi16(sc[2 * c + 1])));
@@ -48,34 +50,11 @@ float vec_dot_q4_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
     return hsum(acc) - mins;
 }
 
-float vec_dot_q5_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
-    const block_q5_K* a = static_cast<const block_q5_K*>(w);
-    const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
-    for (int64_t i = 0; i < n / QK_K; i++) {
-        uint8_t sc[8], m[8];
-        unpack_scales_k4(a[i].scales, sc, m);
-        __m256i qh = load256(a[i].qh);  // bit j of byte l: high bit of element l of sub-block j
-        __m256i sumi = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            const __m256i q = load256(a[i].qs + 32 * c);
-            const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, one), 4);
-            const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4);
-            qh = _mm256_srli_epi16(qh, 2);
-            const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), h0);
-            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h1);
-            sumi = _mm256_add_epi32(sumi, dot_scaled(lo, load256(b[i].qs + 64 * c), _mm256_set1_epi16(sc[2 * c])));
-            sumi = _mm256_add_epi32(sumi,
-                                    dot_scaled(hi, load256(b[i].qs + 64 * c + 32), _mm256_set1_epi16(sc[2 * c + 1])));
-        }
-        const float d = half_to_float(a[i].d) * b[i].d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        mins += half_to_float(a[i].dmin) * b[i].d * float(min_dot_bsums(m, b[i].bsums));
-    }
-    return hsum(acc) - mins;
-}
+}  // namespace
+
+float vec_dot_q4_K_q8_K_avx2(int64_t n, const void* w, const void* x) { return vec_dot_k4_q8_K<block_q4_K>(n, w, x); }
+
+float vec_dot_q5_K_q8_K_avx2(int64_t n, const void* w, const void* x) { return vec_dot_k4_q8_K<block_q5_K>(n, w, x); }
 
 float vec_dot_q6_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
     const block_q6_K* a = static_cast<const block_q6_K*>(w);

@@ -1,18 +1,36 @@
 // Helpers shared by the AVX2 and AVX-512 K-quant kernels (both files are compiled with AVX2+).
 #pragma once
 #include "kernels/x86/simd_x86.h"
+#include "quant/blocks.h"
 
 namespace phi2cpu {
 namespace x86 {
 
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
 // The eight 6-bit scales and mins of a Q4_K/Q5_K block (packing in quant/blocks.h).
 inline void unpack_scales_k4(const uint8_t* q, uint8_t* sc, uint8_t* m) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = q[j] & 63;
-        m[j] = q[j + 4] & 63;
-        sc[j + 4] = uint8_t((q[j + 8] & 0x0f) | ((q[j] >> 6) << 4));
-        m[j + 4] = uint8_t((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
+    for (int j = 0; j < 8; j++) {
+        int s, mn;
+        k4_scale_min(j, q, &s, &mn);
+        sc[j] = uint8_t(s);
+        m[j] = uint8_t(mn);
     }
+}
+
+// The high bits of a Q5_K block's values (bit j of byte l: element l of sub-block j); zero for Q4_K.
+inline __m256i k4_high_bits(const block_q4_K&) { return _mm256_setzero_si256(); }
+inline __m256i k4_high_bits(const block_q5_K& a) { return load256(a.qh); }
+
+// Chunk c (0..3) of a Q4_K/Q5_K block as unsigned bytes: sub-block 2c in lo, 2c+1 in hi. `qh` starts
+// as k4_high_bits(a) and is consumed two bits per chunk (Q4_K's zeros add nothing).
+inline void k4_chunk(const uint8_t* qs, int c, __m256i& qh, __m256i& lo, __m256i& hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    const __m256i q = load256(qs + 32 * c);
+    lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+    hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
+    qh = _mm256_srli_epi16(qh, 2);
 }
 
 inline int32_t hsum_i32(__m256i v) {
