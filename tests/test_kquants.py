@@ -15,7 +15,8 @@ from phi2cpu.checkpoint import write_random_checkpoint
 from phi2cpu.errors import ModelFileError
 from phi2cpu.gguf_io import read_model_file
 from phi2cpu.quantize import main, quantize
-from test_model import _logits_with_isa, assert_argmax_flips_only_at_ties, assert_matches_reference, rel_err
+from test_model import (_logits_with_isa, assert_argmax_flips_only_at_ties, assert_matches_reference,
+                        assert_prefill_equals_decode, rel_err)
 from tolerances import TOLERANCES
 
 K_TYPES = [T.Q4_K, T.Q5_K, T.Q6_K]
@@ -130,13 +131,7 @@ def test_perplexity_close_to_f16(mini_k, eval_text):
 def test_batched_prefill_equals_token_by_token(mini_k, eval_text, qtype):
     """Prefill (GEMM on dequantized panels with Q8_K round-tripped activations) and decoding (the
     integer Q8_K dot kernels) agree within the type's tolerance."""
-    m = phi2cpu.load(mini_k[qtype], threads=2)
-    ids = m.tokenize(eval_text[:3000])[:48]
-    batch = m.logits(ids)
-    m.reset()
-    steps = np.stack([m.eval([i]) for i in ids])
-    assert rel_err(steps, batch) <= TOLERANCES[qtype]["max_rel"]
-    assert_argmax_flips_only_at_ties(steps, batch)
+    assert_prefill_equals_decode(mini_k[qtype], eval_text, qtype)
 
 
 def test_every_kernel_path_gives_the_same_logits(mini_k):

@@ -50,6 +50,18 @@ def assert_matches_reference(path, ids, qtype):
     return m, got
 
 
+def assert_prefill_equals_decode(path, text: str, qtype: str) -> None:
+    """48 tokens as one batch (the GEMM path) and one at a time (the GEMV path) give the same logits
+    within the type's tolerance, and argmax flips only at near-ties."""
+    m = phi2cpu.load(path, threads=2)
+    ids = m.tokenize(text[:3000])[:48]
+    batch = m.logits(ids)
+    m.reset()
+    steps = np.stack([m.eval([i]) for i in ids])
+    assert rel_err(steps, batch) <= TOLERANCES[qtype]["max_rel"]
+    assert_argmax_flips_only_at_ties(steps, batch)
+
+
 def assert_argmax_flips_only_at_ties(got: np.ndarray, want: np.ndarray) -> None:
     """Logits that differ by at most e per position can only change the argmax where the top-2
     margin is below 2e: any other flip is a real error."""
@@ -220,10 +232,4 @@ def test_engine_errors_are_package_errors(mini_files):
 def test_batched_prefill_equals_token_by_token(mini_files, eval_text, qtype):
     """Prefill (GEMM on dequantized panels) and decoding (integer GEMV) see the same Q8_0
     activations, so they agree within the type's tolerance."""
-    m = phi2cpu.load(mini_files[qtype], threads=2)
-    ids = m.tokenize(eval_text[:3000])[:48]
-    batch = m.logits(ids)
-    m.reset()
-    steps = np.stack([m.eval([i]) for i in ids])
-    assert rel_err(steps, batch) <= TOLERANCES[qtype]["max_rel"]
-    assert_argmax_flips_only_at_ties(steps, batch)
+    assert_prefill_equals_decode(mini_files[qtype], eval_text, qtype)
