@@ -16,7 +16,6 @@ are 400, an unknown model is 404, a full queue is 503.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import math
 import threading
@@ -35,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .errors import Phi2Error
 from .generate import STOP_EOS, STOP_STRING, GenerationStats, TextStream, generate_tokens
 from .prompts import get_format, messages_prompt
-from .sampling import SamplingParams
+from .sampling import SAMPLING_OPTIONS, SamplingParams
 from .tokenizer import check_text
 
 MAX_STOP_STRINGS = 4          # as OpenAI's API
@@ -170,35 +169,24 @@ def _reject_unsupported(body: dict, chat: bool) -> None:
 def _sampling(body: dict, n_vocab: int) -> SamplingParams:
     """SamplingParams from OpenAI's fields (with OpenAI's defaults: temperature 1, top_p 1, no
     min_p, no penalties) and the common extensions top_k, min_p, repeat_penalty and
-    penalty_last_n. A field this version's sampler lacks is refused unless it is "off"."""
+    penalty_last_n."""
     kwargs: Dict[str, Any] = {
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         "top_k": _integer(body, "top_k", 0, 0),
         "seed": _integer(body, "seed", None, 0),
     }
-    supported = {f.name for f in dataclasses.fields(SamplingParams)}
     last_n = _integer(body, "penalty_last_n", None, 0)
     if last_n is not None:
-        if "penalty_last_n" not in supported:
-            raise _bad("penalty_last_n is not supported by this version of phi2cpu", "penalty_last_n")
         kwargs["penalty_last_n"] = last_n
     for name, (off, lo, hi) in _OPTIONAL_SAMPLING.items():
-        value = _number(body, name, off, lo, hi)
-        if name in supported:
-            kwargs[name] = value
-        elif value != off:
-            raise _bad(f"{name} is not supported by this version of phi2cpu", name)
-    bias = _logit_bias(body, n_vocab)
-    if "logit_bias" in supported:
-        kwargs["logit_bias"] = bias
-    elif bias:
-        raise _bad("logit_bias is not supported by this version of phi2cpu", "logit_bias")
+        kwargs[name] = _number(body, name, off, lo, hi)
+    kwargs["logit_bias"] = _logit_bias(body, n_vocab)
     try:
         return SamplingParams(**kwargs).validate()
     except Phi2Error as e:  # its messages start with the field's name
         name = str(e).split(" ", 1)[0]
-        raise _bad(str(e), name if name in supported else None) from None
+        raise _bad(str(e), name if name in SAMPLING_OPTIONS else None) from None
 
 
 # --- prompts ---------------------------------------------------------------------------------
