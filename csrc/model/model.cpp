@@ -165,7 +165,7 @@ void Model::attention(int layer, int n, float* qkv, float* out) {
     pool_.parallel_for(int64_t(n) * n_head, 1, [&](int64_t i0, int64_t i1) {
         std::vector<float> scores(size_t(pos0 + n));
         for (int64_t i = i0; i < i1; i++) {
-            const int64_t t = i / n_head, h = i % n_head;
+            const int64_t h = i / n, t = i % n;
             const int n_kv = pos0 + int(t) + 1;
             k.attn_head_f32(hd, n_kv, qkv + t * 3 * d + h * hd, kbase + h * hd, vbase + h * hd, d, scale,
                             scores.data(), out + t * d + h * hd);

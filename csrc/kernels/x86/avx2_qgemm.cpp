@@ -47,37 +47,52 @@ void fill_side(const block_q8_0* x, int64_t n, ActSide& s) {
     }
 }
 
-inline block_q4_0 read_block(const block_q4_0*, const uint8_t* row, int64_t nb, int64_t b) {
-    return scales_first_block_q4_0(row, nb, b);
+// Block b of row `row` (of nb blocks, "scales first") as 32 bytes of quants in block order.
+inline __m256i row_quants(const block_q4_0*, const uint8_t* row, int64_t nb, int64_t b) {
+    return unpack_q4_0(row + size_t(nb) * 2 + size_t(b) * (QK4_0 / 2));
 }
-inline block_q8_0 read_block(const block_q8_0*, const uint8_t* row, int64_t nb, int64_t b) {
-    return scales_first_block_q8_0(row, nb, b);
+inline __m256i row_quants(const block_q8_0*, const uint8_t* row, int64_t nb, int64_t b) {
+    const uint8_t* q = row + size_t(nb) * 2;
+    if (b >= nb / 8 * 8) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + size_t(b) * QK8_0));
+    const uint8_t* pair = q + size_t(b & ~int64_t(1)) * QK8_0 + size_t(b & 1) * 16;  // halves 32 bytes apart
+    return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(pair + 32), reinterpret_cast<const __m128i*>(pair));
 }
 
 // Blocks [b0, b0 + kb) of rows [0, nr) of w, "scales first" rows of nb blocks (kernels/repack.h),
-// into the panel layout above (nr <= 8; missing rows are zero).
+// into the panel layout above (nr <= 8; missing rows are zero). Group g of a block is dword g of
+// each row's 32 quants: an 8 x 8 transpose of dwords.
 template <typename Block>
 void pack_panel(const uint8_t* w, size_t row_bytes, int nr, int64_t nb, int64_t b0, int64_t kb, uint8_t* panel) {
-    for (int64_t b = 0; b < kb; b++) {
-        uint8_t* pb = panel + b * kPanelBlock;
-        float* d = reinterpret_cast<float*>(pb);
-        int8_t* q = reinterpret_cast<int8_t*>(pb + kRows * 4);
+    for (int64_t b = b0; b < b0 + kb; b++) {
+        uint8_t* pb = panel + (b - b0) * kPanelBlock;
+        const size_t slot = size_t(scales_first_slot(b, nb)) * 2;
+        alignas(16) uint16_t dh[kRows] = {};
+        __m256i r[kRows];
         for (int i = 0; i < kRows; i++) {
-            int8_t v[QK8_0] = {};
-            d[i] = 0.0f;
             if (i < nr) {
-                const Block blk = read_block(static_cast<const Block*>(nullptr), w + size_t(i) * row_bytes, nb, b0 + b);
-                d[i] = half_to_float(blk.d);
-                if constexpr (sizeof(Block) == sizeof(block_q4_0)) {
-                    for (int j = 0; j < QK4_0 / 2; j++) {
-                        v[j] = int8_t(blk.qs[j] & 0x0f);
-                        v[j + QK4_0 / 2] = int8_t(blk.qs[j] >> 4);
-                    }
-                } else {
-                    std::memcpy(v, blk.qs, QK8_0);
-                }
+                const uint8_t* row = w + size_t(i) * row_bytes;
+                std::memcpy(&dh[i], row + slot, 2);
+                r[i] = row_quants(static_cast<const Block*>(nullptr), row, nb, b);
+            } else {
+                r[i] = _mm256_setzero_si256();
             }
-            for (int g = 0; g < QK8_0 / 4; g++) std::memcpy(q + g * 32 + i * 4, v + g * 4, 4);
+        }
+        _mm256_store_ps(reinterpret_cast<float*>(pb), _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dh))));
+        __m256i t[kRows], u[kRows];
+        for (int i = 0; i < kRows; i += 2) {
+            t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);      // dwords 0,1 | 4,5 of rows i, i+1
+            t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);  // dwords 2,3 | 6,7
+        }
+        for (int h = 0; h < kRows; h += 4) {  // rows h..h+3: u[h + j] holds dword j | j + 4
+            u[h] = _mm256_unpacklo_epi64(t[h], t[h + 2]);
+            u[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);
+            u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);
+            u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);
+        }
+        __m256i* q = reinterpret_cast<__m256i*>(pb + kRows * 4);
+        for (int j = 0; j < 4; j++) {
+            _mm256_store_si256(q + j, _mm256_permute2x128_si256(u[j], u[4 + j], 0x20));
+            _mm256_store_si256(q + j + 4, _mm256_permute2x128_si256(u[j], u[4 + j], 0x31));
         }
     }
 }
