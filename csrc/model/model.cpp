@@ -20,7 +20,7 @@ Model::Model(const std::string& path, const Config& cfg, const std::vector<Tenso
     : cfg_(cfg),
       file_(path),
       w_(Weights::bind(file_, cfg, entries)),
-      kv_(cfg.n_layer, n_ctx, cfg.n_embd),
+      kv_(cfg.n_layer, n_ctx, cfg.n_head, cfg.head_dim()),
       pool_(n_threads) {
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
     kernels();  // choose the kernel path now, so a bad PHI2CPU_ISA fails at load
@@ -33,24 +33,32 @@ void Model::truncate(int n) {
     kv_.n_past = n;
 }
 
+// The cache as (n_layer, n_past, n_embd) arrays, each position's heads side by side.
 void Model::read_state(float* k, float* v) const {
-    const size_t row = size_t(kv_.n_past) * kv_.n_embd;
-    for (int l = 0; l < kv_.n_layer; l++) {
-        const size_t src = size_t(l) * kv_.n_ctx * kv_.n_embd;
-        std::copy(kv_.k.get() + src, kv_.k.get() + src + row, k + l * row);
-        std::copy(kv_.v.get() + src, kv_.v.get() + src + row, v + l * row);
-    }
+    const int n = kv_.n_past, hd = kv_.head_dim;
+    const size_t d = size_t(kv_.n_head) * hd;
+    for (int l = 0; l < kv_.n_layer; l++)
+        for (int h = 0; h < kv_.n_head; h++)
+            for (int p = 0; p < n; p++) {
+                const size_t dst = (size_t(l) * n + p) * d + size_t(h) * hd, src = kv_.offset(l, h, p);
+                std::copy(kv_.k.get() + src, kv_.k.get() + src + hd, k + dst);
+                std::copy(kv_.v.get() + src, kv_.v.get() + src + hd, v + dst);
+            }
 }
 
 void Model::write_state(int n, const float* k, const float* v) {
     if (n < 0 || n > kv_.n_ctx)
         throw ContextError("state holds " + std::to_string(n) + " positions; the context holds " +
                            std::to_string(kv_.n_ctx));
-    const size_t row = size_t(n) * kv_.n_embd;
-    for (int l = 0; l < kv_.n_layer; l++) {
-        std::copy(k + l * row, k + (l + 1) * row, kv_.k_at(l, 0));
-        std::copy(v + l * row, v + (l + 1) * row, kv_.v_at(l, 0));
-    }
+    const int hd = kv_.head_dim;
+    const size_t d = size_t(kv_.n_head) * hd;
+    for (int l = 0; l < kv_.n_layer; l++)
+        for (int h = 0; h < kv_.n_head; h++)
+            for (int p = 0; p < n; p++) {
+                const size_t src = (size_t(l) * n + p) * d + size_t(h) * hd;
+                std::copy(k + src, k + src + hd, kv_.k_at(l, h, p));
+                std::copy(v + src, v + src + hd, kv_.v_at(l, h, p));
+            }
     kv_.n_past = n;
 }
 
@@ -147,28 +155,27 @@ void Model::attention(int layer, int n, float* qkv, float* out) {
 
     pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; t++) {
-            float* q = qkv + t * 3 * d;  // rotated in place
-            const float* kk = qkv + t * 3 * d + d;
-            const float* vv = qkv + t * 3 * d + 2 * d;
+            float* q = qkv + t * 3 * d;  // q and k rotated in place
+            float* kk = q + d;
+            const float* vv = q + 2 * d;
             const int pos = pos0 + int(t);
-            float* kc = kv_.k_at(layer, pos);
-            std::copy(kk, kk + d, kc);
-            std::copy(vv, vv + d, kv_.v_at(layer, pos));
             k.rope_neox_f32(n_head, hd, cfg_.n_rot, pos, cfg_.rope_theta, q);
-            k.rope_neox_f32(n_head, hd, cfg_.n_rot, pos, cfg_.rope_theta, kc);
+            k.rope_neox_f32(n_head, hd, cfg_.n_rot, pos, cfg_.rope_theta, kk);
+            for (int h = 0; h < n_head; h++) {
+                std::copy(kk + h * hd, kk + (h + 1) * hd, kv_.k_at(layer, h, pos));
+                std::copy(vv + h * hd, vv + (h + 1) * hd, kv_.v_at(layer, h, pos));
+            }
         }
     });
 
     const float scale = 1.0f / std::sqrt(float(hd));
-    const float* kbase = kv_.k_at(layer, 0);
-    const float* vbase = kv_.v_at(layer, 0);
     pool_.parallel_for(int64_t(n) * n_head, 1, [&](int64_t i0, int64_t i1) {
         std::vector<float> scores(size_t(pos0 + n));
         for (int64_t i = i0; i < i1; i++) {
             const int64_t h = i / n, t = i % n;
             const int n_kv = pos0 + int(t) + 1;
-            k.attn_head_f32(hd, n_kv, qkv + t * 3 * d + h * hd, kbase + h * hd, vbase + h * hd, d, scale,
-                            scores.data(), out + t * d + h * hd);
+            k.attn_head_f32(hd, n_kv, qkv + t * 3 * d + h * hd, kv_.k_at(layer, int(h), 0), kv_.v_at(layer, int(h), 0),
+                            hd, scale, scores.data(), out + t * d + h * hd);
         }
     });
 }
