@@ -97,6 +97,19 @@ private:
     std::map<std::string, const TensorEntry*> by_name_;
 };
 
+// Storage for a repacked matrix, asking for transparent huge pages: decoding streams every weight
+// once per token, and with 4 KiB pages the TLB misses cost a fifth of the 2-thread GEMV speed.
+uint8_t* alloc_huge(size_t bytes) {
+    constexpr size_t kHuge = size_t(2) << 20;
+    const size_t size = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* p = std::aligned_alloc(kHuge, size);
+    if (!p) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    ::madvise(p, size, MADV_HUGEPAGE);  // a hint: without THP the pages stay small
+#endif
+    return static_cast<uint8_t*>(p);
+}
+
 }  // namespace
 
 Weights Weights::bind(const MappedFile& file, const Config& c, const std::vector<TensorEntry>& entries) {
@@ -141,8 +154,7 @@ void Weights::repack(const MappedFile& file, ThreadPool& pool) {
         const repack_fn fn = t ? k.repack_for(t.tt->type) : nullptr;
         if (!fn) return;
         const size_t bytes = size_t(t.rows) * t.row_bytes;
-        uint8_t* dst = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-        if (!dst) throw std::bad_alloc();
+        uint8_t* dst = alloc_huge(bytes);
         repacked.emplace_back(dst, std::free);
         const uint8_t* src = t.data;
         pool.parallel_for(t.rows, 64, [&](int64_t r0, int64_t r1) {
