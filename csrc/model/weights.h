@@ -71,7 +71,7 @@ struct Weights {
     std::vector<LayerWeights> layers; // n_layer
     Vec output_norm_w, output_norm_b; // (n_embd)
     Tensor output_w; Vec output_b;    // (n_vocab, n_embd), (n_vocab)
-    std::vector<std::shared_ptr<uint8_t>> repacked;  // owned storage of the repacked matrices
+    std::shared_ptr<uint8_t> repacked;  // owned storage of the repacked matrices, one buffer
 
     // Resolves every tensor Phi-2 needs, checking type, shape and bounds; throws FileError.
     static Weights bind(const MappedFile& file, const Config& cfg, const std::vector<TensorEntry>& entries);
