@@ -52,12 +52,6 @@ inline float dot_row(int head_dim, const float* q, const float* k) {
     return s;
 }
 
-// Every cache line of a row of n floats (the last one too when the row is not line-aligned).
-inline void prefetch_row(const float* row, int n) {
-    for (int d = 0; d < n; d += 16) __builtin_prefetch(row + d);
-    __builtin_prefetch(row + n - 1);
-}
-
 // out += sum_{r < R} p[r] * row r of v (rows stride floats apart), over head_dim floats.
 template <int R>
 inline void axpy_rows(int head_dim, const float* p, const float* v, int64_t stride, float* out) {
@@ -138,11 +132,9 @@ void rope_neox_f32_neon(int n_head, int head_dim, int n_rot, int pos, float thet
 void attn_head_f32_neon(int head_dim, int n_kv, const float* q, const float* k, const float* v,
                         int64_t kv_stride, float scale, float* scores, float* out) {
     const int hd4 = head_dim & ~3;
-    // scores = scale * q.k_j, eight keys per step (their rows are far apart: prefetch the next eight)
+    // scores = scale * q.k_j, eight keys per step (a head's keys are contiguous: the hardware prefetcher streams them)
     int j = 0;
     for (; j + 8 <= n_kv; j += 8) {
-        if (j + 16 <= n_kv)
-            for (int r = 8; r < 16; r++) prefetch_row(k + (j + r) * kv_stride, head_dim);
         dot8_rows(hd4, q, k + j * kv_stride, kv_stride, scores + j);
         for (int d = hd4; d < head_dim; d++)
             for (int r = 0; r < 8; r++) scores[j + r] += q[d] * k[(j + r) * kv_stride + d];
@@ -181,8 +173,6 @@ void attn_head_f32_neon(int head_dim, int n_kv, const float* q, const float* k, 
     // out = inv * sum_j e_j v_j, four rows per pass over out
     std::fill(out, out + head_dim, 0.0f);
     for (j = 0; j + 4 <= n_kv; j += 4) {
-        if (j + 12 <= n_kv)
-            for (int r = 8; r < 12; r++) prefetch_row(v + (j + r) * kv_stride, head_dim);
         axpy_rows<4>(head_dim, scores + j, v + j * kv_stride, kv_stride, out);
     }
     for (; j < n_kv; j++) axpy_rows<1>(head_dim, scores + j, v + j * kv_stride, kv_stride, out);
