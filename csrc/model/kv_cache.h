@@ -23,7 +23,6 @@ struct KVCache {
     }
     float* k_at(int layer, int head, int pos) { return k.get() + offset(layer, head, pos); }
     float* v_at(int layer, int head, int pos) { return v.get() + offset(layer, head, pos); }
-    size_t bytes() const { return 2 * size_t(n_layer) * n_ctx * n_head * head_dim * sizeof(float); }
 };
 
 }  // namespace phi2cpu
