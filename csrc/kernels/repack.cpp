@@ -3,56 +3,79 @@
 #include <cstring>
 
 namespace phi2cpu {
+
+size_t RepackedLayout::scale(int64_t r, int64_t b) const {
+    const int64_t nb8 = nb / 8 * 8;
+    if (!grouped(r)) return size_t(r) * row_bytes() + size_t(scales_first_slot(b, nb)) * 2;
+    const size_t group = size_t(r / 4) * 4 * row_bytes();
+    const int i = int(r % 4);
+    if (b < nb8) return group + size_t(b / 8) * chunk_bytes() + size_t(i) * 16 + size_t((b & 1) * 4 + ((b & 7) >> 1)) * 2;
+    const size_t tail = group + size_t(nb / 8) * chunk_bytes() + size_t(i) * size_t(nb - nb8) * (2 + quant_bytes);
+    return tail + size_t(b - nb8) * 2;
+}
+
+size_t RepackedLayout::quants(int64_t r, int64_t b, int half) const {
+    const int64_t nb8 = nb / 8 * 8;
+    const size_t h = size_t(half) * 16;
+    if (b >= nb8) {  // plain block order, single row or a group row's tail
+        if (!grouped(r)) return size_t(r) * row_bytes() + size_t(nb) * 2 + size_t(b) * quant_bytes + h;
+        const size_t group = size_t(r / 4) * 4 * row_bytes();
+        const size_t tail = group + size_t(nb / 8) * chunk_bytes() + size_t(r % 4) * size_t(nb - nb8) * (2 + quant_bytes);
+        return tail + size_t(nb - nb8) * 2 + size_t(b - nb8) * quant_bytes + h;
+    }
+    // within a pair: Q4_0 blocks b, b+1 follow each other; Q8_0 halves are 32 bytes apart
+    const size_t in_pair = size_t(b & 1) * 16 + size_t(half) * 32;
+    if (!grouped(r)) return size_t(r) * row_bytes() + size_t(nb) * 2 + size_t(b & ~int64_t(1)) * quant_bytes + in_pair;
+    const size_t group = size_t(r / 4) * 4 * row_bytes();
+    return group + size_t(b / 8) * chunk_bytes() + 64 + size_t((b & 7) >> 1) * 4 * pair_bytes() +
+           size_t(r % 4) * pair_bytes() + in_pair;
+}
+
 namespace {
 
-// Byte offset, within a Q8_0 row's quants, of quant j of block b (see repack.h).
-inline size_t q8_0_quant_offset(int64_t b, int64_t nb, int j) {
-    if (b >= nb / 8 * 8) return size_t(b) * QK8_0 + size_t(j);
-    return size_t(b & ~int64_t(1)) * QK8_0 + size_t(j / 16) * 32 + size_t(b & 1) * 16 + size_t(j % 16);
+template <typename Block>
+void repack(int64_t n, int64_t n_rows, const void* src, void* dst) {
+    constexpr size_t qb = sizeof(Block) - 2;
+    const int64_t nb = n / QK8_0;  // 32 quants per block in both types
+    const RepackedLayout L{nb, n_rows, qb};
+    uint8_t* out = static_cast<uint8_t*>(dst);
+    for (int64_t r = 0; r < n_rows; r++) {
+        const Block* in = reinterpret_cast<const Block*>(static_cast<const uint8_t*>(src) + size_t(r) * L.row_bytes());
+        for (int64_t b = 0; b < nb; b++) {
+            std::memcpy(out + L.scale(r, b), &in[b].d, 2);
+            for (int half = 0; half < int(qb / 16); half++)
+                std::memcpy(out + L.quants(r, b, half), reinterpret_cast<const uint8_t*>(in[b].qs) + half * 16, 16);
+        }
+    }
+}
+
+template <typename Block>
+Block block_at(const uint8_t* w, int64_t nb, int64_t n_rows, int64_t r, int64_t b) {
+    constexpr size_t qb = sizeof(Block) - 2;
+    const RepackedLayout L{nb, n_rows, qb};
+    Block blk;
+    std::memcpy(&blk.d, w + L.scale(r, b), 2);
+    for (int half = 0; half < int(qb / 16); half++)
+        std::memcpy(reinterpret_cast<uint8_t*>(blk.qs) + half * 16, w + L.quants(r, b, half), 16);
+    return blk;
 }
 
 }  // namespace
 
 void repack_q4_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst) {
-    const int64_t nb = n / QK4_0;
-    const size_t rb = size_t(nb) * sizeof(block_q4_0);
-    for (int64_t r = 0; r < n_rows; r++) {
-        const auto* in = reinterpret_cast<const block_q4_0*>(static_cast<const uint8_t*>(src) + size_t(r) * rb);
-        uint8_t* out = static_cast<uint8_t*>(dst) + size_t(r) * rb;
-        uint8_t* quants = out + size_t(nb) * 2;
-        for (int64_t b = 0; b < nb; b++) {
-            std::memcpy(out + size_t(scales_first_slot(b, nb)) * 2, &in[b].d, 2);
-            std::memcpy(quants + size_t(b) * (QK4_0 / 2), in[b].qs, QK4_0 / 2);
-        }
-    }
+    repack<block_q4_0>(n, n_rows, src, dst);
 }
 
 void repack_q8_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst) {
-    const int64_t nb = n / QK8_0;
-    const size_t rb = size_t(nb) * sizeof(block_q8_0);
-    for (int64_t r = 0; r < n_rows; r++) {
-        const auto* in = reinterpret_cast<const block_q8_0*>(static_cast<const uint8_t*>(src) + size_t(r) * rb);
-        uint8_t* out = static_cast<uint8_t*>(dst) + size_t(r) * rb;
-        uint8_t* quants = out + size_t(nb) * 2;
-        for (int64_t b = 0; b < nb; b++) {
-            std::memcpy(out + size_t(scales_first_slot(b, nb)) * 2, &in[b].d, 2);
-            for (int j = 0; j < QK8_0; j += 16) std::memcpy(quants + q8_0_quant_offset(b, nb, j), in[b].qs + j, 16);
-        }
-    }
+    repack<block_q8_0>(n, n_rows, src, dst);
 }
 
-block_q4_0 scales_first_block_q4_0(const uint8_t* row, int64_t nb, int64_t b) {
-    block_q4_0 blk;
-    std::memcpy(&blk.d, row + size_t(scales_first_slot(b, nb)) * 2, 2);
-    std::memcpy(blk.qs, row + size_t(nb) * 2 + size_t(b) * (QK4_0 / 2), QK4_0 / 2);
-    return blk;
+block_q4_0 repacked_block_q4_0(const uint8_t* w, int64_t nb, int64_t n_rows, int64_t r, int64_t b) {
+    return block_at<block_q4_0>(w, nb, n_rows, r, b);
 }
 
-block_q8_0 scales_first_block_q8_0(const uint8_t* row, int64_t nb, int64_t b) {
-    block_q8_0 blk;
-    std::memcpy(&blk.d, row + size_t(scales_first_slot(b, nb)) * 2, 2);
-    for (int j = 0; j < QK8_0; j += 16) std::memcpy(blk.qs + j, row + size_t(nb) * 2 + q8_0_quant_offset(b, nb, j), 16);
-    return blk;
+block_q8_0 repacked_block_q8_0(const uint8_t* w, int64_t nb, int64_t n_rows, int64_t r, int64_t b) {
+    return block_at<block_q8_0>(w, nb, n_rows, r, b);
 }
 
 }  // namespace phi2cpu

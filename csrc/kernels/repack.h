@@ -8,8 +8,14 @@
 //   Q4_0 quants: the 16 nibble bytes of each block, in block order (a pair is one 32-byte load);
 //   Q8_0 quants: per pair, quants 0..15 of b, 0..15 of b+1, then 16..31 of b, 16..31 of b+1, so
 //   a 32-byte load holds the same halves of two blocks as a Q4_0 pair's low (or high) nibbles.
-// The last nb % 8 blocks keep block order and plain quants. Rows stay independent, so any row range
-// of a repacked tensor is a repacked tensor.
+// The last nb % 8 blocks keep block order and plain quants.
+//
+// Rows then go in groups of 4 (rows 4g..4g+3), so that the 4-row GEMV reads one sequential stream
+// instead of eight (measured: +40-50% GEMV bandwidth). A group's 4 * row_bytes hold, per chunk c,
+// the 4 rows' 16 bytes of chunk scales, then for each block pair p = 0..3 the 4 rows' pair quants
+// (32 bytes for Q4_0, 64 for Q8_0); after the chunks, each row's last nb % 8 blocks in turn (their
+// scales, then their quants). The last n_rows % 4 rows stay single "scales first" rows. So any range
+// of whole groups, or running to the last row, of a repacked tensor is a repacked tensor.
 #pragma once
 #include <cstdint>
 
@@ -23,9 +29,24 @@ using repack_fn = void (*)(int64_t n, int64_t n_rows, const void* src, void* dst
 void repack_q4_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst);
 void repack_q8_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst);
 
-// Block b of a repacked row of nb blocks, as GGUF stores it (the inverse of the repack).
-block_q4_0 scales_first_block_q4_0(const uint8_t* row, int64_t nb, int64_t b);
-block_q8_0 scales_first_block_q8_0(const uint8_t* row, int64_t nb, int64_t b);
+// Byte offsets inside a repacked tensor of nb blocks per row: where block b of row r has its
+// fp16 scale, and its quants (Q8_0: `half` 0 or 1 picks quants 0..15 or 16..31, 16 bytes each;
+// Q4_0: the block's 16 bytes, half 0).
+struct RepackedLayout {
+    int64_t nb, n_rows;
+    size_t quant_bytes;  // per block: 16 (Q4_0) or 32 (Q8_0)
+
+    size_t row_bytes() const { return size_t(nb) * (2 + quant_bytes); }
+    size_t chunk_bytes() const { return 4 * 8 * (2 + quant_bytes); }
+    size_t pair_bytes() const { return 2 * quant_bytes; }
+    bool grouped(int64_t r) const { return r < n_rows / 4 * 4; }
+    size_t scale(int64_t r, int64_t b) const;
+    size_t quants(int64_t r, int64_t b, int half) const;
+};
+
+// Block b of row r of a repacked tensor, as GGUF stores it (the inverse of the repack).
+block_q4_0 repacked_block_q4_0(const uint8_t* w, int64_t nb, int64_t n_rows, int64_t r, int64_t b);
+block_q8_0 repacked_block_q8_0(const uint8_t* w, int64_t nb, int64_t n_rows, int64_t r, int64_t b);
 
 // Where block b's scale sits among a row's nb scales.
 inline int64_t scales_first_slot(int64_t b, int64_t nb) {

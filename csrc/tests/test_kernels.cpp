@@ -105,28 +105,30 @@ void test_quant_dots(const Kernels& k) {
           std::string(k.isa) + " vec_dot_q8_0_q8_0 extreme values");
 }
 
-// "Scales first" repacking moves every byte of a row and nothing else: reading block b back gives
-// the GGUF block, for row lengths with and without whole 8-block chunks.
+// Repacking (scales first, rows in groups of 4) moves every byte and nothing else: reading block b
+// of row r back gives the GGUF block, for row lengths with and without whole 8-block chunks and row
+// counts with and without a partial group.
 void test_repack() {
-    for (int64_t nb : {1, 7, 8, 9, 16, 21}) {
-        const int64_t n = nb * 32, R = 3;
-        auto w = randn(R * n);
-        std::vector<block_q8_0> w8(size_t(R * nb)), p8(w8.size());
-        std::vector<block_q4_0> w4(size_t(R * nb)), p4(w4.size());
-        quantize_row_q8_0_ref(w.data(), w8.data(), R * n);
-        quantize_row_q4_0_ref(w.data(), w4.data(), R * n);
-        repack_q8_0_scales_first(n, R, w8.data(), p8.data());
-        repack_q4_0_scales_first(n, R, w4.data(), p4.data());
-        bool ok = true;
-        for (int64_t r = 0; r < R; r++)
-            for (int64_t b = 0; b < nb; b++) {
-                const block_q8_0 a = scales_first_block_q8_0(reinterpret_cast<const uint8_t*>(p8.data() + r * nb), nb, b);
-                const block_q4_0 c = scales_first_block_q4_0(reinterpret_cast<const uint8_t*>(p4.data() + r * nb), nb, b);
-                ok = ok && std::memcmp(&a, &w8[size_t(r * nb + b)], sizeof a) == 0 &&
-                     std::memcmp(&c, &w4[size_t(r * nb + b)], sizeof c) == 0;
-            }
-        check(ok, "scales-first repack round trip nb=" + std::to_string(nb));
-    }
+    for (int64_t nb : {1, 7, 8, 9, 16, 21})
+        for (int64_t R : {1, 3, 4, 5, 9}) {
+            const int64_t n = nb * 32;
+            auto w = randn(R * n);
+            std::vector<block_q8_0> w8(size_t(R * nb)), p8(w8.size());
+            std::vector<block_q4_0> w4(size_t(R * nb)), p4(w4.size());
+            quantize_row_q8_0_ref(w.data(), w8.data(), R * n);
+            quantize_row_q4_0_ref(w.data(), w4.data(), R * n);
+            repack_q8_0_scales_first(n, R, w8.data(), p8.data());
+            repack_q4_0_scales_first(n, R, w4.data(), p4.data());
+            bool ok = true;
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t b = 0; b < nb; b++) {
+                    const block_q8_0 a = repacked_block_q8_0(reinterpret_cast<const uint8_t*>(p8.data()), nb, R, r, b);
+                    const block_q4_0 c = repacked_block_q4_0(reinterpret_cast<const uint8_t*>(p4.data()), nb, R, r, b);
+                    ok = ok && std::memcmp(&a, &w8[size_t(r * nb + b)], sizeof a) == 0 &&
+                         std::memcmp(&c, &w4[size_t(r * nb + b)], sizeof c) == 0;
+                }
+            check(ok, "repack round trip nb=" + std::to_string(nb) + " rows=" + std::to_string(R));
+        }
 }
 
 // Multi-row GEMV and integer GEMM (Q8_0 / Q4_0 weights, Q8_0 activations) against the reference

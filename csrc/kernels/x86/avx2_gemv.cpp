@@ -1,6 +1,7 @@
-// AVX2 multi-row GEMV for decoding over "scales first" rows (kernels/repack.h): four weight rows share
-// every activation load, 8 weight scales convert with one vcvtph2ps, and a block pair's quants come
-// with one (Q4_0) or two (Q8_0) 32-byte loads. Compiled with -mavx2 -mfma -mf16c.
+// AVX2 multi-row GEMV for decoding over repacked weights (kernels/repack.h): a 4-row group is one
+// sequential stream, its four rows share every activation load, 8 weight scales convert with one
+// vcvtph2ps, and a block pair's quants come with one (Q4_0) or two (Q8_0) 32-byte loads. The last
+// n_rows % 4 rows are single "scales first" rows. Compiled with -mavx2 -mfma -mf16c.
 #include <vector>
 
 #include "kernels/repack.h"
@@ -170,27 +171,101 @@ void rows_q8_0(int64_t nb, const uint8_t* w, size_t row_bytes, const block_q8_0*
     for (int i = 0; i < R; i++) y[i] = hsum(acc[i]);
 }
 
+constexpr int64_t kAheadChunks = 4;  // prefetch distance in group chunks (2.3 KiB Q4_0, 4.3 KiB Q8_0)
+
+// One 4-row group (kernels/repack.h): per chunk the 4 rows' scales, then per pair the 4 rows' quants
+// (QB bytes each: 32 for Q4_0, 64 for Q8_0), then each row's last nb % 8 blocks. `pair` adds row
+// i's dot of pair p of the chunk at q to acc[i] with the pair's scales sc.
+template <size_t BlockBytes, typename PairFn, typename TailFn>
+void group_rows(int64_t nb, const uint8_t* g, const ActSide& s, float* y, PairFn pair, TailFn tail) {
+    constexpr size_t kChunkBytes = 4 * kChunk * BlockBytes, kPair = 2 * (BlockBytes - 2);
+    const int64_t nc = nb / kChunk, nt = nb - nc * kChunk;
+    __m256 acc[kRows];
+    #pragma GCC unroll 4
+    for (int i = 0; i < kRows; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < nc; c++, g += kChunkBytes) {
+        for (size_t l = 0; l < kChunkBytes; l += 64) prefetch(g + kAheadChunks * kChunkBytes + l);
+        const int64_t b = c * kChunk;
+        const __m256 dx = _mm256_loadu_ps(s.d.data() + b), cx = _mm256_loadu_ps(s.c.data() + b);
+        __m256 sc[kRows];
+        #pragma GCC unroll 4
+        for (int i = 0; i < kRows; i++) {
+            const __m256 dw = load_scales8(g + 16 * i);
+            sc[i] = _mm256_mul_ps(dw, dx);
+            if (BlockBytes == sizeof(block_q4_0)) acc[i] = _mm256_fnmadd_ps(dw, cx, acc[i]);
+        }
+#pragma GCC unroll 4
+        for (int p = 0; p < int(kChunk / 2); p++) {
+            const __m256i xl = load32(s.lo[size_t(b / 2 + p)].q), xh = load32(s.hi[size_t(b / 2 + p)].q);
+            const __m256i sel = _mm256_set1_epi32(p);
+            #pragma GCC unroll 4
+            for (int i = 0; i < kRows; i++)
+                acc[i] = pair(g + 64 + (size_t(p) * kRows + size_t(i)) * kPair, xl, xh,
+                              _mm256_permutevar_ps(sc[i], sel), acc[i]);
+        }
+    }
+    for (int i = 0; i < kRows; i++) {
+        const uint8_t* t = g + size_t(i) * size_t(nt) * BlockBytes;  // nt scales, then nt blocks' quants
+        for (int64_t j = 0; j < nt; j++)
+            acc[i] = tail(nc * kChunk + j, reinterpret_cast<const uint16_t*>(t)[j],
+                          t + size_t(nt) * 2 + size_t(j) * (BlockBytes - 2), acc[i]);
+        y[i] = hsum(acc[i]);
+    }
+}
+
+void group_q4_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide& s, float* y) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    group_rows<sizeof(block_q4_0)>(
+        nb, g, s, y,
+        [&](const uint8_t* q, __m256i xl, __m256i xh, __m256 sc, __m256 acc) {
+            const __m256i qq = load32(q);
+            const __m256i lo = _mm256_and_si256(qq, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qq, 4), m4);
+            const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+            return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), sc, acc);
+        },
+        [&](int64_t b, uint16_t d, const uint8_t* q, __m256 acc) {
+            const float dw = half_to_float(d);
+            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_q4_0(q), load32(x[b].qs)), ones);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * s.d[size_t(b)]), acc);
+            return _mm256_sub_ps(acc, _mm256_setr_ps(dw * s.c[size_t(b)], 0, 0, 0, 0, 0, 0, 0));
+        });
+}
+
+void group_q8_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide& s, float* y) {
+    group_rows<sizeof(block_q8_0)>(
+        nb, g, s, y,
+        [&](const uint8_t* q, __m256i xl, __m256i xh, __m256 sc, __m256 acc) {
+            const __m256i dot32 = _mm256_add_epi32(dot_q8(load32(q), xl), dot_q8(load32(q + 32), xh));
+            return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32), sc, acc);
+        },
+        [&](int64_t b, uint16_t d, const uint8_t* q, __m256 acc) {
+            return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q8(load32(q), load32(x[b].qs))),
+                                   _mm256_set1_ps(half_to_float(d) * s.d[size_t(b)]), acc);
+        });
+}
+
+using group_fn = void (*)(int64_t, const uint8_t*, const block_q8_0*, const ActSide&, float*);
 using rows_fn = void (*)(int64_t, const uint8_t*, size_t, const block_q8_0*, const ActSide&, float*);
 
-void gemv_rows(rows_fn four, rows_fn one, int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x,
+void gemv_rows(group_fn four, rows_fn one, int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x,
                float* y) {
     const block_q8_0* xb = static_cast<const block_q8_0*>(x);
     const uint8_t* base = static_cast<const uint8_t*>(w);
     const int64_t nb = n / QK8_0;
     const ActSide& s = act_side(xb, nb);
     int64_t r = 0;
-    for (; r + kRows <= n_rows; r += kRows) four(nb, base + size_t(r) * row_bytes, row_bytes, xb, s, y + r);
+    for (; r + kRows <= n_rows; r += kRows) four(nb, base + size_t(r) * row_bytes, xb, s, y + r);
     for (; r < n_rows; r++) one(nb, base + size_t(r) * row_bytes, row_bytes, xb, s, y + r);
 }
 
 }  // namespace
 
 void gemv_q4_0_q8_0_avx2(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    gemv_rows(rows_q4_0<kRows>, rows_q4_0<1>, n, n_rows, w, row_bytes, x, y);
+    gemv_rows(group_q4_0, rows_q4_0<1>, n, n_rows, w, row_bytes, x, y);
 }
 
 void gemv_q8_0_q8_0_avx2(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    gemv_rows(rows_q8_0<kRows>, rows_q8_0<1>, n, n_rows, w, row_bytes, x, y);
+    gemv_rows(group_q8_0, rows_q8_0<1>, n, n_rows, w, row_bytes, x, y);
 }
 
 }  // namespace phi2cpu

@@ -1,7 +1,7 @@
 // AVX2 integer GEMM for prefill: Q4_0 / Q8_0 weights times Q8_0 activation rows, with int8 dot
 // products (maddubs) and the per-block scales applied in f32. Compiled with -mavx2 -mfma -mf16c.
 //
-// Weights arrive as "scales first" rows (kernels/repack.h). Eight rows are packed into a panel, block by block: 8 f32 row scales, then 8 groups of
+// Weights arrive repacked (kernels/repack.h: scales first, rows in groups of 4). Eight rows are packed into a panel, block by block: 8 f32 row scales, then 8 groups of
 // 32 bytes where bytes 4i..4i+3 of group g are quants 4g..4g+3 of row i. One maddubs of a group
 // with a token's 4 activation quants broadcast gives the 8 rows' partial sums side by side, so the
 // results need no horizontal reduction. Each packed group is reused for 6 tokens. Activation quants
@@ -47,32 +47,29 @@ void fill_side(const block_q8_0* x, int64_t n, ActSide& s) {
     }
 }
 
-// Block b of row `row` (of nb blocks, "scales first") as 32 bytes of quants in block order.
-inline __m256i row_quants(const block_q4_0*, const uint8_t* row, int64_t nb, int64_t b) {
-    return unpack_q4_0(row + size_t(nb) * 2 + size_t(b) * (QK4_0 / 2));
+// Block b of row i of repacked rows (kernels/repack.h) as 32 bytes of quants in block order.
+inline __m256i row_quants(const block_q4_0*, const uint8_t* w, const RepackedLayout& L, int i, int64_t b) {
+    return unpack_q4_0(w + L.quants(i, b, 0));
 }
-inline __m256i row_quants(const block_q8_0*, const uint8_t* row, int64_t nb, int64_t b) {
-    const uint8_t* q = row + size_t(nb) * 2;
-    if (b >= nb / 8 * 8) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + size_t(b) * QK8_0));
-    const uint8_t* pair = q + size_t(b & ~int64_t(1)) * QK8_0 + size_t(b & 1) * 16;  // halves 32 bytes apart
-    return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(pair + 32), reinterpret_cast<const __m128i*>(pair));
+inline __m256i row_quants(const block_q8_0*, const uint8_t* w, const RepackedLayout& L, int i, int64_t b) {
+    return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(w + L.quants(i, b, 1)),
+                               reinterpret_cast<const __m128i*>(w + L.quants(i, b, 0)));
 }
 
-// Blocks [b0, b0 + kb) of rows [0, nr) of w, "scales first" rows of nb blocks (kernels/repack.h),
-// into the panel layout above (nr <= 8; missing rows are zero). Group g of a block is dword g of
-// each row's 32 quants: an 8 x 8 transpose of dwords.
+// Blocks [b0, b0 + kb) of rows [0, nr) of w, repacked rows of nb blocks starting at a 4-row group
+// (nr < 8 only for the last rows of the tensor), into the panel layout above (missing rows are
+// zero). Group g of a block is dword g of each row's 32 quants: an 8 x 8 transpose of dwords.
 template <typename Block>
-void pack_panel(const uint8_t* w, size_t row_bytes, int nr, int64_t nb, int64_t b0, int64_t kb, uint8_t* panel) {
+void pack_panel(const uint8_t* w, int nr, int64_t nb, int64_t b0, int64_t kb, uint8_t* panel) {
+    const RepackedLayout L{nb, nr, sizeof(Block) - 2};
     for (int64_t b = b0; b < b0 + kb; b++) {
         uint8_t* pb = panel + (b - b0) * kPanelBlock;
-        const size_t slot = size_t(scales_first_slot(b, nb)) * 2;
         alignas(16) uint16_t dh[kRows] = {};
         __m256i r[kRows];
         for (int i = 0; i < kRows; i++) {
             if (i < nr) {
-                const uint8_t* row = w + size_t(i) * row_bytes;
-                std::memcpy(&dh[i], row + slot, 2);
-                r[i] = row_quants(static_cast<const Block*>(nullptr), row, nb, b);
+                std::memcpy(&dh[i], w + L.scale(i, b), 2);
+                r[i] = row_quants(static_cast<const Block*>(nullptr), w, L, i, b);
             } else {
                 r[i] = _mm256_setzero_si256();
             }
@@ -221,7 +218,7 @@ void gemm_packed(const tile_fn* tiles, int64_t K, int64_t n_rows, const void* w,
             for (int p = 0; p < np; p++) {
                 const int64_t rp = r0 + p * kRows;
                 const int nr = int(std::min<int64_t>(kRows, n_rows - rp));
-                pack_panel<Block>(wb + size_t(rp) * row_bytes, row_bytes, nr, nb, b0, kb, panels + p * panel_bytes);
+                pack_panel<Block>(wb + size_t(rp) * row_bytes, nr, nb, b0, kb, panels + p * panel_bytes);
             }
             for (int64_t t0 = 0; t0 < n_tok; t0 += kTok) {
                 const int nt = int(std::min<int64_t>(kTok, n_tok - t0));
