@@ -62,113 +62,11 @@ const ActSide& act_side(const block_q8_0* x, int64_t nb) {
     return s;
 }
 
-// y[i] = dot(row i, x) for R rows of nb Q4_0 blocks. Pair (b, b+1): one load holds both blocks'
-// nibbles, the low ones meet act.lo and the high ones act.hi; the 16-bit pair sums stay below
-// 2 * 2 * 15 * 127 < 2^15. Lanes 0..3 of the pair's dot belong to b, 4..7 to b+1, as do the halves
-// of the scale vector after the in-lane broadcast. The next R rows are prefetched meanwhile.
-template <int R>
-void rows_q4_0(int64_t nb, const uint8_t* w, size_t row_bytes, const block_q8_0* x, const ActSide& s, float* y) {
-    const uint8_t* d[R];
-    const uint8_t* q[R];
-    #pragma GCC unroll 4
-    for (int i = 0; i < R; i++) d[i] = w + size_t(i) * row_bytes, q[i] = d[i] + size_t(nb) * 2;
-    const size_t ahead = size_t(R) * row_bytes;
-    __m256 acc[R];
-    #pragma GCC unroll 4
-    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
-    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    int64_t b = 0;
-    for (; b + kChunk <= nb; b += kChunk) {
-        const __m256 dx = _mm256_loadu_ps(s.d.data() + b), cx = _mm256_loadu_ps(s.c.data() + b);
-        __m256 sc[R];
-        #pragma GCC unroll 4
-        for (int i = 0; i < R; i++) {
-            prefetch(q[i] + ahead + b * 16);
-            prefetch(q[i] + ahead + b * 16 + 64);
-            if (b % 32 == 0) prefetch(d[i] + ahead + b * 2);
-            const __m256 dw = load_scales8(d[i] + b * 2);
-            sc[i] = _mm256_mul_ps(dw, dx);
-            acc[i] = _mm256_fnmadd_ps(dw, cx, acc[i]);
-        }
-#pragma GCC unroll 4
-        for (int p = 0; p < int(kChunk / 2); p++) {
-            const __m256i xl = load32(s.lo[size_t(b / 2 + p)].q), xh = load32(s.hi[size_t(b / 2 + p)].q);
-            const __m256i sel = _mm256_set1_epi32(p);
-            #pragma GCC unroll 4
-            for (int i = 0; i < R; i++) {
-                const __m256i qq = load32(q[i] + (b + 2 * p) * 16);
-                const __m256i lo = _mm256_and_si256(qq, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qq, 4), m4);
-                const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
-                const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                acc[i] = _mm256_fmadd_ps(dot, _mm256_permutevar_ps(sc[i], sel), acc[i]);
-            }
-        }
-    }
-    for (; b < nb; b++) {  // fewer than 8 blocks left, in block order: one at a time
-        const __m256i xq = load32(x[b].qs);
-        #pragma GCC unroll 4
-        for (int i = 0; i < R; i++) {
-            const float dw = half_to_float(reinterpret_cast<const uint16_t*>(d[i])[b]);
-            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_q4_0(q[i] + b * 16), xq), ones);
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * s.d[size_t(b)]), acc[i]);
-            acc[i] = _mm256_sub_ps(acc[i], _mm256_setr_ps(dw * s.c[size_t(b)], 0, 0, 0, 0, 0, 0, 0));
-        }
-    }
-    #pragma GCC unroll 4
-    for (int i = 0; i < R; i++) y[i] = hsum(acc[i]);
-}
-
 // sum w x over 32 quants as 8 int32 lanes: |w| times x carrying w's sign (x in [-127, 127], so a
 // 16-bit pair is at most 2 * 128 * 127).
 inline __m256i dot_q8(__m256i w, __m256i x) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)),
                              _mm256_set1_epi16(1));
-}
-
-// As rows_q4_0 for Q8_0: a pair's first-halves load meets act.lo, its second-halves load act.hi.
-template <int R>
-void rows_q8_0(int64_t nb, const uint8_t* w, size_t row_bytes, const block_q8_0* x, const ActSide& s, float* y) {
-    const uint8_t* d[R];
-    const uint8_t* q[R];
-    #pragma GCC unroll 4
-    for (int i = 0; i < R; i++) d[i] = w + size_t(i) * row_bytes, q[i] = d[i] + size_t(nb) * 2;
-    const size_t ahead = size_t(R) * row_bytes;
-    __m256 acc[R];
-    #pragma GCC unroll 4
-    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + kChunk <= nb; b += kChunk) {
-        const __m256 dx = _mm256_loadu_ps(s.d.data() + b);
-        __m256 sc[R];
-        #pragma GCC unroll 4
-        for (int i = 0; i < R; i++) {
-            for (int l = 0; l < 4; l++) prefetch(q[i] + ahead + b * 32 + l * 64);
-            if (b % 32 == 0) prefetch(d[i] + ahead + b * 2);
-            sc[i] = _mm256_mul_ps(load_scales8(d[i] + b * 2), dx);
-        }
-#pragma GCC unroll 4
-        for (int p = 0; p < int(kChunk / 2); p++) {
-            const __m256i xl = load32(s.lo[size_t(b / 2 + p)].q), xh = load32(s.hi[size_t(b / 2 + p)].q);
-            const __m256i sel = _mm256_set1_epi32(p);
-            #pragma GCC unroll 4
-            for (int i = 0; i < R; i++) {
-                const uint8_t* qp = q[i] + (b + 2 * p) * 32;
-                const __m256i dot32 = _mm256_add_epi32(dot_q8(load32(qp), xl), dot_q8(load32(qp + 32), xh));
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32), _mm256_permutevar_ps(sc[i], sel), acc[i]);
-            }
-        }
-    }
-    for (; b < nb; b++) {
-        const __m256i xq = load32(x[b].qs);
-        #pragma GCC unroll 4
-        for (int i = 0; i < R; i++) {
-            const float dw = half_to_float(reinterpret_cast<const uint16_t*>(d[i])[b]);
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q8(load32(q[i] + b * 32), xq)),
-                                     _mm256_set1_ps(dw * s.d[size_t(b)]), acc[i]);
-        }
-    }
-    #pragma GCC unroll 4
-    for (int i = 0; i < R; i++) y[i] = hsum(acc[i]);
 }
 
 constexpr int64_t kAheadChunks = 4;  // prefetch distance in group chunks (2.3 KiB Q4_0, 4.3 KiB Q8_0)
@@ -213,6 +111,9 @@ void group_rows(int64_t nb, const uint8_t* g, const ActSide& s, float* y, PairFn
     }
 }
 
+// Q4_0 pair (b, b+1): one load holds both blocks' nibbles, the low ones meet act.lo and the high
+// ones act.hi; the 16-bit pair sums stay below 2 * 2 * 15 * 127 < 2^15. Lanes 0..3 of the pair's
+// dot belong to b, 4..7 to b+1, as do the halves of the scale vector after the in-lane broadcast.
 void group_q4_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide& s, float* y) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     group_rows<sizeof(block_q4_0)>(
@@ -231,6 +132,7 @@ void group_q4_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide
         });
 }
 
+// As group_q4_0 for Q8_0: a pair's first-halves load meets act.lo, its second-halves load act.hi.
 void group_q8_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide& s, float* y) {
     group_rows<sizeof(block_q8_0)>(
         nb, g, s, y,
@@ -245,27 +147,37 @@ void group_q8_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide
 }
 
 using group_fn = void (*)(int64_t, const uint8_t*, const block_q8_0*, const ActSide&, float*);
-using rows_fn = void (*)(int64_t, const uint8_t*, size_t, const block_q8_0*, const ActSide&, float*);
+// A row outside the 4-row groups (the last n_rows % 4): its blocks back in GGUF form, through the
+// one-row dot. Phi-2's row counts are multiples of 4, so this runs only for odd shapes.
+template <typename Block, Block (*read)(const uint8_t*, int64_t, int64_t, int64_t, int64_t)>
+float single_row(float (*dot)(int64_t, const void*, const void*), const uint8_t* w, int64_t nb, int64_t n_rows,
+                 int64_t r, const block_q8_0* x) {
+    thread_local std::vector<Block> blocks;
+    blocks.resize(size_t(nb));
+    for (int64_t b = 0; b < nb; b++) blocks[size_t(b)] = read(w, nb, n_rows, r, b);
+    return dot(nb * QK8_0, blocks.data(), x);
+}
 
-void gemv_rows(group_fn four, rows_fn one, int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x,
-               float* y) {
+template <typename Block, Block (*read)(const uint8_t*, int64_t, int64_t, int64_t, int64_t)>
+void gemv_rows(group_fn four, float (*dot)(int64_t, const void*, const void*), int64_t n, int64_t n_rows,
+               const void* w, size_t row_bytes, const void* x, float* y) {
     const block_q8_0* xb = static_cast<const block_q8_0*>(x);
     const uint8_t* base = static_cast<const uint8_t*>(w);
     const int64_t nb = n / QK8_0;
     const ActSide& s = act_side(xb, nb);
     int64_t r = 0;
     for (; r + kRows <= n_rows; r += kRows) four(nb, base + size_t(r) * row_bytes, xb, s, y + r);
-    for (; r < n_rows; r++) one(nb, base + size_t(r) * row_bytes, row_bytes, xb, s, y + r);
+    for (; r < n_rows; r++) y[r] = single_row<Block, read>(dot, base, nb, n_rows, r, xb);
 }
 
 }  // namespace
 
 void gemv_q4_0_q8_0_avx2(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    gemv_rows(group_q4_0, rows_q4_0<1>, n, n_rows, w, row_bytes, x, y);
+    gemv_rows<block_q4_0, repacked_block_q4_0>(group_q4_0, vec_dot_q4_0_q8_0_avx2, n, n_rows, w, row_bytes, x, y);
 }
 
 void gemv_q8_0_q8_0_avx2(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    gemv_rows(group_q8_0, rows_q8_0<1>, n, n_rows, w, row_bytes, x, y);
+    gemv_rows<block_q8_0, repacked_block_q8_0>(group_q8_0, vec_dot_q8_0_q8_0_avx2, n, n_rows, w, row_bytes, x, y);
 }
 
 }  // namespace phi2cpu
