@@ -54,4 +54,32 @@ inline int64_t scales_first_slot(int64_t b, int64_t nb) {
     return (b & ~int64_t(7)) + (b & 1) * 4 + ((b & 7) >> 1);
 }
 
+// Inline: the GEMM panel packer and the repack call these per row and block.
+inline size_t RepackedLayout::scale(int64_t r, int64_t b) const {
+    const int64_t nb8 = nb / 8 * 8;
+    if (!grouped(r)) return size_t(r) * row_bytes() + size_t(scales_first_slot(b, nb)) * 2;
+    const size_t group = size_t(r / 4) * 4 * row_bytes();
+    const int i = int(r % 4);
+    if (b < nb8) return group + size_t(b / 8) * chunk_bytes() + size_t(i) * 16 + size_t((b & 1) * 4 + ((b & 7) >> 1)) * 2;
+    const size_t tail = group + size_t(nb / 8) * chunk_bytes() + size_t(i) * size_t(nb - nb8) * (2 + quant_bytes);
+    return tail + size_t(b - nb8) * 2;
+}
+
+inline size_t RepackedLayout::quants(int64_t r, int64_t b, int half) const {
+    const int64_t nb8 = nb / 8 * 8;
+    const size_t h = size_t(half) * 16;
+    if (b >= nb8) {  // plain block order, single row or a group row's tail
+        if (!grouped(r)) return size_t(r) * row_bytes() + size_t(nb) * 2 + size_t(b) * quant_bytes + h;
+        const size_t group = size_t(r / 4) * 4 * row_bytes();
+        const size_t tail = group + size_t(nb / 8) * chunk_bytes() + size_t(r % 4) * size_t(nb - nb8) * (2 + quant_bytes);
+        return tail + size_t(nb - nb8) * 2 + size_t(b - nb8) * quant_bytes + h;
+    }
+    // within a pair: Q4_0 blocks b, b+1 follow each other; Q8_0 halves are 32 bytes apart
+    const size_t in_pair = size_t(b & 1) * 16 + size_t(half) * 32;
+    if (!grouped(r)) return size_t(r) * row_bytes() + size_t(nb) * 2 + size_t(b & ~int64_t(1)) * quant_bytes + in_pair;
+    const size_t group = size_t(r / 4) * 4 * row_bytes();
+    return group + size_t(b / 8) * chunk_bytes() + 64 + size_t((b & 7) >> 1) * 4 * pair_bytes() +
+           size_t(r % 4) * pair_bytes() + in_pair;
+}
+
 }  // namespace phi2cpu
