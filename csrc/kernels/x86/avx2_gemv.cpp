@@ -70,8 +70,8 @@ inline __m256i dot_q8(__m256i w, __m256i x) {
 }
 
 // Software prefetch distance: about 1 KiB ahead, i.e. 2 group chunks of Q4_0 (1152 bytes) or 1 of
-// Q8_0 (1088 bytes). Farther measured slower on one thread, as the prefetches queue behind the
-// hardware prefetcher's.
+// Q8_0 (1088 bytes). Farther measured slower on one thread: a Q8_0 GEMV from memory read 12-13 GB/s
+// at 4 chunks ahead and 13-17 GB/s at 1.
 constexpr size_t kAheadBytes = 1024;
 
 // One 4-row group (kernels/repack.h): per chunk the 4 rows' scales, then per pair the 4 rows' quants
