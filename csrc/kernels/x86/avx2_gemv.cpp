@@ -42,17 +42,11 @@ const ActSide& act_side(const block_q8_0* x, int64_t nb) {
     s.c.resize(size_t(nb));
     s.lo.resize(size_t(nb8 / 2));
     s.hi.resize(size_t(nb8 / 2));
-    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     for (int64_t b = 0; b < nb; b++) {
         const float d = half_to_float(x[b].d);
-        const __m256i q = load32(x[b].qs);
-        const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16);
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
         const size_t slot = size_t(scales_first_slot(b, nb));
         s.d[slot] = d;
-        s.c[slot] = 8.0f * d * float(_mm_cvtsi128_si32(s4));
+        s.c[slot] = 8.0f * d * float(sum_q8(x[b].qs));
     }
     for (int64_t b = 0; b < nb8; b += 2) {
         const __m256i x0 = load32(x[b].qs), x1 = load32(x[b + 1].qs);

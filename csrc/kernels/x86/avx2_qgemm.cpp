@@ -34,15 +34,8 @@ struct ActSide {
 void fill_side(const block_q8_0* x, int64_t n, ActSide& s) {
     s.d.resize(size_t(n));
     s.sum8.resize(size_t(n));
-    const __m256i ones8 = _mm256_set1_epi8(1);
-    const __m256i ones16 = _mm256_set1_epi16(1);
     for (int64_t i = 0; i < n; i++) {
-        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs));
-        const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16);
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-        s.sum8[size_t(i)] = 8 * _mm_cvtsi128_si32(s4);
+        s.sum8[size_t(i)] = 8 * sum_q8(x[i].qs);
         s.d[size_t(i)] = half_to_float(x[i].d);
     }
 }

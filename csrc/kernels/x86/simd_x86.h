@@ -25,6 +25,16 @@ inline __m256i unpack_q4_0(const uint8_t* qs) {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
 }
 
+// Sum of a Q8_0 block's 32 quants (maddubs with 1s takes them as signed bytes).
+inline int32_t sum_q8(const int8_t* qs) {
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs));
+    const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    return _mm_cvtsi128_si32(s4);
+}
+
 // roundf semantics (halves away from zero), as the scalar quantizer: t = trunc(v) and v - t are
 // exact, so adding sign(v) where |v - t| >= 0.5 rounds exactly like roundf.
 inline __m256 round_half_away(__m256 v) {
