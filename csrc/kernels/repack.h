@@ -42,6 +42,16 @@ struct RepackedLayout {
     bool grouped(int64_t r) const { return r < n_rows / 4 * 4; }
     size_t scale(int64_t r, int64_t b) const;
     size_t quants(int64_t r, int64_t b, int half) const;
+
+    // Start of the 8-block chunk holding block b in row r's 4-row group (grouped rows).
+    size_t chunk(int64_t r, int64_t b) const;
+    // Where row r keeps blocks [first, nb) in plain "scales first" form (their scales, then their
+    // quants): all of a single row (first = 0), or a grouped row's last nb % 8 blocks.
+    struct Plain {
+        size_t base;
+        int64_t first;
+    };
+    Plain plain(int64_t r) const;
 };
 
 // Block b of row r of a repacked tensor, as GGUF stores it (the inverse of the repack).
@@ -55,31 +65,33 @@ inline int64_t scales_first_slot(int64_t b, int64_t nb) {
 }
 
 // Inline: the GEMM panel packer and the repack call these per row and block.
-inline size_t RepackedLayout::scale(int64_t r, int64_t b) const {
+inline size_t RepackedLayout::chunk(int64_t r, int64_t b) const {
+    return size_t(r / 4) * 4 * row_bytes() + size_t(b / 8) * chunk_bytes();
+}
+
+inline RepackedLayout::Plain RepackedLayout::plain(int64_t r) const {
+    if (!grouped(r)) return {size_t(r) * row_bytes(), 0};
     const int64_t nb8 = nb / 8 * 8;
-    if (!grouped(r)) return size_t(r) * row_bytes() + size_t(scales_first_slot(b, nb)) * 2;
-    const size_t group = size_t(r / 4) * 4 * row_bytes();
-    const int i = int(r % 4);
-    if (b < nb8) return group + size_t(b / 8) * chunk_bytes() + size_t(i) * 16 + size_t((b & 1) * 4 + ((b & 7) >> 1)) * 2;
-    const size_t tail = group + size_t(nb / 8) * chunk_bytes() + size_t(i) * size_t(nb - nb8) * (2 + quant_bytes);
-    return tail + size_t(b - nb8) * 2;
+    return {chunk(r, nb) + size_t(r % 4) * size_t(nb - nb8) * (2 + quant_bytes), nb8};
+}
+
+inline size_t RepackedLayout::scale(int64_t r, int64_t b) const {
+    const size_t slot = size_t(scales_first_slot(b, nb));
+    if (grouped(r) && b < nb / 8 * 8) return chunk(r, b) + size_t(r % 4) * 16 + slot % 8 * 2;
+    const Plain p = plain(r);
+    return p.base + (slot - size_t(p.first)) * 2;
 }
 
 inline size_t RepackedLayout::quants(int64_t r, int64_t b, int half) const {
-    const int64_t nb8 = nb / 8 * 8;
-    const size_t h = size_t(half) * 16;
-    if (b >= nb8) {  // plain block order, single row or a group row's tail
-        if (!grouped(r)) return size_t(r) * row_bytes() + size_t(nb) * 2 + size_t(b) * quant_bytes + h;
-        const size_t group = size_t(r / 4) * 4 * row_bytes();
-        const size_t tail = group + size_t(nb / 8) * chunk_bytes() + size_t(r % 4) * size_t(nb - nb8) * (2 + quant_bytes);
-        return tail + size_t(nb - nb8) * 2 + size_t(b - nb8) * quant_bytes + h;
-    }
     // within a pair: Q4_0 blocks b, b+1 follow each other; Q8_0 halves are 32 bytes apart
     const size_t in_pair = size_t(b & 1) * 16 + size_t(half) * 32;
-    if (!grouped(r)) return size_t(r) * row_bytes() + size_t(nb) * 2 + size_t(b & ~int64_t(1)) * quant_bytes + in_pair;
-    const size_t group = size_t(r / 4) * 4 * row_bytes();
-    return group + size_t(b / 8) * chunk_bytes() + 64 + size_t((b & 7) >> 1) * 4 * pair_bytes() +
-           size_t(r % 4) * pair_bytes() + in_pair;
+    if (b < nb / 8 * 8) {
+        if (grouped(r))
+            return chunk(r, b) + 4 * 16 + (size_t((b & 7) >> 1) * 4 + size_t(r % 4)) * pair_bytes() + in_pair;
+        return plain(r).base + size_t(nb) * 2 + size_t(b & ~int64_t(1)) * quant_bytes + in_pair;
+    }
+    const Plain p = plain(r);  // the last nb % 8 blocks: plain block order
+    return p.base + size_t(nb - p.first) * 2 + size_t(b - p.first) * quant_bytes + size_t(half) * 16;
 }
 
 }  // namespace phi2cpu
