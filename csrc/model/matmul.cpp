@@ -25,6 +25,12 @@ constexpr int64_t kQGemmRowAlign = 32;  // integer GEMM row ranges: whole packed
 // activation sums (0.3 ms for a 512 x 10240 input), so the ranges stay coarse.
 constexpr int64_t kQGemmItemsPerThread = 8;
 
+// Rows per work item when `rows` are split into about `items` ranges of whole `align`-row groups.
+int64_t row_grain(int64_t rows, int64_t items, int64_t align) {
+    const int64_t per_item = (rows + items - 1) / items;
+    return (per_item + align - 1) / align * align;
+}
+
 struct AlignedFree {
     void operator()(float* p) const { std::free(p); }
 };
@@ -70,10 +76,8 @@ void matmul_qgemm(gemm_fn gemm, const Tensor& W, const float* bias, const float*
         for (int64_t t = t0; t < t1; t++)
             k.quantize_row_q8_0(x + t * K, reinterpret_cast<block_q8_0*>(xq + size_t(t) * qrow), K);
     });
-    const int64_t per_item = W.rows / (kQGemmItemsPerThread * pool.size());
-    const int64_t chunk =
-        std::max<int64_t>(kQGemmRowAlign, (per_item + kQGemmRowAlign - 1) / kQGemmRowAlign * kQGemmRowAlign);
-    pool.parallel_for(W.rows, chunk, [&](int64_t r0, int64_t r1) {
+    const int64_t grain = row_grain(W.rows, kQGemmItemsPerThread * pool.size(), kQGemmRowAlign);
+    pool.parallel_for(W.rows, grain, [&](int64_t r0, int64_t r1) {
         gemm(K, r1 - r0, W.row(r0), W.row_bytes, n_tok, xq, y + r0, y_stride);
         if (bias)
             for (int64_t t = 0; t < n_tok; t++)
@@ -150,9 +154,7 @@ void matmul_gemv(const Tensor& W, const float* bias, const float* x, int64_t n_t
     const uint8_t* a = static_cast<const uint8_t*>(act);
 
     if (const gemv_fn gemv = k.gemv_for(W.tt->type)) {
-        const int64_t items = kGemvItemsPerThread * pool.size();
-        const int64_t per_item = (W.rows + items - 1) / items;
-        const int64_t grain = (per_item + kGemvRowAlign - 1) / kGemvRowAlign * kGemvRowAlign;
+        const int64_t grain = row_grain(W.rows, kGemvItemsPerThread * pool.size(), kGemvRowAlign);
         pool.parallel_for(W.rows, grain, [&](int64_t r0, int64_t r1) {
             for (int64_t t = 0; t < n_tok; t++) {
                 float* yt = y + t * y_stride;
