@@ -132,12 +132,12 @@ void test_repack() {
 }
 
 // Multi-row GEMV and integer GEMM (Q8_0 / Q4_0 weights, Q8_0 activations) against the reference
-// dot, row by row: row counts around the 4-row and 8-row tiles, token counts around the 6-token
-// tile, K past one 80-block cache chunk, extreme quants (-128 weights, nibbles 0 and 15, activations
+// dot, row by row: row counts around the 4-, 8- and 16-row tiles, token counts around the 6- and
+// 8-token tiles, K past one 80-block cache chunk, extreme quants (-128 weights, nibbles 0 and 15, activations
 // +-127), and output padding that must stay untouched.
 void test_multirow(const Kernels& k) {
     for (int64_t K : {32, 96, 2560, 3232}) {
-        for (int64_t R : {1, 3, 4, 5, 8, 9, 13, 33}) {
+        for (int64_t R : {1, 3, 4, 5, 8, 9, 13, 16, 17, 33}) {
             const int64_t nb = K / 32;
             auto w = randn(R * K);
             for (int j = 0; j < 32; j++) w[size_t(j)] = 0.0f;  // an all-zero block
@@ -149,7 +149,7 @@ void test_multirow(const Kernels& k) {
                 std::fill(w8[size_t(nb)].qs, w8[size_t(nb)].qs + 32, int8_t(-128));
                 for (int j = 0; j < 16; j++) w4[size_t(nb)].qs[j] = uint8_t(j % 2 ? 0xf0 : 0x0f);
             }
-            for (int64_t T : {1, 2, 5, 6, 7, 13}) {
+            for (int64_t T : {1, 2, 5, 6, 7, 8, 9, 13}) {
                 auto x = randn(T * K, 3.0f);
                 std::vector<block_q8_0> x8(size_t(T * nb));
                 quantize_row_q8_0_ref(x.data(), x8.data(), T * K);

@@ -5,6 +5,9 @@
 
 namespace phi2cpu {
 namespace x86 {
+// Internal linkage: each file including this is compiled for its own ISA and keeps its own copy,
+// so the linker can never hand an AVX2 caller a copy compiled with AVX-512.
+namespace {
 
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
@@ -81,5 +84,6 @@ inline __m256i scale_pair_epi32(int s0, int s1) {
     return _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0));
 }
 
+}  // namespace
 }  // namespace x86
 }  // namespace phi2cpu

@@ -8,6 +8,9 @@
 
 namespace phi2cpu {
 namespace x86 {
+// Internal linkage: each file including this is compiled for its own ISA and keeps its own copy,
+// so the linker can never hand an AVX2 caller a copy compiled with AVX-512.
+namespace {
 
 inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -45,5 +48,6 @@ inline __m256 round_half_away(__m256 v) {
     return _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), one));
 }
 
+}  // namespace
 }  // namespace x86
 }  // namespace phi2cpu
