@@ -38,7 +38,9 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.vec_dot_f16_f32 = vec_dot_f16_f32_avx512;
     k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_avx512vnni;
     k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_avx512vnni;
-    k.gemm_q8_0_q8_0 = gemm_q8_0_q8_0_avx512vnni;  // same repacked rows as the AVX2 GEMV reads
+    k.gemv_q8_0_q8_0 = gemv_q8_0_q8_0_avx512vnni;  // same repacked rows as the AVX2 kernels read
+    k.gemv_q4_0_q8_0 = gemv_q4_0_q8_0_avx512vnni;
+    k.gemm_q8_0_q8_0 = gemm_q8_0_q8_0_avx512vnni;
     k.gemm_q4_0_q8_0 = gemm_q4_0_q8_0_avx512vnni;
     k.vec_dot_q4_K_q8_K = vec_dot_q4_K_q8_K_avx512vnni;
     k.vec_dot_q5_K_q8_K = vec_dot_q5_K_q8_K_avx512vnni;

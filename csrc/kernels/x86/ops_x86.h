@@ -34,6 +34,8 @@ float vec_dot_f32_f32_avx512(int64_t n, const void* w, const void* x);
 float vec_dot_f16_f32_avx512(int64_t n, const void* w, const void* x);
 float vec_dot_q8_0_q8_0_avx512vnni(int64_t n, const void* w, const void* x);
 float vec_dot_q4_0_q8_0_avx512vnni(int64_t n, const void* w, const void* x);
+void gemv_q8_0_q8_0_avx512vnni(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);
+void gemv_q4_0_q8_0_avx512vnni(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);
 void gemm_q8_0_q8_0_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
                                const void* x, float* y, int64_t ldy);
 void gemm_q4_0_q8_0_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
