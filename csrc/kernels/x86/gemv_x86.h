@@ -21,7 +21,6 @@ inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<con
 inline __m256 load_scales8(const uint8_t* d) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d)));
 }
-inline void prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
 
 // The activation row as the kernels want it, built once per call. Per block, in scale-slot order:
 // its f32 scale d and c = 8 * d * (sum of its quants), what Q4_0's unsigned nibbles q = value/d + 8
@@ -56,10 +55,10 @@ const ActSide& act_side(const block_q8_0* x, int64_t nb) {
     return s;
 }
 
-// Software prefetch distance: about 1 KiB ahead, i.e. 2 group chunks of Q4_0 (1152 bytes) or 1 of
-// Q8_0 (1088 bytes). Farther measured slower on one thread: a Q8_0 GEMV from memory read 12-13 GB/s
-// at 4 chunks ahead and 13-17 GB/s at 1.
-constexpr size_t kAheadBytes = 1024;
+// No software prefetch: a group is one sequential stream, which the hardware prefetcher follows.
+// Stand-alone GEMV over 160000 x 2560 from memory, 1 thread, AMD EPYC with AVX-512: Q4_0 25-26
+// GB/s prefetching 1 KiB ahead, 28-30 GB/s without (2 threads: 33-35 GB/s either way). On an
+// older AVX2-only EPYC the 1 KiB prefetch measured within noise of none.
 
 // One 4-row group (kernels/repack.h): per chunk the 4 rows' scales, then per pair the 4 rows' quants
 // (QB bytes each: 32 for Q4_0, 64 for Q8_0), then each row's last nb % 8 blocks. `pair` adds row
@@ -67,13 +66,11 @@ constexpr size_t kAheadBytes = 1024;
 template <size_t BlockBytes, typename PairFn, typename TailFn>
 void group_rows(int64_t nb, const uint8_t* g, const ActSide& s, float* y, PairFn pair, TailFn tail) {
     constexpr size_t kChunkBytes = 4 * kChunk * BlockBytes, kPair = 2 * (BlockBytes - 2);
-    constexpr size_t kAhead = (kAheadBytes + kChunkBytes - 1) / kChunkBytes * kChunkBytes;
     const int64_t nc = nb / kChunk, nt = nb - nc * kChunk;
     __m256 acc[kRows];
     #pragma GCC unroll 4
     for (int i = 0; i < kRows; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t c = 0; c < nc; c++, g += kChunkBytes) {
-        for (size_t l = 0; l < kChunkBytes; l += 64) prefetch(g + kAhead + l);
         const int64_t b = c * kChunk;
         const __m256 dx = _mm256_loadu_ps(s.d.data() + b), cx = _mm256_loadu_ps(s.c.data() + b);
         __m256 sc[kRows];
