@@ -50,6 +50,9 @@ def test_quick_run_on_a_tiny_model(tmp_path, tiny_config, phi2_dir, capsys):
     peers = [c for c in res["speed"] if c["engine"] == "llama.cpp"]
     assert all(c["status"] in ("ok", "skipped") for c in peers)
     assert float(res["bandwidth"]["gbs"]["1"]) > 0
+    # probed before the speed section and after each of its two groups; the best probe is the ceiling
+    samples = res["bandwidth"]["samples"]["1"]
+    assert len(samples) == 3 and res["bandwidth"]["gbs"]["1"] == max(samples)
     assert {r["format"] for r in res["ceiling"]} == {"Q8_0", "Q4_0"}
     md = (out / "results.md").read_text()
     assert md == (tmp_path / "RESULTS.md").read_text()

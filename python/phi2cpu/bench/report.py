@@ -191,9 +191,16 @@ def other_sections(res: dict) -> list[str]:
     lines = []
     bw = res.get("bandwidth") or {}
     if bw.get("gbs"):
-        per = ", ".join(f"{k} thread{'s' if int(k) > 1 else ''}: {v:.1f} GB/s" for k, v in bw["gbs"].items())
+        def probes(k: str, v: float) -> str:
+            s = bw.get("samples", {}).get(k, [v])
+            spread = f" (lowest probe {min(s):.1f}, {len(s)} probes)" if len(s) > 1 else ""
+            return f"{k} thread{'s' if int(k) > 1 else ''}: {v:.1f} GB/s{spread}"
+
+        per = ", ".join(probes(k, v) for k, v in bw["gbs"].items())
         lines += ["## Decode ceiling", "",
-                  f"Memory read bandwidth ({fmt_bytes(bw['buffer_bytes'])} buffer, best of {bw['passes']}): {per}. "
+                  f"Memory read bandwidth ({fmt_bytes(bw['buffer_bytes'])} buffer, best of {bw['passes']} passes per "
+                  f"probe; probed before the speed section and again after each speed group, and the best probe "
+                  f"counts): {per}. "
                   "Generating a token reads every weight once (all tensors but token_embd, a row lookup), so "
                   "bandwidth ÷ weight bytes is the most tokens/s any engine can generate.", ""]
         lines += ceiling_table(res) + [""]
