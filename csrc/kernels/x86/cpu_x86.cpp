@@ -3,6 +3,8 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 namespace phi2cpu {
 namespace {
@@ -18,6 +20,12 @@ uint64_t xgetbv0() {
 X86Features detect_x86() {
     X86Features f;
     unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return f;
+    char vendor[12];
+    std::memcpy(vendor, &b, 4);
+    std::memcpy(vendor + 4, &d, 4);
+    std::memcpy(vendor + 8, &c, 4);
+    f.intel = std::memcmp(vendor, "GenuineIntel", 12) == 0;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
     const bool osxsave = c & (1u << 27), avx = c & (1u << 28), fma = c & (1u << 12), f16c = c & (1u << 29);
     if (!osxsave || !avx) return f;
@@ -33,9 +41,19 @@ X86Features detect_x86() {
     return f;
 }
 
+size_t gemv_prefetch_bytes() {
+    static const size_t bytes = [] {
+        const char* env = std::getenv("PHI2CPU_GEMV_PREFETCH");
+        if (env && *env) return size_t(std::strtoull(env, nullptr, 10));
+        return detect_x86().intel ? size_t(4096) : size_t(0);
+    }();
+    return bytes;
+}
+
 }  // namespace phi2cpu
 #else
 namespace phi2cpu {
 X86Features detect_x86() { return {}; }
+size_t gemv_prefetch_bytes() { return 0; }
 }  // namespace phi2cpu
 #endif

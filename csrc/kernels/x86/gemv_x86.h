@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/repack.h"
+#include "kernels/x86/cpu_x86.h"
 #include "kernels/x86/simd_x86.h"
 
 namespace phi2cpu {
@@ -21,6 +22,7 @@ inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<con
 inline __m256 load_scales8(const uint8_t* d) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d)));
 }
+inline void prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
 
 // The activation row as the kernels want it, built once per call. Per block, in scale-slot order:
 // its f32 scale d and c = 8 * d * (sum of its quants), what Q4_0's unsigned nibbles q = value/d + 8
@@ -55,22 +57,21 @@ const ActSide& act_side(const block_q8_0* x, int64_t nb) {
     return s;
 }
 
-// No software prefetch: a group is one sequential stream, which the hardware prefetcher follows.
-// Stand-alone GEMV over 160000 x 2560 from memory, 1 thread, AMD EPYC with AVX-512: Q4_0 25-26
-// GB/s prefetching 1 KiB ahead, 28-30 GB/s without (2 threads: 33-35 GB/s either way). On an
-// older AVX2-only EPYC the 1 KiB prefetch measured within noise of none.
-
 // One 4-row group (kernels/repack.h): per chunk the 4 rows' scales, then per pair the 4 rows' quants
 // (QB bytes each: 32 for Q4_0, 64 for Q8_0), then each row's last nb % 8 blocks. `pair` adds row
-// i's dot of pair p of the chunk at q to acc[i] with the pair's scales sc.
+// i's dot of pair p of the chunk at q to acc[i] with the pair's scales sc. The weight stream is
+// prefetched gemv_prefetch_bytes() ahead (cpu_x86.h), rounded up to whole chunks; 0: not at all.
 template <size_t BlockBytes, typename PairFn, typename TailFn>
 void group_rows(int64_t nb, const uint8_t* g, const ActSide& s, float* y, PairFn pair, TailFn tail) {
     constexpr size_t kChunkBytes = 4 * kChunk * BlockBytes, kPair = 2 * (BlockBytes - 2);
+    const size_t ahead = (gemv_prefetch_bytes() + kChunkBytes - 1) / kChunkBytes * kChunkBytes;
     const int64_t nc = nb / kChunk, nt = nb - nc * kChunk;
     __m256 acc[kRows];
     #pragma GCC unroll 4
     for (int i = 0; i < kRows; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t c = 0; c < nc; c++, g += kChunkBytes) {
+        if (ahead)
+            for (size_t l = 0; l < kChunkBytes; l += 64) prefetch(g + ahead + l);
         const int64_t b = c * kChunk;
         const __m256 dx = _mm256_loadu_ps(s.d.data() + b), cx = _mm256_loadu_ps(s.c.data() + b);
         __m256 sc[kRows];
