@@ -34,6 +34,7 @@ struct alignas(32) Quants32 {
 struct ActSide {
     std::vector<float> d, c;
     std::vector<Quants32> lo, hi;
+    size_t prefetch = 0;  // gemv_prefetch_bytes() (cpu_x86.h), read once per call
 };
 
 const ActSide& act_side(const block_q8_0* x, int64_t nb) {
@@ -43,6 +44,7 @@ const ActSide& act_side(const block_q8_0* x, int64_t nb) {
     s.c.resize(size_t(nb));
     s.lo.resize(size_t(nb8 / 2));
     s.hi.resize(size_t(nb8 / 2));
+    s.prefetch = gemv_prefetch_bytes();
     for (int64_t b = 0; b < nb; b++) {
         const float d = half_to_float(x[b].d);
         const size_t slot = size_t(scales_first_slot(b, nb));
@@ -60,11 +62,11 @@ const ActSide& act_side(const block_q8_0* x, int64_t nb) {
 // One 4-row group (kernels/repack.h): per chunk the 4 rows' scales, then per pair the 4 rows' quants
 // (QB bytes each: 32 for Q4_0, 64 for Q8_0), then each row's last nb % 8 blocks. `pair` adds row
 // i's dot of pair p of the chunk at q to acc[i] with the pair's scales sc. The weight stream is
-// prefetched gemv_prefetch_bytes() ahead (cpu_x86.h), rounded up to whole chunks; 0: not at all.
+// prefetched s.prefetch bytes ahead, rounded up to whole chunks; 0: not at all.
 template <size_t BlockBytes, typename PairFn, typename TailFn>
 void group_rows(int64_t nb, const uint8_t* g, const ActSide& s, float* y, PairFn pair, TailFn tail) {
     constexpr size_t kChunkBytes = 4 * kChunk * BlockBytes, kPair = 2 * (BlockBytes - 2);
-    const size_t ahead = (gemv_prefetch_bytes() + kChunkBytes - 1) / kChunkBytes * kChunkBytes;
+    const size_t ahead = (s.prefetch + kChunkBytes - 1) / kChunkBytes * kChunkBytes;
     const int64_t nc = nb / kChunk, nt = nb - nc * kChunk;
     __m256 acc[kRows];
     #pragma GCC unroll 4
