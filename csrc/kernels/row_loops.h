@@ -1,5 +1,5 @@
 // GEMV and GEMM as plain loops over a row dot product: the scalar reference's definition of both,
-// and the NEON fallback until it has register-blocked kernels. Header-only so each ISA file
+// and the NEON GEMV (its GEMM has register tiles: neon_qgemm.cpp). Header-only so each ISA file
 // instantiates it with its own dot and compile flags.
 #pragma once
 #include <cstddef>

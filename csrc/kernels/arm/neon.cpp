@@ -75,16 +75,6 @@ void gemv_q4_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_by
     gemv_rows<vec_dot_q4_0_q8_0_neon>(n, n_rows, w, row_bytes, x, y);
 }
 
-void gemm_q8_0_q8_0_neon(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
-                        float* y, int64_t ldy) {
-    gemm_rows<vec_dot_q8_0_q8_0_neon>(K, n_rows, w, row_bytes, n_tok, x, y, ldy);
-}
-
-void gemm_q4_0_q8_0_neon(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
-                        float* y, int64_t ldy) {
-    gemm_rows<vec_dot_q4_0_q8_0_neon>(K, n_rows, w, row_bytes, n_tok, x, y, ldy);
-}
-
 void quantize_row_q8_0_neon(const float* x, block_q8_0* y, int64_t n) {
     for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
         float32x4_t v[8];
