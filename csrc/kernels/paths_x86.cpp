@@ -45,6 +45,10 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.vec_dot_q4_K_q8_K = vec_dot_q4_K_q8_K_avx512vnni;
     k.vec_dot_q5_K_q8_K = vec_dot_q5_K_q8_K_avx512vnni;
     k.vec_dot_q6_K_q8_K = vec_dot_q6_K_q8_K_avx512vnni;
+    k.layernorm_f32 = layernorm_f32_avx512;
+    k.gelu_new_f32 = gelu_new_f32_avx512;
+    k.rope_neox_f32 = rope_neox_f32_avx512;
+    k.attn_head_f32 = attn_head_f32_avx512;
     paths.push_back(k);
 }
 

@@ -371,8 +371,8 @@ void test_elementwise(const Kernels& k) {
                                             " pos=" + std::to_string(pos));
         }
     }
-    for (int hd : {80, 64, 37}) {
-        for (int n_kv : {1, 5, 7, 8, 9, 64, 301, 2048}) {
+    for (int hd : {80, 64, 37, 160}) {  // 160: past the 128 dims one AVX-512 pass holds
+        for (int n_kv : {1, 5, 7, 8, 9, 16, 17, 64, 301, 2048}) {
             for (float qs : {1.0f, 8.0f}) {  // 8x: peaked softmax, most exps far below 1
                 const int64_t stride = 3 * hd + 1;
                 auto q = randn(hd, qs);
