@@ -104,29 +104,17 @@ void gelu_new_f32_neon(int64_t n, float* x) {
 }
 
 void rope_neox_f32_neon(int n_head, int head_dim, int n_rot, int pos, float theta, float* x) {
-    const int half = n_rot / 2;
-    constexpr int kChunk = 64;  // pairs per cos/sin table; any n_rot runs in chunks
-    float cs[kChunk], sn[kChunk];
-    for (int i0 = 0; i0 < half; i0 += kChunk) {
-        const int m = std::min(kChunk, half - i0);
-        rope_cos_sin(pos, theta, n_rot, i0, m, cs, sn);
-        for (int h = 0; h < n_head; h++) {
-            float* xa = x + int64_t(h) * head_dim + i0;
-            float* xb = xa + half;
-            int j = 0;
-            for (; j + 4 <= m; j += 4) {
-                const float32x4_t a = vld1q_f32(xa + j), b = vld1q_f32(xb + j);
-                const float32x4_t c = vld1q_f32(cs + j), s = vld1q_f32(sn + j);
-                vst1q_f32(xa + j, vfmsq_f32(vmulq_f32(a, c), b, s));
-                vst1q_f32(xb + j, vfmaq_f32(vmulq_f32(b, c), a, s));
-            }
-            for (; j < m; j++) {
-                const float a = xa[j], b = xb[j];
-                xa[j] = a * cs[j] - b * sn[j];
-                xb[j] = b * cs[j] + a * sn[j];
-            }
+    rope_neox_chunks(n_head, head_dim, n_rot, pos, theta, x, [](float* xa, float* xb, const float* cs, const float* sn,
+                                                                int m) {
+        int j = 0;
+        for (; j + 4 <= m; j += 4) {
+            const float32x4_t a = vld1q_f32(xa + j), b = vld1q_f32(xb + j);
+            const float32x4_t c = vld1q_f32(cs + j), s = vld1q_f32(sn + j);
+            vst1q_f32(xa + j, vfmsq_f32(vmulq_f32(a, c), b, s));
+            vst1q_f32(xb + j, vfmaq_f32(vmulq_f32(b, c), a, s));
         }
-    }
+        rope_pairs_tail(xa, xb, cs, sn, j, m);
+    });
 }
 
 void attn_head_f32_neon(int head_dim, int n_kv, const float* q, const float* k, const float* v,

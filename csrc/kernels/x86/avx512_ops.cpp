@@ -110,24 +110,16 @@ void gelu_new_f32_avx512(int64_t n, float* x) {
 }
 
 void rope_neox_f32_avx512(int n_head, int head_dim, int n_rot, int pos, float theta, float* x) {
-    const int half = n_rot / 2;
-    constexpr int kChunk = 64;  // pairs per cos/sin table; any n_rot runs in chunks
-    float cs[kChunk], sn[kChunk];
-    for (int i0 = 0; i0 < half; i0 += kChunk) {
-        const int m = std::min(kChunk, half - i0);
-        rope_cos_sin(pos, theta, n_rot, i0, m, cs, sn);
-        for (int h = 0; h < n_head; h++) {
-            float* xa = x + int64_t(h) * head_dim + i0;
-            float* xb = xa + half;
-            for (int j = 0; j < m; j += 16) {
-                const __mmask16 k = first(m - j);
-                const __m512 a = _mm512_maskz_loadu_ps(k, xa + j), b = _mm512_maskz_loadu_ps(k, xb + j);
-                const __m512 c = _mm512_maskz_loadu_ps(k, cs + j), s = _mm512_maskz_loadu_ps(k, sn + j);
-                _mm512_mask_storeu_ps(xa + j, k, _mm512_fmsub_ps(a, c, _mm512_mul_ps(b, s)));
-                _mm512_mask_storeu_ps(xb + j, k, _mm512_fmadd_ps(a, s, _mm512_mul_ps(b, c)));
-            }
+    rope_neox_chunks(n_head, head_dim, n_rot, pos, theta, x, [](float* xa, float* xb, const float* cs, const float* sn,
+                                                                int m) {
+        for (int j = 0; j < m; j += 16) {
+            const __mmask16 k = first(m - j);
+            const __m512 a = _mm512_maskz_loadu_ps(k, xa + j), b = _mm512_maskz_loadu_ps(k, xb + j);
+            const __m512 c = _mm512_maskz_loadu_ps(k, cs + j), s = _mm512_maskz_loadu_ps(k, sn + j);
+            _mm512_mask_storeu_ps(xa + j, k, _mm512_fmsub_ps(a, c, _mm512_mul_ps(b, s)));
+            _mm512_mask_storeu_ps(xb + j, k, _mm512_fmadd_ps(a, s, _mm512_mul_ps(b, c)));
         }
-    }
+    });
 }
 
 void attn_head_f32_avx512(int head_dim, int n_kv, const float* q, const float* k, const float* v,
