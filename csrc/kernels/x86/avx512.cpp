@@ -22,7 +22,7 @@ float vec_dot_f32_f32_avx512(int64_t n, const void* w, const void* x) {
         i += 16;
     }
     if (i < n) {
-        const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+        const __mmask16 m = first_lanes16(n - i);
         acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc1);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
@@ -40,8 +40,7 @@ float vec_dot_f16_f32_avx512(int64_t n, const void* w, const void* x) {
         acc1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(b + i + 16), acc1);
     }
     for (; i < n; i += 16) {
-        const int64_t left = n - i < 16 ? n - i : 16;
-        const __mmask16 m = __mmask16((1u << left) - 1);
+        const __mmask16 m = first_lanes16(n - i);
         const __m512 w0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, a + i));
         acc0 = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, b + i), acc0);
     }

@@ -6,6 +6,7 @@
 
 #include "kernels/rope_angles.h"
 #include "kernels/x86/ops_x86.h"
+#include "kernels/x86/simd_x86.h"
 #include "kernels/x86/vexp_avx512.h"
 
 namespace phi2cpu {
@@ -13,9 +14,6 @@ namespace phi2cpu {
 using namespace x86;
 
 namespace {
-
-// The first min(n, 16) lanes.
-inline __mmask16 first(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
 
 // Adds the 16 floats of v to two f64 accumulators.
 inline void add_pd(__m512 v, __m512d& s0, __m512d& s1) {
@@ -50,7 +48,7 @@ inline __m512 dot16_rows(int head_dim, const float* q, const float* k, int64_t s
 #pragma GCC unroll 16
     for (int r = 0; r < 16; r++) a[r] = _mm512_setzero_ps();
     for (int d = 0; d < head_dim; d += 16) {
-        const __mmask16 m = first(head_dim - d);
+        const __mmask16 m = first_lanes16(head_dim - d);
         const __m512 qd = _mm512_maskz_loadu_ps(m, q + d);
 #pragma GCC unroll 16
         for (int r = 0; r < 16; r++) a[r] = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m, k + r * stride + d), a[r]);
@@ -62,7 +60,7 @@ inline __m512 dot16_rows(int head_dim, const float* q, const float* k, int64_t s
 // the value rows stream by; only the last vector may be partial.
 template <int NV>
 void pv_pass(int n, int n_kv, const float* p, const float* v, int64_t stride, __m512 inv, float* out) {
-    const __mmask16 last = first(n - 16 * (NV - 1));
+    const __mmask16 last = first_lanes16(n - 16 * (NV - 1));
     __m512 acc[NV];
 #pragma GCC unroll 8
     for (int c = 0; c < NV; c++) acc[c] = _mm512_setzero_ps();
@@ -83,19 +81,19 @@ void pv_pass(int n, int n_kv, const float* p, const float* v, int64_t stride, __
 void layernorm_f32_avx512(int64_t n, const float* x, const float* w, const float* b, float eps, float* y) {
     // the mean is summed in f64 like the ref, so float(mean) rounds the same even on large offsets
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    for (int64_t i = 0; i < n; i += 16) add_pd(_mm512_maskz_loadu_ps(first(n - i), x + i), s0, s1);
+    for (int64_t i = 0; i < n; i += 16) add_pd(_mm512_maskz_loadu_ps(first_lanes16(n - i), x + i), s0, s1);
     const float m = float(_mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) / double(n));
     const __m512 vm = _mm512_set1_ps(m);
     __m512 q = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 k = first(n - i);
+        const __mmask16 k = first_lanes16(n - i);
         const __m512 d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, x + i), vm);
         q = _mm512_fmadd_ps(d, d, q);
     }
     const double var = _mm512_reduce_add_ps(q);
     const __m512 vinv = _mm512_set1_ps(float(1.0 / std::sqrt(var / double(n) + double(eps))));
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 k = first(n - i);
+        const __mmask16 k = first_lanes16(n - i);
         const __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm), vinv);
         _mm512_mask_storeu_ps(y + i, k,
                               _mm512_fmadd_ps(t, _mm512_maskz_loadu_ps(k, w + i), _mm512_maskz_loadu_ps(k, b + i)));
@@ -104,7 +102,7 @@ void layernorm_f32_avx512(int64_t n, const float* x, const float* w, const float
 
 void gelu_new_f32_avx512(int64_t n, float* x) {
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 k = first(n - i);
+        const __mmask16 k = first_lanes16(n - i);
         _mm512_mask_storeu_ps(x + i, k, gelu16(_mm512_maskz_loadu_ps(k, x + i)));
     }
 }
@@ -113,7 +111,7 @@ void rope_neox_f32_avx512(int n_head, int head_dim, int n_rot, int pos, float th
     rope_neox_chunks(n_head, head_dim, n_rot, pos, theta, x, [](float* xa, float* xb, const float* cs, const float* sn,
                                                                 int m) {
         for (int j = 0; j < m; j += 16) {
-            const __mmask16 k = first(m - j);
+            const __mmask16 k = first_lanes16(m - j);
             const __m512 a = _mm512_maskz_loadu_ps(k, xa + j), b = _mm512_maskz_loadu_ps(k, xb + j);
             const __m512 c = _mm512_maskz_loadu_ps(k, cs + j), s = _mm512_maskz_loadu_ps(k, sn + j);
             _mm512_mask_storeu_ps(xa + j, k, _mm512_fmsub_ps(a, c, _mm512_mul_ps(b, s)));
@@ -134,13 +132,13 @@ void attn_head_f32_avx512(int head_dim, int n_kv, const float* q, const float* k
     // softmax numerators e_j = exp(s_j - max); the sum in f64 like the ref
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     for (j = 0; j < n_kv; j += 16) {
-        const __mmask16 m = first(n_kv - j);
+        const __mmask16 m = first_lanes16(n_kv - j);
         vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, scores + j));
     }
     const __m512 vmx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     for (j = 0; j < n_kv; j += 16) {
-        const __mmask16 m = first(n_kv - j);
+        const __mmask16 m = first_lanes16(n_kv - j);
         const __m512 e = _mm512_maskz_mov_ps(m, vexp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + j), vmx)));
         _mm512_mask_storeu_ps(scores + j, m, e);
         add_pd(e, s0, s1);

@@ -60,7 +60,7 @@ inline __m512i bcast4(const int8_t* p) {
 template <int T>
 void tile(int64_t nb, const uint8_t* panel, const block_q8_0* x, int64_t ldx, const float* dx, const int32_t* bias,
           float* y, int64_t ldy, int nr, bool accumulate) {
-    const __mmask16 m = nr >= kRows ? __mmask16(0xffff) : __mmask16((1u << nr) - 1);
+    const __mmask16 m = first_lanes16(nr);
     __m512 acc[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) acc[t] = accumulate ? _mm512_maskz_loadu_ps(m, y + t * ldy) : _mm512_setzero_ps();

@@ -38,6 +38,9 @@ inline int32_t sum_q8(const int8_t* qs) {
     return _mm_cvtsi128_si32(s4);
 }
 
+// The first min(n, 16) lanes, as an AVX-512 mask (n >= 0; only the mask type, no AVX-512 code).
+inline __mmask16 first_lanes16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+
 // roundf semantics (halves away from zero), as the scalar quantizer: t = trunc(v) and v - t are
 // exact, so adding sign(v) where |v - t| >= 0.5 rounds exactly like roundf.
 inline __m256 round_half_away(__m256 v) {
