@@ -4,6 +4,7 @@
 
 #include <arm_neon.h>
 
+#include "kernels/arm/simd_neon.h"
 #include "kernels/row_loops.h"
 #include "quant/fp16.h"
 
@@ -53,13 +54,10 @@ float vec_dot_q8_0_q8_0_neon(int64_t n, const void* w, const void* x) {
 float vec_dot_q4_0_q8_0_neon(int64_t n, const void* w, const void* x) {
     const block_q4_0* a = static_cast<const block_q4_0*>(w);
     const block_q8_0* b = static_cast<const block_q8_0*>(x);
-    const int8x16_t eight = vdupq_n_s8(8);
-    const uint8x16_t low4 = vdupq_n_u8(0x0f);
     float32x4_t acc = vdupq_n_f32(0.0f);
     for (int64_t i = 0; i < n / QK4_0; i++) {
-        const uint8x16_t q = vld1q_u8(a[i].qs);
-        const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, low4)), eight);  // elements 0..15
-        const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), eight);   // elements 16..31
+        int8x16_t lo, hi;
+        arm::unpack_q4_0(a[i], lo, hi);
         int32x4_t s = vdotq_s32(vdupq_n_s32(0), lo, vld1q_s8(b[i].qs));
         s = vdotq_s32(s, hi, vld1q_s8(b[i].qs + 16));
         acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d));

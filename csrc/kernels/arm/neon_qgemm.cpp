@@ -9,6 +9,7 @@
 #include <arm_neon.h>
 
 #include "kernels/arm/ops_arm.h"
+#include "kernels/arm/simd_neon.h"
 #include "quant/fp16.h"
 
 namespace phi2cpu {
@@ -23,9 +24,7 @@ inline void weight_block(const block_q8_0* row, int64_t b, int8x16_t& lo, int8x1
     d = fp16_to_fp32(row[b].d);
 }
 inline void weight_block(const block_q4_0* row, int64_t b, int8x16_t& lo, int8x16_t& hi, float& d) {
-    const uint8x16_t q = vld1q_u8(row[b].qs);
-    lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
-    hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), vdupq_n_s8(8));
+    arm::unpack_q4_0(row[b], lo, hi);
     d = fp16_to_fp32(row[b].d);
 }
 
