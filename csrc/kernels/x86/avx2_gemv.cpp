@@ -19,7 +19,7 @@ inline __m256i dot_q8(__m256i w, __m256i x) {
 // Q4_0 pair (b, b+1): one load holds both blocks' nibbles, the low ones meet act.lo and the high
 // ones act.hi; the 16-bit pair sums stay below 2 * 2 * 15 * 127 < 2^15. Lanes 0..3 of the pair's
 // dot belong to b, 4..7 to b+1, as do the halves of the scale vector after the in-lane broadcast.
-void group_q4_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide& s, float* y) {
+void group_q4_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvAct& s, float* y) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     group_rows<sizeof(block_q4_0)>(
         nb, g, s, y,
@@ -38,7 +38,7 @@ void group_q4_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide
 }
 
 // As group_q4_0 for Q8_0: a pair's first-halves load meets act.lo, its second-halves load act.hi.
-void group_q8_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide& s, float* y) {
+void group_q8_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvAct& s, float* y) {
     group_rows<sizeof(block_q8_0)>(
         nb, g, s, y,
         [&](const uint8_t* q, __m256i xl, __m256i xh, __m256 sc, __m256 acc) {

@@ -20,7 +20,7 @@ inline __m256i dot_q8(__m256i acc, __m256i w, __m256i x) {
 
 // Q4_0 pair (b, b+1): low nibbles meet act.lo, high ones act.hi (see the AVX2 kernel); the
 // unsigned nibbles owe 8 * sum x back, which the driver subtracts per chunk.
-void group_q4_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide& s, float* y) {
+void group_q4_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvAct& s, float* y) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
     group_rows<sizeof(block_q4_0)>(
         nb, g, s, y,
@@ -38,7 +38,7 @@ void group_q4_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide
 }
 
 // Q8_0: a pair's first-halves load meets act.lo, its second-halves load act.hi.
-void group_q8_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const ActSide& s, float* y) {
+void group_q8_0(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvAct& s, float* y) {
     const __m256i zero = _mm256_setzero_si256();
     group_rows<sizeof(block_q8_0)>(
         nb, g, s, y,

@@ -31,14 +31,14 @@ inline void prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const cha
 struct alignas(32) Quants32 {
     int8_t q[32];
 };
-struct ActSide {
+struct GemvAct {
     std::vector<float> d, c;
     std::vector<Quants32> lo, hi;
     size_t prefetch = 0;  // gemv_prefetch_bytes() (cpu_x86.h), read once per call
 };
 
-const ActSide& act_side(const block_q8_0* x, int64_t nb) {
-    thread_local ActSide s;
+const GemvAct& gemv_act(const block_q8_0* x, int64_t nb) {
+    thread_local GemvAct s;
     const int64_t nb8 = nb / kChunk * kChunk;
     s.d.resize(size_t(nb));
     s.c.resize(size_t(nb));
@@ -64,7 +64,7 @@ const ActSide& act_side(const block_q8_0* x, int64_t nb) {
 // i's dot of pair p of the chunk at q to acc[i] with the pair's scales sc. The weight stream is
 // prefetched s.prefetch bytes ahead, rounded up to whole chunks; 0: not at all.
 template <size_t BlockBytes, typename PairFn, typename TailFn>
-void group_rows(int64_t nb, const uint8_t* g, const ActSide& s, float* y, PairFn pair, TailFn tail) {
+void group_rows(int64_t nb, const uint8_t* g, const GemvAct& s, float* y, PairFn pair, TailFn tail) {
     constexpr size_t kChunkBytes = 4 * kChunk * BlockBytes, kPair = 2 * (BlockBytes - 2);
     const size_t ahead = (s.prefetch + kChunkBytes - 1) / kChunkBytes * kChunkBytes;
     const int64_t nc = nb / kChunk, nt = nb - nc * kChunk;
@@ -102,7 +102,7 @@ void group_rows(int64_t nb, const uint8_t* g, const ActSide& s, float* y, PairFn
     }
 }
 
-using group_fn = void (*)(int64_t, const uint8_t*, const block_q8_0*, const ActSide&, float*);
+using group_fn = void (*)(int64_t, const uint8_t*, const block_q8_0*, const GemvAct&, float*);
 // A row outside the 4-row groups (the last n_rows % 4): its blocks back in GGUF form, through the
 // one-row dot. Phi-2's row counts are multiples of 4, so this runs only for odd shapes.
 template <typename Block, Block (*read)(const uint8_t*, int64_t, int64_t, int64_t, int64_t)>
@@ -120,7 +120,7 @@ void gemv_rows(group_fn four, float (*dot)(int64_t, const void*, const void*), i
     const block_q8_0* xb = static_cast<const block_q8_0*>(x);
     const uint8_t* base = static_cast<const uint8_t*>(w);
     const int64_t nb = n / QK8_0;
-    const ActSide& s = act_side(xb, nb);
+    const GemvAct& s = gemv_act(xb, nb);
     int64_t r = 0;
     for (; r + kRows <= n_rows; r += kRows) four(nb, base + size_t(r) * row_bytes, xb, s, y + r);
     for (; r < n_rows; r++) y[r] = single_row<Block, read>(dot, base, nb, n_rows, r, xb);
