@@ -245,8 +245,6 @@ class HFCheckpoint:
         cfg_path = self.path / "config.json"
         cfg = _read_json(cfg_path)
         self.config = PhiConfig.from_hf(cfg, str(cfg_path))
-        if cfg.get("qk_layernorm"):
-            raise ModelFileError(f"{cfg_path}: qk_layernorm is not part of Phi-2 and is not supported")
         index = self.path / "model.safetensors.index.json"
         if index.exists():
             weight_map = _read_json(index).get("weight_map")

@@ -1,10 +1,12 @@
-"""Phi-2 hyper-parameters, read from HF config.json (either key set) or GGUF metadata."""
+"""Phi-2 hyper-parameters, read from HF config.json (every source, see hf_config) or GGUF metadata."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from .errors import ModelFileError
+from .hf_config import read_hf_config
 
 ARCH = "phi2"  # llama.cpp's architecture name, used for GGUF keys
 
@@ -33,8 +35,10 @@ class PhiConfig:
             problems.append(f"hidden size {self.n_embd} is not divisible by {self.n_head} heads")
         elif not (0 < self.n_rot <= self.head_dim) or self.n_rot % 2:
             problems.append(f"rotary dims {self.n_rot} must be even and within head_dim {self.head_dim}")
-        if self.norm_eps <= 0 or self.rope_theta <= 0:
-            problems.append("layer_norm_eps and rope_theta must be positive")
+        if not (math.isfinite(self.norm_eps) and self.norm_eps > 0):
+            problems.append(f"layer_norm_eps {self.norm_eps} must be positive and finite")
+        if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            problems.append(f"rope_theta {self.rope_theta} must be positive and finite")
         if problems:
             raise ModelFileError(f"{source}: invalid Phi config: {'; '.join(problems)}")
         return self
@@ -44,50 +48,9 @@ class PhiConfig:
 
     @classmethod
     def from_hf(cls, cfg: Mapping[str, Any], source: str = "config.json") -> "PhiConfig":
-        """Accepts the current keys (hidden_size, partial_rotary_factor, rope_theta, ...) and the
-        older ones (n_embd, n_layer, n_head, rotary_dim, layer_norm_epsilon, n_positions, ...)."""
-        model_type = cfg.get("model_type")
-        archs = cfg.get("architectures") or []
-        if model_type not in ("phi", "phi-msft", "mixformer-sequential") and not any(
-            a in ("PhiForCausalLM", "MixFormerSequentialForCausalLM") for a in archs
-        ):
-            raise ModelFileError(
-                f"{source}: not a Phi-2 config (model_type={model_type!r}, architectures={archs!r})"
-            )
-
-        def pick(*keys: str, default: Any = None) -> Any:
-            for k in keys:
-                if cfg.get(k) is not None:
-                    return cfg[k]
-            if default is None:
-                raise ModelFileError(f"{source}: missing required key {' / '.join(keys)}")
-            return default
-
-        try:
-            n_embd = int(pick("hidden_size", "n_embd"))
-            n_head = int(pick("num_attention_heads", "n_head"))
-            if int(pick("num_key_value_heads", "n_head_kv", default=n_head)) != n_head:
-                raise ModelFileError(f"{source}: grouped-query attention is not Phi-2")
-            head_dim = n_embd // n_head if n_head else 0
-            if cfg.get("rotary_dim") is not None:
-                n_rot = int(cfg["rotary_dim"])
-            else:
-                n_rot = int(round(float(pick("partial_rotary_factor", default=0.5)) * head_dim))
-            if cfg.get("rope_scaling"):
-                raise ModelFileError(f"{source}: rope_scaling is not supported")
-            return cls(
-                n_vocab=int(pick("vocab_size")),
-                n_embd=n_embd,
-                n_ff=int(pick("intermediate_size", "n_inner", default=4 * n_embd)),
-                n_layer=int(pick("num_hidden_layers", "n_layer")),
-                n_head=n_head,
-                n_rot=n_rot,
-                rope_theta=float(pick("rope_theta", default=10000.0)),
-                norm_eps=float(pick("layer_norm_eps", "layer_norm_epsilon", default=1e-5)),
-                n_ctx_train=int(pick("max_position_embeddings", "n_positions", default=2048)),
-            ).validate(source)
-        except (TypeError, ValueError) as e:
-            raise ModelFileError(f"{source}: malformed value: {e}") from None
+        """From a config.json as transformers 4.x/5.x or Microsoft's remote code (phi-msft,
+        mixformer-sequential) writes it; see hf_config for what each source's keys mean."""
+        return cls(**read_hf_config(cfg, source)).validate(source)
 
     def to_gguf_kv(self) -> dict[str, Any]:
         """llama.cpp's phi2 metadata keys (values; types are chosen by the writer)."""
