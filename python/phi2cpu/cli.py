@@ -485,6 +485,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             out.append(f"{label + ':':<15}{kv[key]}")
     cfg = mf.config.as_dict()
     cfg["head_dim"] = mf.config.head_dim
+    cfg["n_rot"] = f"{mf.config.n_rot} (rotary dims per head, of head_dim {mf.config.head_dim})"
     out.append("hyper-parameters:")
     out += [f"  {k:<13}{v:g}" if isinstance(v, float) else f"  {k:<13}{v}" for k, v in cfg.items()]
 
