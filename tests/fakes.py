@@ -59,6 +59,9 @@ class FakeModel:
     def tokens(self) -> List[int]:
         return list(self.history)
 
+    def tokenize(self, text: str) -> List[int]:
+        return self.tokenizer.encode(text)
+
     def reset(self) -> None:
         self.history = []
         self.resets += 1

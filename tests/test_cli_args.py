@@ -1,6 +1,7 @@
 """CLI behaviour that needs no engine: argument and usage errors, error formatting, and the run /
 perplexity / info / quantize plumbing with a fake model."""
 import io
+import re
 import subprocess
 import sys
 import types
@@ -75,10 +76,10 @@ def test_help(capsys):
 
 def test_run_streams_only_text_to_stdout(fake_load, capsys):
     fake_load.model = scripted_model("def f", "(): pass")
-    rc = main(["run", "model.q4", "def f", "--temperature", "0", "--threads", "3", "--ctx", "64"])
+    rc = main(["run", "model.q4", "def f", "--temperature", "0", "--threads", "1", "--ctx", "64"])
     out, err = capsys.readouterr()
     assert rc == 0 and out == "(): pass"
-    assert fake_load.calls == [("model.q4", {"n_ctx": 64, "threads": 3})]
+    assert fake_load.calls == [("model.q4", {"n_ctx": 64, "threads": 1})]
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("prompt: 5 tokens") and "generated: " in lines[0]
 
@@ -259,3 +260,244 @@ def test_verbose_prints_a_timing_breakdown(fake_load, capsys, monkeypatch):
     for label in ("load:", "prompt:", "generate:", "stopped:"):
         assert label in err
     assert main(["run", "m.q4", "x", "-q", "-v"]) == 2  # mutually exclusive
+
+
+# ----------------------------------------------------------------------------- llama-cli habits
+
+def prompt_seen(model) -> str:
+    """The text of the first eval call: the prompt as the model received it."""
+    return model.tokenizer.decode(model.calls[0])
+
+
+@pytest.mark.parametrize("typed, meant", [
+    (r"a\nb", "a\nb"), (r"a\tb", "a\tb"), (r"a\rb", "a\rb"), (r"a\\nb", "a\\nb"), (r"say \"hi\"", 'say "hi"'),
+    (r"it\'s", "it's"), (r"caf\xc3\xa9", "café"), (r"\x41", "A"),
+    (r"a\qb", r"a\qb"), (r"end\\", "end\\"), ("end\\", "end\\"), (r"\x4", r"\x4"), (r"\xzz", r"\xzz"),
+    ("plain", "plain"), ("é\\n", "é\n"),
+])
+def test_unescape_like_llama_cli(typed, meant):
+    from phi2cpu.cliargs import unescape
+
+    assert unescape(typed) == meant
+
+
+def test_unescape_bad_utf8_bytes():
+    from phi2cpu.cliargs import unescape
+    from phi2cpu.errors import Phi2Error
+
+    with pytest.raises(Phi2Error, match=r"PROMPT: its \\x escapes are not valid UTF-8 \(byte 0xe9\).*--no-escape"):
+        unescape(r"caf\xe9", "PROMPT")
+
+
+def test_run_unescapes_prompt_and_stop(fake_load, capsys):
+    fake_load.model = scripted_model("Instruct: hi\nOutput:", " 42\nmore")
+    assert main(["run", "m", r"Instruct: hi\nOutput:", "--stop", r"\n", "--temp", "0", "-q"]) == 0
+    assert capsys.readouterr().out == " 42"
+    assert prompt_seen(fake_load.model) == "Instruct: hi\nOutput:"
+
+
+def test_no_escape_keeps_the_text_as_typed(fake_load, capsys):
+    fake_load.model = scripted_model(r"a\nb", r"x\ny")
+    assert main(["run", "m", r"a\nb", "--stop", r"\n", "--temp", "0", "-q", "--no-escape"]) == 0
+    assert capsys.readouterr().out == "x"  # stopped before the literal backslash-n
+    assert prompt_seen(fake_load.model) == r"a\nb"
+
+
+def test_stdin_prompt_is_never_unescaped(fake_load, capsys, monkeypatch):
+    text = "x\\ny\\t\n"
+    fake_load.model = scripted_model(text, "ok")
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(text.encode())))
+    assert main(["run", "m", "-", "--temp", "0", "-q"]) == 0
+    assert prompt_seen(fake_load.model) == text
+
+
+def test_chat_unescapes_system_and_stop(fake_load, capsys, monkeypatch):
+    fake_load.model = scripted_model("Be\tbrief.\nAlice: hi\nBob:", " yes!no")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
+    assert main(["chat", "m", "--system", r"Be\tbrief.", "--stop", r"\x21", "--temp", "0", "-q"]) == 0
+    assert prompt_seen(fake_load.model) == "Be\tbrief.\nAlice: hi\nBob:"
+    out = capsys.readouterr().out
+    assert " yes\n" in out and "!" not in out and "no" not in out
+
+
+@pytest.mark.parametrize("argv, model, prompt", [
+    (["run", "P"], "BUNDLED.q8", "P"),
+    (["run", "M", "P"], "M", "P"),
+    (["run", "-m", "M", "P"], "M", "P"),
+    (["run", "P", "-m", "M"], "M", "P"),
+    (["run", "-p", "P", "M"], "M", "P"),
+    (["run", "-m", "M", "-p", "P"], "M", "P"),
+    (["run", "--model", "M", "--prompt", "P"], "M", "P"),
+    (["run", "-p", "P"], "BUNDLED.q8", "P"),
+    (["run", "-m", "M", "--", "-P"], "M", "-P"),
+])
+def test_model_and_prompt_positional_or_flags(fake_load, capsys, argv, model, prompt):
+    fake_load.model = scripted_model(prompt, "ok")
+    assert main([argv[0], "--temp", "0", *argv[1:]]) == 0, capsys.readouterr().err
+    assert fake_load.calls[0][0] == model and prompt_seen(fake_load.model) == prompt
+    assert capsys.readouterr().out == "ok"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "-p", "P", "M", "X"], "prompt is given twice"),
+    (["run", "-m", "M", "-p", "P", "X"], "prompt is given twice"),
+    (["run", "-m", "M", "A", "B"], "model is given twice"),
+    (["run", "-m", "M"], "PROMPT is missing"),
+    (["run"], "PROMPT is missing"),
+    (["chat", "-m", "M", "N"], "model is given twice"),
+    (["serve", "-m", "M", "N"], "model is given twice"),
+    (["info", "-m", "M", "N"], "model is given twice"),
+])
+def test_model_or_prompt_given_twice_is_a_usage_error(fake_load, capsys, argv, words):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and words in err and "Traceback" not in err
+    assert fake_load.calls == []
+
+
+def test_short_flags_and_aliases():
+    from phi2cpu.cli import build_parser
+
+    _, subs = build_parser()
+    a = subs["run"].parse_args(["-m", "M", "-p", "P", "-n", "7", "-c", "99", "-t", "3", "-s", "5", "--temp", "0.25"])
+    assert (a.model_opt, a.prompt_opt, a.max_tokens, a.ctx, a.threads, a.seed, a.temperature) == \
+        ("M", "P", 7, 99, 3, 5, 0.25)
+    a = subs["run"].parse_args(["P", "--n-predict", "8", "--ctx-size", "64", "-q"])
+    assert (a.max_tokens, a.ctx, a.quiet, a.escape) == (8, 64, True, True)
+    a = subs["chat"].parse_args(["-m", "M", "-n", "7", "-c", "99", "-t", "3", "-s", "5", "--temp", "0", "-v",
+                                 "--no-escape"])
+    assert (a.model_opt, a.max_tokens, a.ctx, a.threads, a.seed, a.temperature, a.verbose, a.escape) == \
+        ("M", 7, 99, 3, 5, 0.0, True, False)
+    a = subs["serve"].parse_args(["-m", "M", "-c", "512", "-t", "2"])
+    assert (a.model_opt, a.ctx, a.threads) == ("M", 512, 2)
+    a = subs["perplexity"].parse_args(["M", "F", "-t", "2", "-q"])
+    assert (a.threads, a.quiet) == (2, True)
+    a = subs["info"].parse_args(["-m", "M", "-c", "4096"])
+    assert (a.model_opt, a.ctx) == ("M", 4096)
+    # the existing short flags keep their meaning, and no short flag is defined twice
+    for name, parser in subs.items():
+        shorts = [s for act in parser._actions for s in act.option_strings if len(s) == 2]
+        assert len(shorts) == len(set(shorts)), name
+    assert subs["run"].parse_args(["P", "-v"]).verbose and subs["chat"].parse_args(["-q"]).quiet
+
+
+def test_run_flags_reach_the_engine(fake_load, capsys):
+    fake_load.model = scripted_model("P", "abcdef")
+    assert main(["run", "-m", "M", "-p", "P", "-n", "3", "-c", "64", "-t", "1", "--temp", "0", "-q"]) == 0
+    assert capsys.readouterr().out == "abc"
+    assert fake_load.calls == [("M", {"n_ctx": 64, "threads": 1})]
+
+
+def test_seed_short_flag_reproduces(fake_load, capsys):
+    outs = []
+    for seed in ("5", "5", "6"):
+        fake_load.model, _ = table_model()
+        assert main(["run", "m", "hello", "-s", seed, "-n", "12", "-q"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+
+
+def test_threads_above_the_cpu_count_warn_and_run(fake_load, capsys, monkeypatch):
+    import phi2cpu.cliargs as cliargs
+
+    monkeypatch.setattr(cliargs, "usable_cpus", lambda: 4)
+    fake_load.model = scripted_model("x", "ok")
+    assert main(["run", "m", "x", "-t", "9", "--temp", "0"]) == 0
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("phi2cpu: warning:")]
+    assert out == "ok" and len(warnings) == 1 and "--threads 9" in warnings[0] and "4 logical CPUs" in warnings[0]
+    assert fake_load.calls[-1][1]["threads"] == 9
+    fake_load.model = scripted_model("x", "ok")
+    assert main(["run", "m", "x", "-t", "4", "--temp", "0"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["99999999999", "1025", "0", "-3", "many"])
+def test_threads_out_of_range_is_a_usage_error(fake_load, capsys, value):
+    for cmd in (["run", "m", "x"], ["chat", "m"], ["serve", "m"], ["perplexity", "m", "f"]):
+        assert main([*cmd, "--threads", value]) == 2
+        err = capsys.readouterr().err
+        assert "usage:" in err and "--threads" in err and "Traceback" not in err
+        if value.lstrip("-").isdigit():
+            assert "1..1024" in err
+    assert fake_load.calls == []
+
+
+def _all_help_texts():
+    from phi2cpu import quantize as quantize_mod
+    from phi2cpu.cli import build_parser
+
+    top, subs = build_parser()
+    texts = [top.format_help()] + [p.format_help() for p in subs.values()]
+    with pytest.raises(SystemExit):
+        quantize_mod.main(["--help"], prog="phi2cpu quantize")
+    return texts
+
+
+def test_one_file_name_convention_in_help(capsys):
+    texts = _all_help_texts() + [capsys.readouterr().out]
+    text = "\n".join(texts)
+    assert "phi2cpu quantize" in text and "phi-2.q4_0.gguf" in text
+    # no extension-only names like phi-2.q4 or ".q4/.q8/.f16" (a format that does not exist)
+    assert not re.findall(r"\.(?:q4|q8|f16)(?![\w.])", text), re.findall(r".{20}\.(?:q4|q8|f16)(?![\w.]).{5}", text)
+    names = set(re.findall(r"phi-2\.[\w.]+", text))
+    assert names and all(re.fullmatch(r"phi-2\.(?:f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k)\.gguf", n) for n in names), names
+
+
+def test_package_sources_use_the_convention():
+    root = __import__("pathlib").Path(phi2cpu.__file__).parent
+    files = list(root.rglob("*.py")) + list((root.parent.parent / "tools").glob("*.py"))
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        assert not re.findall(r"phi-2\.(?:q4|q8|f16)(?![\w.])|\(\.q4/", text), f
+
+
+@pytest.mark.parametrize("file_type, name", [
+    (0, "all F32"), (1, "F16"), (32, "BF16"), (2, "Q4_0"), (7, "Q8_0"), (15, "Q4_K - Medium"),
+    (14, "Q4_K - Small"), (17, "Q5_K - Medium"), (18, "Q6_K"), (12, "Q3_K - Medium"), (10, "Q2_K - Medium"),
+    (1024 | 15, "Q4_K - Medium (guessed)"), (999, "unknown (general.file_type 999)"),
+])
+def test_file_type_in_llama_cpp_words(file_type, name):
+    from phi2cpu.modelinfo import file_type_name
+
+    assert file_type_name({"general.file_type": file_type}, {}) == name
+
+
+def test_file_type_guessed_from_tensors_when_not_recorded():
+    from phi2cpu.modelinfo import file_type_name
+
+    t = lambda ggml_type, shape: types.SimpleNamespace(ggml_type=ggml_type, shape=shape)  # noqa: E731
+    tensors = {"a": t(12, (8, 256)), "b": t(12, (8, 256)), "c": t(14, (8, 256)), "n": t(0, (8,)), "m": t(0, (8,)),
+               "o": t(0, (8,))}
+    assert file_type_name({}, tensors) == "Q4_K - Medium (guessed)"  # 1-D tensors do not vote
+    assert file_type_name({}, {}) == "unknown (no general.file_type)"
+
+
+def test_memory_for_full_size_phi2():
+    from phi2cpu.modelinfo import memory_needed
+
+    mem = memory_needed(PhiConfig(), 1_600_000_000, 2048)
+    assert mem.kv_cache == 2 * 32 * 2048 * 2560 * 4 == 1_342_177_280   # 1.25 GiB of f32 K and V
+    acts = 256 * (7 * 2560 + 10240) * 4 + 51200 * 4 + 256 * (40 * 292 + 10240 * 4)
+    assert mem.activations == acts and mem.total == 1_600_000_000 + mem.kv_cache + acts
+    assert memory_needed(PhiConfig(), 0, 100).kv_cache == 2 * 32 * 100 * 2560 * 4
+
+
+def test_info_shows_file_type_bits_and_memory(monkeypatch, capsys):
+    tensors = {
+        "token_embd.weight": types.SimpleNamespace(name="token_embd.weight", ggml_type=8,
+                                                   shape=(256, 51200), offset=0, nbytes=13926400),
+        "output_norm.weight": types.SimpleNamespace(name="output_norm.weight", ggml_type=0,
+                                                    shape=(256,), offset=0, nbytes=1024),
+    }
+    mf = types.SimpleNamespace(path="m.q8_0.gguf", config=PhiConfig(n_embd=256, n_layer=2), tensors=tensors,
+                               kv={"general.architecture": "phi2", "general.file_type": 7}, tokenizer_json=None,
+                               recipe=None, file_size=14_000_000)
+    fake = types.ModuleType("phi2cpu.gguf_io")
+    fake.read_model_file = lambda path: mf
+    monkeypatch.setitem(sys.modules, "phi2cpu.gguf_io", fake)
+    assert main(["info", "-m", "m.q8_0.gguf", "-c", "1000"]) == 0
+    flat = " ".join(capsys.readouterr().out.split())
+    bpw = (13926400 + 1024) * 8 / (256 * 51200 + 256)
+    assert "file type: Q8_0 " in flat and f"bits/weight: {bpw:.2f} " in flat and "8.50" in f"{bpw:.2f}"
+    assert "memory at --ctx 1000:" in flat and "KV cache 3.91 MiB" in flat   # 2*2*1000*256*4 bytes

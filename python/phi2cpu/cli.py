@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from .cliargs import MAX_THREADS, place_positionals, thread_count, unescape, warn_threads
 from .errors import Phi2Error, SamplingError, error_message
 from .generate import STOP_CONTEXT, generate
 from .prompts import FORMATS, get_format
@@ -23,15 +24,18 @@ DEMO_NOTE = (
 RUN_EXAMPLES = """\
 examples:
   phi2cpu run "def fibonacci(n):"                 # bundled demo model
-  phi2cpu run phi-2.q4 "Explain gravity." --format qa --max-tokens 200
-  phi2cpu run phi-2.q4 "Instruct: Explain gravity.\\nOutput:" --stop "\\nInstruct:"
-  phi2cpu run phi-2.q4 "def add(a, b):" --format code --temperature 0
-  phi2cpu run phi-2.q4 "Write a haiku." --format chat --repeat-penalty 1.1 --min-p 0.1
-  cat prompt.txt | phi2cpu run phi-2.q4 - --seed 42 --quiet
+  phi2cpu run phi-2.q4_0.gguf "Explain gravity." --format qa -n 200
+  phi2cpu run -m phi-2.q4_0.gguf -p "Instruct: Explain gravity.\\nOutput:" --stop "\\nInstruct:"
+  phi2cpu run phi-2.q4_0.gguf "def add(a, b):" --format code --temp 0
+  phi2cpu run phi-2.q4_0.gguf "Write a haiku." --format chat --repeat-penalty 1.1 --min-p 0.1
+  cat prompt.txt | phi2cpu run phi-2.q4_0.gguf - -s 42 --quiet
 
-The prompt is used exactly as given unless --format wraps it (from stdin with "-", including any
-trailing newline); it must be valid UTF-8. Put `--` before a prompt that starts with "-". Only the generated text goes
-to stdout; notes and the timing line go to stderr."""
+As in llama-cli, the escapes \\n \\t \\r \\\\ \\" \\' and \\xHH in PROMPT, --stop and --system
+become the characters they name (any other backslash stays as typed); --no-escape turns this off.
+A prompt read from stdin ("-") is used exactly as read, trailing newline included, never unescaped.
+The prompt is used as given unless --format wraps it; it must be valid UTF-8. Put `--` before a
+prompt that starts with "-". Only the generated text goes to stdout; notes and the timing line go
+to stderr."""
 
 SERVE_EXAMPLES = """\
 examples:
@@ -44,15 +48,16 @@ Point any OpenAI client at http://HOST:PORT/v1 (the API key is not checked)."""
 CHAT_EXAMPLES = """\
 examples:
   phi2cpu chat                                  # bundled demo model
-  phi2cpu chat phi-2.q4 --system "A helpful assistant who answers briefly."
-  phi2cpu chat phi-2.q4 --temperature 0.3 --verbose
+  phi2cpu chat phi-2.q4_0.gguf --system "A helpful assistant who answers briefly."
+  phi2cpu chat -m phi-2.q4_0.gguf --temp 0.3 --verbose
 
 Commands at the >>> prompt: /reset forgets the conversation, /bye quits (so does Ctrl-D).
 Ctrl-C while the model is replying stops that reply; the conversation goes on."""
 
 INFO_EXAMPLES = """\
 examples:
-  phi2cpu info phi-2.q4"""
+  phi2cpu info phi-2.q4_0.gguf
+  phi2cpu info phi-2.q4_0.gguf --ctx 4096          # memory needed at a 4096-token context"""
 
 QUANTIZE_HELP = """\
 convert a Hugging Face Phi-2 folder (or a phi-2 GGUF) to f16, q8_0, q4_0, q4_k_m, q5_k_m or q6_k;
@@ -68,8 +73,8 @@ The result is printed as `ppl = X` (4 decimals) on the last line of stdout; prog
 stderr.
 
 examples:
-  phi2cpu perplexity phi-2.q4 wiki.test.raw
-  phi2cpu perplexity phi-2.q8 code.py --window 1024 --max-windows 20"""
+  phi2cpu perplexity phi-2.q4_0.gguf wiki.test.raw
+  phi2cpu perplexity phi-2.q8_0.gguf code.py --window 1024 --max-windows 20"""
 
 
 def _positive_int(text: str) -> int:
@@ -97,43 +102,49 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     run = sub.add_parser(
         "run", help="generate text from a prompt", formatter_class=fmt,
-        usage="phi2cpu run [options] [MODEL] PROMPT",
+        usage="phi2cpu run [options] [MODEL] PROMPT\n       phi2cpu run [options] -m MODEL -p PROMPT",
         description="Continue PROMPT with MODEL, streaming the generated text to stdout.",
         epilog=RUN_EXAMPLES,
     )
     run.add_argument("model", nargs="?", metavar="MODEL",
-                     help="model file (.q4/.q8/.f16/.gguf); default: the bundled demo model")
-    run.add_argument("prompt", metavar="PROMPT", help='prompt text, or "-" to read it from stdin')
+                     help="GGUF model file, e.g. phi-2.q4_0.gguf; default: the bundled demo model")
+    run.add_argument("prompt", nargs="?", metavar="PROMPT", help='prompt text, or "-" to read it from stdin')
+    _model_opt(run)
+    run.add_argument("-p", "--prompt", dest="prompt_opt", default=None, metavar="PROMPT",
+                     help="the prompt, in place of the positional PROMPT")
     run.add_argument("--format", choices=list(FORMATS), default="raw",
                      help="wrap PROMPT in a Phi-2 prompt format and add its stop strings: "
                           + "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values())
                           + " (default: raw)")
-    run.add_argument("--max-tokens", type=int, default=128, metavar="N",
+    run.add_argument("-n", "--max-tokens", "--n-predict", type=int, default=128, metavar="N",
                      help="most tokens to generate (default: 128)")
     _sampling_args(run)
     run.add_argument("--stop", action="append", default=None, metavar="STR",
                      help="stop before this text (repeatable; not printed)")
+    _escape_arg(run, "PROMPT and --stop")
     _output_args(run)
     _engine_args(run, ctx=True)
     run.set_defaults(func=_cmd_run)
 
     chat = sub.add_parser(
         "chat", help="talk with a model; the history stays in the KV cache", formatter_class=fmt,
-        usage="phi2cpu chat [options] [MODEL]",
+        usage="phi2cpu chat [options] [MODEL | -m MODEL]",
         description="An interactive chat in Phi-2's format (Alice: ... / Bob: ...). Each turn processes "
                     "only the new text: the history stays in the KV cache. When the context is full, "
                     "the oldest turns are dropped (with a note) and the rest is processed once.",
         epilog=CHAT_EXAMPLES,
     )
     chat.add_argument("model", nargs="?", metavar="MODEL",
-                      help="model file (.q4/.q8/.f16/.gguf); default: the bundled demo model")
+                      help="GGUF model file, e.g. phi-2.q4_0.gguf; default: the bundled demo model")
+    _model_opt(chat)
     chat.add_argument("--system", default="", metavar="TEXT",
                       help="text that opens the conversation (e.g. who the assistant is)")
-    chat.add_argument("--max-tokens", type=_positive_int, default=256, metavar="N",
+    chat.add_argument("-n", "--max-tokens", "--n-predict", type=_positive_int, default=256, metavar="N",
                       help="most tokens per reply (default: 256)")
     _sampling_args(chat)
     chat.add_argument("--stop", action="append", default=None, metavar="STR",
                       help="also stop a reply before this text (repeatable)")
+    _escape_arg(chat, "--system and --stop")
     _output_args(chat)
     _engine_args(chat, ctx=True)
     chat.set_defaults(func=_cmd_chat)
@@ -143,6 +154,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                                       "tensor types, sizes and tokenizer source.",
                           epilog=INFO_EXAMPLES)
     info.add_argument("model", metavar="MODEL", nargs="?", help="model file")
+    _model_opt(info)
+    info.add_argument("-c", "--ctx", "--ctx-size", type=_positive_int, default=2048, metavar="N",
+                      help="context size for the memory estimate (default: 2048)")
     info.add_argument("--system", action="store_true",
                       help="also (or only) describe this machine: CPU, cores, default threads, and which "
                            "kernel path runs and why")
@@ -162,12 +176,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ppl.set_defaults(func=_cmd_perplexity)
 
     srv = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
-                         formatter_class=fmt, usage="phi2cpu serve [options] [MODEL]",
+                         formatter_class=fmt, usage="phi2cpu serve [options] [MODEL | -m MODEL]",
                          description="Serve MODEL at /v1/completions, /v1/chat/completions, /v1/models "
                                      "and /health (needs `pip install \"phi2cpu[server]\"`).",
                          epilog=SERVE_EXAMPLES)
     srv.add_argument("model", nargs="?", metavar="MODEL",
-                     help="model file (.q4/.q8/.f16/.gguf); default: the bundled demo model")
+                     help="GGUF model file, e.g. phi-2.q4_0.gguf; default: the bundled demo model")
+    _model_opt(srv)
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, metavar="N",
                      help="TCP port; 0 picks a free one (default: 8000)")
@@ -178,7 +193,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     srv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                      help="server log level (default: info)")
     _engine_args(srv, ctx=False)
-    srv.add_argument("--ctx-size", "--ctx", dest="ctx", type=_positive_int, default=2048, metavar="N",
+    srv.add_argument("-c", "--ctx-size", "--ctx", dest="ctx", type=_positive_int, default=2048, metavar="N",
                      help="context window in tokens per request, prompt included (default: 2048)")
     srv.set_defaults(func=_cmd_serve)
 
@@ -188,9 +203,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return top, {"run": run, "chat": chat, "info": info, "perplexity": ppl, "serve": srv}
 
 
+def _model_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", dest="model_opt", default=None, metavar="MODEL",
+                   help="the model, in place of the positional MODEL")
+
+
+def _escape_arg(p: argparse.ArgumentParser, texts: str) -> None:
+    p.add_argument("--no-escape", dest="escape", action="store_false",
+                   help=f"take {texts} as typed (by default \\n, \\t, \\\\, \\\" ... become the characters "
+                        "they name, as in llama-cli)")
+
+
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     d = SamplingParams()
-    p.add_argument("--temperature", type=float, default=d.temperature, metavar="T",
+    p.add_argument("--temperature", "--temp", type=float, default=d.temperature, metavar="T",
                    help=f"sampling temperature; 0 = greedy (default: {d.temperature})")
     p.add_argument("--top-k", type=int, default=d.top_k, metavar="K",
                    help=f"sample from the K most likely tokens; 0 = off (default: {d.top_k})")
@@ -209,7 +235,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help=f"how many recent tokens the penalties look at; 0 = off (default: {d.penalty_last_n})")
     p.add_argument("--logit-bias", action="append", default=None, metavar="ID=BIAS",
                    help="add BIAS to token ID's logit; -inf bans it (repeatable)")
-    p.add_argument("--seed", type=int, default=None, metavar="S",
+    p.add_argument("-s", "--seed", type=int, default=None, metavar="S",
                    help="random seed >= 0 for reproducible output (default: random)")
 
 
@@ -240,10 +266,11 @@ def _output_args(p: argparse.ArgumentParser) -> None:
 
 
 def _engine_args(p: argparse.ArgumentParser, ctx: bool) -> None:
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                   help="worker threads (default: the engine's choice)")
+    p.add_argument("-t", "--threads", type=thread_count, default=None, metavar="N",
+                   help=f"worker threads, 1..{MAX_THREADS} (default: the physical cores; more than the "
+                        "logical CPUs warns)")
     if ctx:
-        p.add_argument("--ctx", type=_positive_int, default=2048, metavar="N",
+        p.add_argument("-c", "--ctx", "--ctx-size", type=_positive_int, default=2048, metavar="N",
                        help="context window in tokens, prompt included (default: 2048)")
 
 
@@ -265,9 +292,16 @@ def _load(path: str, threads: Optional[int], n_ctx: int):
     return phi2cpu.load(path, **kwargs)
 
 
-def _read_prompt(arg: str) -> str:
-    if arg != "-":
-        return check_text(arg, "PROMPT")
+def _arg_text(args: argparse.Namespace, text: str, what: str) -> str:
+    """A text option as the user meant it: valid UTF-8, escapes unescaped unless --no-escape."""
+    text = check_text(text, what)
+    return unescape(text, what) if args.escape else text
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    """PROMPT (unescaped unless --no-escape), or stdin for "-", exactly as read."""
+    if args.prompt != "-":
+        return _arg_text(args, args.prompt, "PROMPT")
     stream = getattr(sys.stdin, "buffer", sys.stdin)
     data = stream.read()
     if isinstance(data, str):
@@ -324,9 +358,9 @@ def _timing_lines(model, load_s: Optional[float], st) -> list:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    prompt = _read_prompt(args.prompt)
+    prompt = _read_prompt(args)
     fmt = get_format(args.format)
-    stop = [check_text(s, "--stop") for s in args.stop or []] + list(fmt.stop)
+    stop = [_arg_text(args, s, "--stop") for s in args.stop or []] + list(fmt.stop)
     sampling = _sampling_options(args)
     if args.max_tokens < 1:
         raise SamplingError(f"max_tokens must be an integer >= 1, got {args.max_tokens}")
@@ -352,10 +386,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .chat import ChatSession
 
-    stop = [check_text(s, "--stop") for s in args.stop or []]
+    stop = [_arg_text(args, s, "--stop") for s in args.stop or []]
+    system = _arg_text(args, args.system, "--system")
     sampling = _sampling_options(args)
     model, load_s = _load_timed(args)
-    session = ChatSession(model, system=check_text(args.system, "--system"), max_tokens=args.max_tokens,
+    session = ChatSession(model, system=system, max_tokens=args.max_tokens,
                           stop=stop, **sampling)
     try:
         import readline  # noqa: F401  (line editing and history for input())
@@ -469,6 +504,7 @@ def _system_lines() -> list:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .gguf_io import read_model_file
+    from .modelinfo import MAX_BATCH, bits_per_weight, file_type_name, memory_needed
 
     if args.system:
         print("\n".join(_system_lines()))
@@ -483,6 +519,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for key, label in (("general.architecture", "architecture"), ("general.name", "name")):
         if isinstance(kv.get(key), str):
             out.append(f"{label + ':':<15}{kv[key]}")
+    out.append(f"file type:     {file_type_name(kv, mf.tensors)}")
     cfg = mf.config.as_dict()
     cfg["head_dim"] = mf.config.head_dim
     cfg["n_rot"] = f"{mf.config.n_rot} (rotary dims per head, of head_dim {mf.config.head_dim})"
@@ -504,6 +541,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
     out.append(f"tensors:       {len(mf.tensors)}")
     for t, (count, nbytes) in sorted(by_type.items(), key=lambda kv_: -kv_[1][1]):
         out.append(f"  {_type_name(t):<8}{count:>5} tensors  {_fmt_bytes(nbytes):>12}")
+    tensor_bytes = sum(nbytes for _, nbytes in by_type.values())
+    if n_params:
+        out.append(f"bits/weight:   {bits_per_weight(tensor_bytes, n_params):.2f} "
+                   f"({_fmt_bytes(tensor_bytes)} of tensors)")
+    mem = memory_needed(mf.config, tensor_bytes, args.ctx)
+    out += [f"memory at --ctx {mem.n_ctx}: {_fmt_bytes(mem.total)} in the engine (the Python process and "
+            "tokenizer come on top)",
+            f"  weights      {_fmt_bytes(mem.weights):>12}",
+            f"  KV cache     {_fmt_bytes(mem.kv_cache):>12}  (f32 K and V: 2 x {mf.config.n_layer} layers x "
+            f"{mem.n_ctx} positions x {mf.config.n_embd} x 4 bytes)",
+            f"  activations  {_fmt_bytes(mem.activations):>12}  (a batch of "
+            f"{min(mem.n_ctx, MAX_BATCH)} tokens)"]
     if mf.recipe:
         recipe = mf.recipe if isinstance(mf.recipe, str) else json.dumps(mf.recipe, sort_keys=True)
         out.append(f"quant recipe:  {recipe}")
@@ -553,6 +602,9 @@ def _dispatch(argv: list) -> int:
         # intermixed lets options follow the positionals; it mishandles "--", plain parsing doesn't
         parse = subs[argv[0]].parse_args if "--" in argv else subs[argv[0]].parse_intermixed_args
         args = parse(argv[1:])
+        if hasattr(args, "model_opt"):
+            place_positionals(subs[argv[0]], args)
+        warn_threads(getattr(args, "threads", None))
     else:
         args = top.parse_args(argv)
         if args.command is None:
