@@ -110,7 +110,7 @@ def test_float_files_hold_source_values(ckpt, quantized):
 
 def test_requantize_from_gguf(quantized, tmp_path):
     out = tmp_path / "re.gguf"
-    quantize(quantized["q8_0"], out, "f32", progress=False)
+    quantize(quantized["q8_0"], out, "f32", progress=False, allow_requantize=True)
     src, re = read_model_file(quantized["q8_0"]), read_model_file(out)
     w = gguf.quants.dequantize(np.asarray(src.raw("blk.0.ffn_up.weight")), T.Q8_0)
     assert np.array_equal(_bytes(re, "blk.0.ffn_up.weight").view(np.float32), w.reshape(-1))
@@ -233,3 +233,75 @@ def test_cli(ckpt, tmp_path, capsys):
     assert main([str(tmp_path / "nope"), str(tmp_path / "n.gguf")]) == 1
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "n.gguf").exists()
+
+
+# ----------------------------------------------------------------------------- llama-quantize habits
+
+def test_upper_case_type_names(ckpt, tmp_path, capsys):
+    assert main([str(ckpt), str(tmp_path / "m.gguf"), "--type", "Q4_0", "--quiet"]) == 0
+    assert read_model_file(tmp_path / "m.gguf").recipe["qtype"] == "q4_0"
+    assert "q4_0" in capsys.readouterr().out
+    assert quantize(ckpt, tmp_path / "k.gguf", "Q4_K_M", progress=False)["qtype"] == "q4_k_m"
+    assert read_model_file(tmp_path / "k.gguf").kv["general.file_type"] == 15
+    with pytest.raises(SystemExit):
+        main([str(ckpt), str(tmp_path / "x.gguf"), "--type", "Q3_K"])
+    assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "x.gguf").exists()
+
+
+def test_requantize_needs_allow_requantize(quantized, tmp_path, capsys):
+    for q in ("q8_0", "q4_0"):
+        out = tmp_path / f"re-{q}.gguf"
+        assert main([str(quantized[q]), str(out), "--type", "q4_0", "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ": error: " in err
+        assert "already quantized" in err and q.upper() in err and "--allow-requantize" in err
+        assert not out.exists() and list(tmp_path.iterdir()) == []
+    out = tmp_path / "re.gguf"
+    assert main([str(quantized["q8_0"]), str(out), "--type", "q4_0", "--quiet", "--allow-requantize"]) == 0
+    assert read_model_file(out).recipe["qtype"] == "q4_0"
+    # float GGUFs are sources, not re-quantizations
+    for q in ("f32", "f16"):
+        assert main([str(quantized[q]), str(tmp_path / f"from-{q}.gguf"), "--type", "q8_0", "--quiet"]) == 0
+
+
+def test_out_must_not_be_src(quantized, tmp_path, capsys):
+    src = tmp_path / "src.gguf"
+    src.write_bytes(quantized["f16"].read_bytes())
+    before = src.read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.gguf").symlink_to(src)
+    import os
+    os.link(src, tmp_path / "hard.gguf")
+    for out in (src, tmp_path / "sub" / ".." / "src.gguf", tmp_path / "link.gguf", tmp_path / "hard.gguf"):
+        assert main([str(src), str(out), "--type", "q8_0", "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "OUT is the same file as SRC" in err and err.count("\n") == 1
+        assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.gguf", "link.gguf", "src.gguf", "sub"]
+    with pytest.raises(Exception, match="same file"):
+        quantize(src, src, "q8_0", progress=False)
+
+
+@pytest.mark.parametrize("qtype, name", [
+    ("f32", "all F32"), ("f16", "F16"), ("q8_0", "Q8_0"), ("q4_0", "Q4_0"), ("q4_k_m", "Q4_K - Medium"),
+    ("q5_k_m", "Q5_K - Medium"), ("q6_k", "Q6_K"),
+])
+def test_info_file_type_bits_and_memory(ckpt, tmp_path, capsys, qtype, name):
+    from phi2cpu.cli import main as cli_main
+
+    path = tmp_path / f"tiny.{qtype}.gguf"
+    quantize(ckpt, path, qtype, progress=False)
+    assert cli_main(["info", str(path), "--ctx", "100"]) == 0
+    out = capsys.readouterr().out
+    assert f"\nfile type:     {name}\n" in out
+    r = gguf.GGUFReader(path)
+    n_bytes = sum(int(t.n_bytes) for t in r.tensors)
+    n_params = sum(int(np.prod(t.shape)) for t in r.tensors)
+    assert f"bits/weight:   {n_bytes * 8 / n_params:.2f} " in out
+    kv = 2 * 2 * 100 * 160 * 4   # K and V, fp32: 2 layers, 100 positions, n_embd 160
+    flat = " ".join(out.split())
+    assert f"KV cache {kv / 1024:.2f} KiB (f32 K and V: 2 x 2 layers x 100 positions x 160 x 4 bytes)" in flat
+    line = next(x for x in out.splitlines() if x.startswith("memory at --ctx 100: "))
+    acts = 100 * (7 * 160 + 320) * 4 + 51200 * 4 + 100 * (2 * 292 + 320 * 4)
+    total = (n_bytes + kv + acts) / 2**20
+    assert line.startswith(f"memory at --ctx 100: {total:.2f} MiB"), (line, total)

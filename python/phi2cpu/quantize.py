@@ -15,6 +15,7 @@ Works one tensor at a time (load, quantize, write, drop), so memory stays near o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,22 @@ def _gguf_source(path: Path):
     return mf.config, vocab, gguf_tensor_names(mf.config.n_layer), load
 
 
+FLOAT_TYPES = (T.F32, T.F16, T.BF16)
+
+
+def _check_source(src: Path, out: Path, allow_requantize: bool) -> None:
+    """Refuse OUT == SRC (also through a link) and, unless allowed, an already-quantized GGUF."""
+    if out.exists() and (out.resolve() == src.resolve() or os.path.samefile(src, out)):
+        raise Phi2Error(f"{out}: OUT is the same file as SRC; write the result to a new file")
+    if not allow_requantize and _is_gguf(src):
+        quantized = sorted({t.type_name for t in read_model_file(src).tensors.values()
+                            if len(t.shape) > 1 and t.ggml_type not in FLOAT_TYPES})
+        if quantized:
+            raise Phi2Error(f"{src}: its weights are already quantized ({', '.join(quantized)}); quantizing "
+                            "them again adds a second rounding error. Convert from the F16/F32 checkpoint, "
+                            "or pass --allow-requantize")
+
+
 def _model_name(src: Path) -> str:
     """general.name: kept from a GGUF source, else the checkpoint folder's name."""
     if _is_gguf(src):
@@ -113,15 +130,20 @@ def _hf_source(path: Path):
     return ck.config, tok, ck.tensor_names(), ck.load
 
 
-def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bool = True) -> dict[str, Any]:
-    """Convert `src` (HF checkpoint dir or phi2 GGUF) to a GGUF at `out`. Returns a summary."""
-    if qtype not in QTYPES:
+def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bool = True,
+             allow_requantize: bool = False) -> dict[str, Any]:
+    """Convert `src` (HF checkpoint dir or phi2 GGUF) to a GGUF at `out`. Returns a summary.
+    `qtype` is case-blind (q4_k_m or Q4_K_M). A GGUF whose matrices are not F32/F16/BF16 is refused
+    unless `allow_requantize`, and so is an `out` that is `src`."""
+    if not isinstance(qtype, str) or qtype.lower() not in QTYPES:
         raise ValueError(f"qtype must be one of {', '.join(QTYPES)}, not {qtype!r}")
+    qtype = qtype.lower()
     src, out = Path(src), Path(out)
     if not src.exists():
         raise ModelFileError(f"{src}: no such file or directory")
     if not out.parent.is_dir():
         raise Phi2Error(f"{out.parent}: output directory does not exist")
+    _check_source(src, out, allow_requantize)
     t0 = time.perf_counter()
     config, tokenizer, names, load = _gguf_source(src) if _is_gguf(src) else _hf_source(src)
     shapes = expected_gguf_shapes(config)
@@ -155,20 +177,24 @@ def main(argv: list[str] | None = None, prog: str = "tools/quantize.py") -> int:
         epilog=f"""examples:
   {prog} phi-2/ phi-2.q4_0.gguf --type q4_0        # smallest and fastest to decode
   {prog} phi-2/ phi-2.q4_k_m.gguf --type q4_k_m    # about the same size, lower quality loss
-  {prog} phi-2.f16.gguf phi-2.q8_0.gguf --type q8_0  # re-quantize an existing phi2 GGUF
+  {prog} phi-2.f16.gguf phi-2.q8_0.gguf --type Q8_0  # from an F16 GGUF; type names are case-blind
 
 Norms and biases stay F32; in q4_0 files lm_head is Q8_0. With the K types, matrices whose rows are
 not a multiple of 256 values fall back to Q8_0. The file is written to a temporary name and
-renamed at the end, so an interrupted run leaves no partial OUT.""")
+renamed at the end, so an interrupted run leaves no partial OUT. A GGUF that is already quantized
+is refused unless --allow-requantize (each rounding adds error); OUT == SRC is always refused.""")
     ap.add_argument("src", help="Hugging Face checkpoint directory, or an existing phi2 GGUF file")
     ap.add_argument("out", help="output .gguf path")
-    ap.add_argument("--type", dest="qtype", choices=list(QTYPES), default="q8_0",
+    ap.add_argument("--type", dest="qtype", type=str.lower, choices=list(QTYPES), default="q8_0",
                     help="weight type for the block matrices (default q8_0; f32 is for tests; "
                          "q4_k_m/q5_k_m keep ffn_down and lm_head in Q6_K)")
+    ap.add_argument("--allow-requantize", action="store_true",
+                    help="accept a source GGUF whose weights are already quantized (Q8_0, Q4_K, ...)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     try:
-        s = quantize(args.src, args.out, args.qtype, progress=not args.quiet)
+        s = quantize(args.src, args.out, args.qtype, progress=not args.quiet,
+                     allow_requantize=args.allow_requantize)
     except (Phi2Error, OSError) as e:
         print(f"{prog.split()[0]}: error: {error_message(e)}", file=sys.stderr)
         return 1
