@@ -32,6 +32,10 @@ _MIXER_MATH = {"mixer_cls", "rotary_dim", "n_head", "head_dim", "bias", "causal"
 _MLP_KEYS = {"mlp_cls", "n_inner", "act_fn", "raise_on_missing"}
 
 
+def _same(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)  # NaN is one value here; validate() refuses it with its name
+
+
 class _Reader:
     """Typed look-ups in one config dict; every error names the file and the key."""
 
@@ -63,7 +67,7 @@ class _Reader:
         """The value of the first of `keys` present; all spellings present must agree.
         `why` says why a missing key has no safe default."""
         found = [(k, self.number(k, v, integer)) for k in keys if (v := self.raw(k)) is not None]
-        if found and any(v != found[0][1] for _, v in found):
+        if found and any(not _same(v, found[0][1]) for _, v in found):
             raise self.fail("conflicting values: " + ", ".join(f"{k}={v!r}" for k, v in found))
         if found:
             return found[0][1]
@@ -81,7 +85,8 @@ class _Reader:
 
     def refuse_true(self, key: str, what: str) -> None:
         if self.raw(key):
-            raise self.fail(f"{key} is {self.raw(key)!r}: {what} is not part of Phi-2 and phi2cpu does not implement it")
+            raise self.fail(f"{key} is {self.raw(key)!r}: {what} is not part of Phi-2 and phi2cpu does not "
+                            "implement it")
 
     def refuse_activation(self, key: str, act: str) -> None:
         if act != GELU:
@@ -161,7 +166,8 @@ def _remote_code(r: _Reader) -> dict[str, Any]:
     """phi-msft and mixformer-sequential; the hidden_size-style names are their attribute_map aliases."""
     n_embd = r.pick("n_embd", "hidden_size", why="the remote code's default 1024 is not Phi-2's 2560")
     n_head = r.pick("n_head", "num_attention_heads", why="the remote code's default 16 is not Phi-2's 32")
-    listed = r.fmt == "mixformer-sequential" and isinstance(r.raw("architecture") or r.raw("blocks"), list)
+    arch = r.raw("architecture") if r.raw("architecture") is not None else r.raw("blocks")
+    listed = r.fmt == "mixformer-sequential" and isinstance(arch, list)
     n_layer = r.pick("n_layer", "num_hidden_layers", default=0 if listed else _REQUIRED,  # a list gives the count
                      why="the remote code's default 20 is not Phi-2's 32")
     multiple = r.pick("pad_vocab_size_multiple", default=64)
@@ -199,59 +205,71 @@ def _remote_code(r: _Reader) -> dict[str, Any]:
 
 def _mixformer_blocks(r: _Reader, n_layer: int, n_head: int, head_dim: int, n_rot: int, n_inner: int,
                       act: str) -> tuple[int, int, int, str]:
-    """Each block's spec (one dict for all, or a list: its length is then the layer count), checked
-    for what phi2cpu implements: a parallel block of multi-head attention and an MLP."""
+    """(layers, rotary dims, MLP width, activation) from the block spec: one dict for every layer,
+    or a list whose length is then the layer count. All blocks must be alike."""
     arch, blocks = r.raw("architecture"), r.raw("blocks")
     if arch is not None and blocks is not None and arch != blocks:
         raise r.fail("conflicting values: architecture and blocks differ")
     arch = arch if arch is not None else blocks
-    specs = list(arch) if isinstance(arch, list) else [arch] * n_layer
-    seen = set()
-    for i, spec in enumerate(specs):
-        where = f"architecture[{i}]" if isinstance(arch, list) else "architecture"
-        spec = spec or {}
-        if not isinstance(spec, Mapping):
-            raise r.fail(f"{where} must be an object, not {spec!r}")
-        extra = sorted(set(spec) - {"block_cls", "path", "mixer", "mlp"})
-        if extra:
-            raise r.fail(f"{where}.{extra[0]}: unknown block option")
-        for k in ("block_cls", "path"):
-            if spec.get(k) not in (None, "parallel"):
-                raise r.fail(f"{where}.{k} is {spec[k]!r}: only Phi-2's parallel block (attention and MLP "
-                             "reading one LayerNorm) is implemented")
-        mixer, mlp = spec.get("mixer") or {}, spec.get("mlp") or {}
-        if not isinstance(mixer, Mapping) or not isinstance(mlp, Mapping):
-            raise r.fail(f"{where}: mixer and mlp must be objects")
-        extra = sorted(set(mixer) - _MIXER_IMPL - _MIXER_MATH) or sorted(f"mlp.{k}" for k in set(mlp) - _MLP_KEYS)
-        if extra:
-            raise r.fail(f"{where}.{'' if extra[0].startswith('mlp.') else 'mixer.'}{extra[0]}: unknown option")
-        if mixer.get("mixer_cls", "mha") != "mha":
-            raise r.fail(f"{where}.mixer.mixer_cls is {mixer['mixer_cls']!r}: only multi-head attention is implemented")
-        for k, want in (("n_head", n_head), ("head_dim", head_dim)):
-            if mixer.get(k) is not None and mixer[k] != want:
-                raise r.fail(f"{where}.mixer.{k}={mixer[k]!r} differs from the model's {want}; not implemented")
-        for k, ok, what in (("bias", True, "projections without bias"), ("causal", True, "non-causal attention")):
-            if mixer.get(k, ok) is not ok:
-                raise r.fail(f"{where}.mixer.{k} is {mixer[k]!r}: {what} is not implemented")
-        if mixer.get("softmax_scale") is not None:
-            raise r.fail(f"{where}.mixer.softmax_scale={mixer['softmax_scale']!r}: only 1/sqrt(head_dim) is implemented")
-        scale_base = mixer.get("rotary_emb_scale_base")
-        if scale_base is not None and scale_base > 0:
-            raise r.fail(f"{where}.mixer.rotary_emb_scale_base={scale_base!r}: rotary scaling (xPos) is not implemented")
-        if mlp.get("mlp_cls", "mlp") not in ("mlp", "fused_mlp"):
-            raise r.fail(f"{where}.mlp.mlp_cls is {mlp['mlp_cls']!r}: only the two-layer MLP is implemented")
-        block = (r.number(f"{where}.mixer.rotary_dim", mixer["rotary_dim"], True) if mixer.get("rotary_dim") is not None
-                 else n_rot,
-                 r.number(f"{where}.mlp.n_inner", mlp["n_inner"], True) if mlp.get("n_inner") is not None else n_inner,
-                 mlp.get("act_fn") or act)
-        seen.add(block)
+    if not isinstance(arch, list):
+        return n_layer, *_mixformer_block(r, "architecture", arch, n_head, head_dim, n_rot, n_inner, act)
+    if not arch:
+        raise r.fail("architecture is an empty list: no layers")
+    seen = {_mixformer_block(r, f"architecture[{i}]", spec, n_head, head_dim, n_rot, n_inner, act)
+            for i, spec in enumerate(arch)}
     if len(seen) > 1:
         raise r.fail("the blocks in architecture differ (rotary dims, MLP width or activation); phi2cpu runs "
                      "identical layers")
-    if not seen:
-        raise r.fail("architecture is an empty list: no layers")
-    n_rot, n_inner, act = seen.pop()
-    return len(specs), n_rot, n_inner, act
+    return len(arch), *seen.pop()
+
+
+def _mixformer_block(r: _Reader, where: str, spec: Any, n_head: int, head_dim: int, n_rot: int, n_inner: int,
+                     act: str) -> tuple[int, int, str]:
+    """One block spec checked for what phi2cpu implements: a parallel block of multi-head attention
+    and a two-layer MLP. Its mixer and mlp options override the config's rotary_dim, n_inner and
+    activation_function."""
+    spec = spec or {}
+    if not isinstance(spec, Mapping):
+        raise r.fail(f"{where} must be an object, not {spec!r}")
+    extra = sorted(set(spec) - {"block_cls", "path", "mixer", "mlp"})
+    if extra:
+        raise r.fail(f"{where}.{extra[0]}: unknown block option")
+    for k in ("block_cls", "path"):
+        if spec.get(k) not in (None, "parallel"):
+            raise r.fail(f"{where}.{k} is {spec[k]!r}: only Phi-2's parallel block (attention and MLP reading "
+                         "one LayerNorm) is implemented")
+    mixer, mlp = spec.get("mixer") or {}, spec.get("mlp") or {}
+    if not isinstance(mixer, Mapping) or not isinstance(mlp, Mapping):
+        raise r.fail(f"{where}: mixer and mlp must be objects")
+    extra = [f"mixer.{k}" for k in sorted(set(mixer) - _MIXER_IMPL - _MIXER_MATH)]
+    extra += [f"mlp.{k}" for k in sorted(set(mlp) - _MLP_KEYS)]
+    if extra:
+        raise r.fail(f"{where}.{extra[0]}: unknown option")
+
+    def num(key: str, value: Any, integer: bool = True) -> Any:
+        return None if value is None else r.number(f"{where}.{key}", value, integer)
+
+    if mixer.get("mixer_cls", "mha") != "mha":
+        raise r.fail(f"{where}.mixer.mixer_cls is {mixer['mixer_cls']!r}: only multi-head attention is implemented")
+    for k, want in (("n_head", n_head), ("head_dim", head_dim)):
+        if num(f"mixer.{k}", mixer.get(k)) not in (None, want):
+            raise r.fail(f"{where}.mixer.{k}={mixer[k]!r} differs from the model's {want}; not implemented")
+    for k, what in (("bias", "projections without bias"), ("causal", "non-causal attention")):
+        if mixer.get(k, True) is not True:
+            raise r.fail(f"{where}.mixer.{k} is {mixer[k]!r}: {what} is not implemented")
+    if mixer.get("softmax_scale") is not None:
+        raise r.fail(f"{where}.mixer.softmax_scale={mixer['softmax_scale']!r}: only 1/sqrt(head_dim) is "
+                     "implemented")
+    scale_base = num("mixer.rotary_emb_scale_base", mixer.get("rotary_emb_scale_base"), integer=False)
+    if scale_base is not None and scale_base > 0:  # the remote code turns xPos on only above 0
+        raise r.fail(f"{where}.mixer.rotary_emb_scale_base={scale_base!r}: rotary scaling (xPos) is not "
+                     "implemented")
+    if mlp.get("mlp_cls", "mlp") not in ("mlp", "fused_mlp"):
+        raise r.fail(f"{where}.mlp.mlp_cls is {mlp['mlp_cls']!r}: only the two-layer MLP is implemented")
+    if mlp.get("act_fn") is not None:
+        r.refuse_activation(f"{where}.mlp.act_fn", mlp["act_fn"])
+    rot, inner = num("mixer.rotary_dim", mixer.get("rotary_dim")), num("mlp.n_inner", mlp.get("n_inner"))
+    return (n_rot if rot is None else rot, n_inner if inner is None else inner, mlp.get("act_fn") or act)
 
 
 def _cross_check(r: _Reader, f: dict[str, Any]) -> None:
@@ -279,7 +297,7 @@ def _cross_check(r: _Reader, f: dict[str, Any]) -> None:
     for field, keys in implied.items():
         for key in keys:
             v = r.raw(key)
-            if v is not None and r.number(key, v, isinstance(f[field], int)) != f[field]:
+            if v is not None and not _same(r.number(key, v, isinstance(f[field], int)), f[field]):
                 raise r.fail(f"conflicting values: {key}={v!r}, but the {r.fmt} keys give {field} = {f[field]!r}")
     for key in factor_keys:
         v = r.raw(key)
