@@ -16,9 +16,13 @@ SANITIZE = "-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-o
 
 
 def _need(*tools: str) -> None:
+    if os.environ.get("PHI2CPU_TEST_NO_COMPILER"):
+        pytest.skip("this run has no compiler by design (tools/test.sh runs the C++ kernel tests in its step with one)")
+    if not (REPO / "csrc" / "tests").is_dir():
+        pytest.skip(f"the C++ sources are not beside these tests ({REPO / 'csrc'} is missing)")
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (Debian: g++-aarch64-linux-gnu, qemu-user)")
+        pytest.skip(f"{', '.join(missing)} not installed (Debian: cmake g++ g++-aarch64-linux-gnu qemu-user)")
 
 
 def _build_and_run(build_dir: Path, cmake_args: list[str], runner: list[str], env: dict | None = None) -> str:
