@@ -6,6 +6,7 @@ Written with the `gguf` package's streaming writer. Read by the small header par
 (`phi2cpu.tokenizer_json`) and the quantization recipe (`phi2cpu.quant_recipe`)."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import mmap
@@ -20,6 +21,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import TokenType
 
+from .atomic import no_space_left, replace_durably, temp_path
 from .checkpoint import expected_gguf_shapes
 from .config import ARCH, PhiConfig
 from .errors import ModelFileError
@@ -114,10 +116,11 @@ def write_gguf(out_path: str | Path, config: PhiConfig,
     returning them, called one tensor at a time while writing. `tokenizer` is a tokenizer.json
     path/directory/text or a Vocab. With `phi2cpu_keys` false neither the recipe nor the
     tokenizer.json text is stored: the file holds only llama.cpp's keys, as its converter writes
-    them. Writes to a temporary file and renames it on success."""
+    them. Writes to a temporary file, fsyncs it and renames it on success; on any failure
+    (Ctrl-C, a full disk) the temporary file is removed and `out_path` is left as it was."""
     out = Path(out_path)
     plan = list(tensors)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = temp_path(out)
     w = gguf.GGUFWriter(tmp, ARCH)
     try:
         w.add_name(name)
@@ -153,10 +156,17 @@ def write_gguf(out_path: str | Path, config: PhiConfig,
             w.write_tensor_data(arr)
             del arr
         w.close()
-        os.replace(tmp, out)
-    except BaseException:
-        w.close()
-        tmp.unlink(missing_ok=True)
+        replace_durably(tmp, out)
+    except BaseException as e:
+        full = isinstance(e, OSError) and no_space_left(e, tmp.parent)
+        try:
+            w.close()
+        except OSError:
+            pass  # a full disk fails the final flush as well; the file goes anyway
+        finally:
+            tmp.unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from None
         raise
     return out
 
