@@ -16,6 +16,12 @@ from phi2cpu.errors import ModelFileError
 from phi2cpu.perplexity import perplexity
 
 
+@pytest.fixture(autouse=True)
+def no_store(monkeypatch):
+    """The model paths here exist nowhere: MODEL goes to the (fake) loader as given, not through the store."""
+    monkeypatch.setattr("phi2cpu.store.resolve", lambda model: model)
+
+
 @pytest.fixture
 def fake_load(monkeypatch):
     """Replaces phi2cpu.load; records calls; returns the model in `.model`."""
@@ -217,6 +223,7 @@ def test_broken_pipe_is_quiet():
     # `phi2cpu ... | head` must not print a traceback when the reader goes away
     code = ("import sys, phi2cpu, fakes\n"
             "phi2cpu.load = lambda p, **k: fakes.FakeModel(lambda h: fakes.onehot(ord('z')), n_ctx=4096)\n"
+            "import phi2cpu.store; phi2cpu.store.resolve = lambda m: m\n"
             "from phi2cpu.cli import main\n"
             "sys.exit(main(['run', 'm', 'x', '--max-tokens', '3000', '--ctx', '4096']))\n")
     cmd = f"{sys.executable} -c \"{code}\" | head -c 5"
@@ -313,6 +320,7 @@ def test_stdin_prompt_is_never_unescaped(fake_load, capsys, monkeypatch):
 
 def test_chat_unescapes_system_and_stop(fake_load, capsys, monkeypatch):
     fake_load.model = scripted_model("Be\tbrief.\nAlice: hi\nBob:", " yes!no")
+    fake_load.model.path = "m"
     monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
     assert main(["chat", "m", "--system", r"Be\tbrief.", "--stop", r"\x21", "--temp", "0", "-q"]) == 0
     assert prompt_seen(fake_load.model) == "Be\tbrief.\nAlice: hi\nBob:"

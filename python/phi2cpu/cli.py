@@ -1,4 +1,4 @@
-"""The `phi2cpu` command: run, serve, info, perplexity, quantize."""
+"""The `phi2cpu` command: run, chat, serve, info, perplexity, quantize, pull, list, rm."""
 from __future__ import annotations
 
 import argparse
@@ -197,10 +197,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="context window in tokens per request, prompt included (default: 2048)")
     srv.set_defaults(func=_cmd_serve)
 
+    lst = sub.add_parser("list", help="list the models in the store",
+                         description="List the models `phi2cpu pull` stored: name, file type, size, date.")
+    lst.set_defaults(func=_cmd_list)
+
+    rm = sub.add_parser("rm", help="delete models from the store", description="Delete models from the store.")
+    rm.add_argument("names", nargs="+", metavar="NAME", help="a name `phi2cpu list` shows")
+    rm.set_defaults(func=_cmd_rm)
+
     sub.add_parser("quantize", help=QUANTIZE_HELP, add_help=False)
     sub.add_parser("bench", help="benchmark against llama.cpp and HF transformers; see `phi2cpu bench --help`",
                    add_help=False)
-    return top, {"run": run, "chat": chat, "info": info, "perplexity": ppl, "serve": srv}
+    return top, {"run": run, "chat": chat, "info": info, "perplexity": ppl, "serve": srv,
+                 "list": lst, "rm": rm}
 
 
 def _model_opt(p: argparse.ArgumentParser) -> None:
@@ -322,10 +331,17 @@ def _write(piece: str) -> None:
     sys.stdout.flush()
 
 
+def _resolve(model: str) -> str:
+    """MODEL as a file: an existing path, else a name in the store (phi-2:q4_0)."""
+    from .store import resolve
+
+    return str(resolve(model))
+
+
 def _model_path(args: argparse.Namespace) -> str:
-    """MODEL, or the bundled demo model (with a note unless --quiet)."""
+    """MODEL (a path or a store name), or the bundled demo model (with a note unless --quiet)."""
     if args.model is not None:
-        return args.model
+        return _resolve(args.model)
     import phi2cpu
 
     if not getattr(args, "quiet", False):
@@ -451,9 +467,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise Phi2Error(f"--port must be in 0..65535, got {args.port}")
+    from .store import name_of
+
     path = _model_path(args)
     model = _load(path, args.threads, args.ctx)
-    name = args.model_name or os.path.basename(path)
+    name = args.model_name or name_of(path) or os.path.basename(path)
     if name.endswith(".gguf") and not args.model_name:
         name = name[: -len(".gguf")]
 
@@ -513,7 +531,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print()
     elif args.model is None:
         raise Phi2Error("info needs MODEL (or --system)")
-    mf = read_model_file(args.model)
+    mf = read_model_file(_resolve(args.model))
     kv = mf.kv or {}
     out = [f"file:          {mf.path}", f"file size:     {_fmt_bytes(mf.file_size)}"]
     for key, label in (("general.architecture", "architecture"), ("general.name", "name")):
@@ -576,11 +594,39 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
     from .perplexity import perplexity
 
     text = _read_text_file(args.file)
-    model = _load(args.model, args.threads, args.window)
+    model = _load(_resolve(args.model), args.threads, args.window)
     res = perplexity(model, text, window=args.window, max_windows=args.max_windows, progress=not args.quiet)
     print(f"windows: {res.n_windows} x {args.window} tokens, scored tokens: {res.n_scored}, "
           f"mean nll: {res.nll_mean:.6f}")
     print(f"ppl = {res.ppl:.4f}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .store import entries, models_dir
+
+    found = entries()
+    if not found:
+        print(f"phi2cpu: no models in {models_dir()}; `phi2cpu pull microsoft/phi-2` fetches Phi-2", file=sys.stderr)
+        return 0
+    rows = [("NAME", "TYPE", "SIZE", "MODIFIED")] + [
+        (e.name, e.type, _fmt_bytes(e.size), time.strftime("%Y-%m-%d %H:%M", time.localtime(e.modified)))
+        for e in found]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}")
+    return 0
+
+
+def _cmd_rm(args: argparse.Namespace) -> int:
+    from .store import find, models_dir, remove
+
+    for name in args.names:  # every name is checked before anything is deleted
+        if find(name) is None:
+            raise Phi2Error(f"{name}: no model of that name in the store ({models_dir()}); `phi2cpu list` shows them")
+    for name in args.names:
+        entry = remove(name)
+        print(f"deleted {entry.name} ({_fmt_bytes(entry.size)})")
     return 0
 
 
