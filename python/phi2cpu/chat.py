@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence, Tuple
 
-from .errors import ContextFullError, Phi2Error
+from .errors import ContextFullError, Phi2Error, SamplingError
 from .generate import TextStream, generate
 from .prompts import FORMATS, chat_transcript
 from .sampling import sampling_params
@@ -79,6 +79,20 @@ class ChatSession:
         self.record(text)
         self.last_stats = stream.stats
         return text
+
+    def update(self, max_tokens: Optional[int] = None, system: Optional[str] = None, **sampling: Any) -> None:
+        """Change settings for the next replies (None leaves one as it is; seed=None means a random
+        seed). A bad value raises SamplingError and changes nothing."""
+        new = dict(self.sampling, **sampling)
+        sampling_params(**new)
+        if max_tokens is not None and not (isinstance(max_tokens, int) and not isinstance(max_tokens, bool)
+                                           and max_tokens >= 1):
+            raise SamplingError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+        self.sampling = new
+        if max_tokens is not None:
+            self.max_tokens = max_tokens
+        if system is not None:
+            self.system = system
 
     def clear(self) -> None:
         """Forget the conversation (the cache is reused only where the new text matches)."""

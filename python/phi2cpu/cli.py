@@ -51,8 +51,14 @@ examples:
   phi2cpu chat phi-2.q4_0.gguf --system "A helpful assistant who answers briefly."
   phi2cpu chat -m phi-2.q4_0.gguf --temp 0.3 --verbose
 
-Commands at the >>> prompt: /reset forgets the conversation, /bye quits (so does Ctrl-D).
-Ctrl-C while the model is replying stops that reply; the conversation goes on."""
+At the >>> prompt: /help lists the commands; /set temperature 0.3 (or top_k, top_p, min_p,
+repeat_penalty, seed, max_tokens, system ...) changes a setting; /show prints the model and the
+settings; /clear forgets the conversation; /bye quits (so does Ctrl-D). A pasted block is one
+message; \"\"\" starts a message over several lines and a line ending in \"\"\" sends it. Up and Down
+recall earlier input, kept in $PHI2CPU_HOME/chat_history (else $XDG_STATE_HOME/phi2cpu/, or
+~/.local/state/phi2cpu/). Ctrl-C while the model is replying stops that reply; the conversation
+goes on. With stdin not a terminal, each line (or \"\"\" block) is a message and only the replies
+are printed."""
 
 INFO_EXAMPLES = """\
 examples:
@@ -401,60 +407,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .chat import ChatSession
+    from .chat_repl import run_chat
 
     stop = [_arg_text(args, s, "--stop") for s in args.stop or []]
     system = _arg_text(args, args.system, "--system")
     sampling = _sampling_options(args)
     model, load_s = _load_timed(args)
-    session = ChatSession(model, system=system, max_tokens=args.max_tokens,
-                          stop=stop, **sampling)
-    try:
-        import readline  # noqa: F401  (line editing and history for input())
-    except ImportError:
-        pass
-    if not args.quiet:
-        print(f"phi2cpu chat: {os.path.basename(model.path)}, context {model.n_ctx} tokens. "
-              "Enter sends; Ctrl-C stops a reply; /reset forgets the conversation; Ctrl-D or /bye quits.",
-              file=sys.stderr)
-    while True:
-        try:
-            line = input(">>> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return 0
-        except KeyboardInterrupt:
-            print("\n(Ctrl-D or /bye quits)", file=sys.stderr)
-            continue
-        cmd = line.strip()
-        if not cmd:
-            continue
-        if cmd in ("/bye", "/exit", "/quit"):
-            return 0
-        if cmd == "/reset":
-            session.clear()
-            print("(conversation cleared)", file=sys.stderr)
-            continue
-        try:
-            stream, dropped = session.reply(check_text(line, "message"))
-        except Phi2Error as e:
-            print(f"phi2cpu: {e}", file=sys.stderr)
-            continue
-        if dropped and not args.quiet:
-            print(f"(context full: dropped the {dropped} oldest turn(s); processing the rest once)",
-                  file=sys.stderr)
-        shown = []
-        try:
-            for piece in stream:
-                _write(piece)
-                shown.append(piece)
-        except KeyboardInterrupt:
-            stream.close()
-            print("\n(reply stopped)", file=sys.stderr)
-        session.record("".join(shown))
-        _write("\n")
-        if args.verbose:
-            print("\n".join(_timing_lines(model, load_s, stream.stats)), file=sys.stderr)
-            load_s = None
+    session = ChatSession(model, system=system, max_tokens=args.max_tokens, stop=stop, **sampling)
+    title = f"phi2cpu chat: {os.path.basename(model.path)}, context {model.n_ctx} tokens."
+    return run_chat(session, title=title, quiet=args.quiet, verbose=args.verbose, write=_write,
+                    timing=lambda stats, first: _timing_lines(model, load_s if first else None, stats))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
