@@ -449,7 +449,8 @@ def test_one_file_name_convention_in_help(capsys):
     # no extension-only names like phi-2.q4 or ".q4/.q8/.f16" (a format that does not exist)
     assert not re.findall(r"\.(?:q4|q8|f16)(?![\w.])", text), re.findall(r".{20}\.(?:q4|q8|f16)(?![\w.]).{5}", text)
     names = set(re.findall(r"phi-2\.[\w.]+", text))
-    assert names and all(re.fullmatch(r"phi-2\.(?:f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k)\.gguf", n) for n in names), names
+    assert names and all(re.fullmatch(r"phi-2\.(?:f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k)\.gguf", n, re.I)
+                         for n in names), names
 
 
 def test_package_sources_use_the_convention():
