@@ -38,8 +38,8 @@ sdist=$(echo "$work"/dist/phi2cpu-*.tar.gz)
 # libgcc_s are on every manylinux system. Linking libstdc++/libgcc statically would not lower it:
 # their archives call arc4random (GLIBC_2.36, in std::random_device, which the COW-string code pulls
 # in) and _dl_find_object (GLIBC_2.35, in the unwinder), so the wheel would need manylinux_2_36.
-"$work/build-venv/bin/auditwheel" show "$work"/dist/phi2cpu-*.whl
-"$work/build-venv/bin/auditwheel" repair --wheel-dir "$work/wheelhouse" "$work"/dist/phi2cpu-*.whl
+PATH=$work/build-venv/bin:$PATH auditwheel show "$work"/dist/phi2cpu-*.whl
+PATH=$work/build-venv/bin:$PATH auditwheel repair --wheel-dir "$work/wheelhouse" "$work"/dist/phi2cpu-*.whl
 wheel=$(echo "$work"/wheelhouse/phi2cpu-*manylinux*.whl)
 mkdir -p dist
 rm -f dist/phi2cpu-*
