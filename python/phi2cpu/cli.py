@@ -18,7 +18,8 @@ from .tokenizer import check_text
 DEMO_NOTE = (
     "phi2cpu: note: using the bundled demo model phi2-mini-code, a 31M-parameter model with "
     "Phi-2's architecture trained on Python code; it is not Phi-2. To run microsoft/phi-2, "
-    "convert it with `phi2cpu quantize` and pass the file as MODEL."
+    "`phi2cpu pull microsoft/phi-2` and pass phi-2:q4_0 as MODEL (or convert a local copy with "
+    "`phi2cpu quantize` and pass the file)."
 )
 
 RUN_EXAMPLES = """\
@@ -64,6 +65,21 @@ INFO_EXAMPLES = """\
 examples:
   phi2cpu info phi-2.q4_0.gguf
   phi2cpu info phi-2.q4_0.gguf --ctx 4096          # memory needed at a 4096-token context"""
+
+PULL_EXAMPLES = """\
+examples:
+  phi2cpu pull microsoft/phi-2                  # converted to q4_0, stored as phi-2:q4_0
+  phi2cpu pull microsoft/phi-2 --type q4_k_m    # stored as phi-2:q4_k_m
+  phi2cpu pull TheBloke/phi-2-GGUF:Q4_K_M       # a GGUF as it is, stored as thebloke/phi-2-gguf:q4_k_m
+  phi2cpu run phi-2:q4_0 "Instruct: Explain gravity.\\nOutput:"
+
+From a checkpoint repo only config.json, tokenizer.json and the safetensors weights are fetched
+(5.6 GB for microsoft/phi-2), into the Hugging Face cache (HF_HOME); files already there are not
+downloaded again, and with HF_HUB_OFFLINE=1 only the cache is used. Models are stored in
+$PHI2CPU_HOME, default $XDG_CACHE_HOME/phi2cpu (~/.cache/phi2cpu); `phi2cpu list` shows them. A
+download that stops (Ctrl-C, a lost connection, a full disk) resumes when the same pull runs again.
+Every file is checked against the hub's sha256 (or git blob id) before it is used, and nothing
+appears under its final name until it is complete."""
 
 QUANTIZE_HELP = """\
 convert a Hugging Face Phi-2 folder (or a phi-2 GGUF) to f16, q8_0, q4_0, q4_k_m, q5_k_m or q6_k;
@@ -203,6 +219,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="context window in tokens per request, prompt included (default: 2048)")
     srv.set_defaults(func=_cmd_serve)
 
+    pull = sub.add_parser("pull", help="download a model from the Hugging Face Hub into the model store",
+                          formatter_class=fmt, usage="phi2cpu pull [options] REPO | REPO:QUANT | REPO/FILE.gguf",
+                          description="Put a model in the store under a name that run, chat, serve, info and\n"
+                                      "perplexity accept as MODEL. REPO (a checkpoint, e.g. microsoft/phi-2) is\n"
+                                      "converted as `phi2cpu quantize` does; REPO:QUANT picks the repo's .gguf whose\n"
+                                      "name holds the tag QUANT, REPO/FILE.gguf names one; a GGUF is stored as it is.",
+                          epilog=PULL_EXAMPLES)
+    pull.add_argument("source", metavar="SOURCE", help="REPO, REPO:QUANT or REPO/FILE.gguf")
+    pull.add_argument("--type", type=str.lower, default=None, metavar="TYPE",
+                      choices=["q4_0", "q8_0", "q4_k_m", "q5_k_m", "q6_k", "f16", "f32"],
+                      help="weight type a checkpoint is converted to: q4_0 (the default: our fastest kernel, and "
+                           "the type of Ollama's default phi tag), q4_k_m (the same size class, less quality "
+                           "loss), q5_k_m, q6_k, q8_0 (near-lossless, twice the size), f16, f32")
+    pull.add_argument("--name", default=None, metavar="NAME",
+                      help="store it as NAME (BASE:TAG) instead of e.g. phi-2:q4_0")
+    pull.add_argument("--revision", default="main", metavar="REV",
+                      help="branch, tag or commit on the hub (default: main)")
+    pull.add_argument("--force", action="store_true", help="pull again even if NAME is already in the store")
+    pull.add_argument("--quiet", "-q", action="store_true", help="no progress bars or notes")
+    pull.set_defaults(func=_cmd_pull)
+
     lst = sub.add_parser("list", help="list the models in the store",
                          description="List the models `phi2cpu pull` stored: name, file type, size, date.")
     lst.set_defaults(func=_cmd_list)
@@ -214,7 +251,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sub.add_parser("quantize", help=QUANTIZE_HELP, add_help=False)
     sub.add_parser("bench", help="benchmark against llama.cpp and HF transformers; see `phi2cpu bench --help`",
                    add_help=False)
-    return top, {"run": run, "chat": chat, "info": info, "perplexity": ppl, "serve": srv,
+    return top, {"run": run, "chat": chat, "info": info, "perplexity": ppl, "serve": srv, "pull": pull,
                  "list": lst, "rm": rm}
 
 
@@ -561,6 +598,19 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
     print(f"windows: {res.n_windows} x {args.window} tokens, scored tokens: {res.n_scored}, "
           f"mean nll: {res.nll_mean:.6f}")
     print(f"ppl = {res.ppl:.4f}")
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from .hub import pull
+
+    def say(note: str) -> None:
+        if not args.quiet:
+            print(f"phi2cpu: {note}", file=sys.stderr, flush=True)
+
+    entry, _ = pull(args.source, args.type, name=args.name, revision=args.revision, force=args.force,
+                    progress=not args.quiet, say=say)
+    print(f"{entry.name}: {entry.type}, {_fmt_bytes(entry.size)}, {entry.path}")
     return 0
 
 

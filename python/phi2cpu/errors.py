@@ -17,6 +17,10 @@ class SamplingError(Phi2Error, ValueError):
     """An invalid sampling or generation parameter."""
 
 
+class DownloadError(Phi2Error):
+    """Getting a model from the hub failed: not found, unreachable, cut short, or not the bytes it should be."""
+
+
 def error_message(e: BaseException) -> str:
     """One line for the user: an OSError as 'path: reason', anything else as its text."""
     if isinstance(e, OSError) and e.filename is not None and e.strerror:

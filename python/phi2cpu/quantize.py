@@ -116,10 +116,14 @@ def _check_source(src: Path, out: Path, allow_requantize: bool) -> None:
 
 
 def _model_name(src: Path) -> str:
-    """general.name: kept from a GGUF source, else the checkpoint folder's name."""
+    """general.name: kept from a GGUF source, else the checkpoint folder's name (the repo's name for a
+    snapshot in the HF cache, .../models--OWNER--NAME/snapshots/COMMIT)."""
     if _is_gguf(src):
         return str(read_model_file(src).kv.get("general.name") or src.stem)
-    return src.resolve().name
+    folder = src.resolve()
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent.name.split("--")[-1]
+    return folder.name
 
 
 def _hf_source(path: Path):
