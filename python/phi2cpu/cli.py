@@ -71,6 +71,7 @@ examples:
   phi2cpu pull microsoft/phi-2                  # converted to q4_0, stored as phi-2:q4_0
   phi2cpu pull microsoft/phi-2 --type q4_k_m    # stored as phi-2:q4_k_m
   phi2cpu pull TheBloke/phi-2-GGUF:Q4_K_M       # a GGUF as it is, stored as thebloke/phi-2-gguf:q4_k_m
+  phi2cpu pull TheBloke/phi-2-GGUF/phi-2.Q5_K_M.gguf   # that one file, as it is
   phi2cpu run phi-2:q4_0 "Instruct: Explain gravity.\\nOutput:"
 
 From a checkpoint repo only config.json, tokenizer.json and the safetensors weights are fetched
