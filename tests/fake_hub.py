@@ -5,7 +5,8 @@ GET /api/models/{repo}/tree/{rev} (the file listing), and HEAD/GET /{repo}/resol
 X-Repo-Commit, ETag (the git blob id; for LFS files the sha256, also as X-Linked-Etag with
 X-Linked-Size), Content-Length and Range requests. It sends no Xet headers, so clients take the
 plain HTTP path. Knobs for the tests: `delay` (seconds per 64 KiB sent), `corrupt` (files served
-with one byte flipped under their true hash) and a log of every request."""
+with one byte flipped under their true hash), `drops` (a response cut off part-way, once) and a log
+of every request."""
 from __future__ import annotations
 
 import hashlib
@@ -49,6 +50,7 @@ class FakeHub:
     log: list[Request] = field(default_factory=list)
     delay: float = 0.0
     corrupt: set[str] = field(default_factory=set)   # "repo/file"
+    drops: dict[str, int] = field(default_factory=dict)  # "repo/file" -> cut the next GET off after N bytes
 
     def add_repo(self, repo_id: str, files: dict[str, bytes | Path], commit: Optional[str] = None) -> Repo:
         entries = {}
@@ -169,13 +171,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
+        stop = len(data)
+        if key in self.fake.drops:
+            stop = min(stop, start + self.fake.drops.pop(key))
         try:
-            for pos in range(start, len(data), CHUNK):
-                self.wfile.write(data[pos:pos + CHUNK])
+            for pos in range(start, stop, CHUNK):
+                self.wfile.write(data[pos:min(pos + CHUNK, stop)])
                 if self.fake.delay:
                     time.sleep(self.fake.delay)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (Ctrl-C)
+        self.close_connection = True
 
     def _json(self, obj) -> None:
         data = json.dumps(obj).encode()

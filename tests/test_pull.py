@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,7 @@ def env(fake, tmp_path) -> dict:
     fake.log.clear()
     fake.delay = 0.0
     fake.corrupt.clear()
+    fake.drops.clear()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     return {**base, "HF_HOME": str(tmp_path / "hf"), "PHI2CPU_HOME": str(tmp_path / "store"),
             "HF_ENDPOINT": fake.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -297,6 +299,16 @@ def test_corrupt_shard_is_deleted_and_never_enters_the_cache(fake, env):
     assert gets(fake) == [shard]                                 # the good files were kept
 
 
+def test_a_dropped_connection_is_resumed_in_the_same_pull(fake, env, ggufs):
+    fake.drops[f"{GGUF_REPO}/phi-2.Q4_0.gguf"] = 15 << 20
+    r = cli(env, "pull", f"{GGUF_REPO}:Q4_0")
+    assert r.returncode == 0, r.stderr
+    first, second = fake.requests("GET", "/resolve/")
+    resumed_at = int(re.fullmatch(r"bytes=(\d+)-", second.range)[1])
+    assert first.range is None and 0 < resumed_at <= 15 << 20
+    assert sha256(entry(env, "thebloke/phi-2-gguf:q4_0")) == sha256(ggufs["q4_0"])
+
+
 def test_ctrl_c_mid_download_then_the_next_pull_resumes(fake, env, ggufs):
     fake.delay = 0.02                                            # about 9 s for the whole file
     src = f"{GGUF_REPO}:Q4_0"
@@ -366,3 +378,32 @@ def test_huggingface_hub_is_imported_only_by_pull(env):
                "from phi2cpu.cli import main; sys.exit(main(['pull', 'microsoft/phi-2']))\n")
     r = subprocess.run([sys.executable, "-c", missing], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.strip() == "phi2cpu: error: pull needs huggingface_hub: pip install huggingface_hub"
+
+
+def test_downloads_show_progress_on_a_terminal(fake, env):
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal 120 columns wide
+    fake.delay = 0.002
+    proc = subprocess.Popen(phi2cpu_cmd("pull", f"{GGUF_REPO}:Q4_0"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=slave)
+    os.close(slave)
+    shown = b""
+    while select.select([master], [], [], 60)[0]:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:                                          # the command closed its end
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    bars = shown.decode(errors="replace").replace("\r", "\n").splitlines()
+    assert any(line.startswith("phi-2.Q4_0.gguf:") and "100%" in line and "28.1M/28.1M" in line for line in bars), \
+        shown[-2000:]

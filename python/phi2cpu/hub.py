@@ -208,13 +208,17 @@ def _get_bytes(rf: RemoteFile, partial: Path, have: int, progress: bool) -> None
         raise DownloadError(f"{rf.what}: the download broke off after {_partial_size(partial)} of {rf.size} "
                             f"bytes ({e}); run the same pull again to resume it") from None
     except OSError as e:
+        got = _partial_size(partial)
         if no_space_left(e, partial.parent):
-            raise DownloadError(f"{partial.parent}: no space left on the device after {_partial_size(partial)} of "
-                                f"{rf.size} bytes of {rf.what}; free some space and run the same pull again to "
-                                f"resume (the bytes so far are kept in {partial.name})") from None
-        if rf.size is not None and _partial_size(partial) > rf.size:
+            raise DownloadError(f"{partial.parent}: no space left on the device after {got} of {rf.size} bytes "
+                                f"of {rf.what}; free some space and run the same pull again to resume (the bytes "
+                                f"so far are kept in {partial.name})") from None
+        if e.errno is None and rf.size is not None and got != rf.size:  # the hub client's size check
+            if got < rf.size:
+                raise DownloadError(f"{rf.what}: the download stopped after {got} of {rf.size} bytes; run the "
+                                    "same pull again to resume it") from None
             partial.unlink(missing_ok=True)
-            raise DownloadError(f"{rf.what}: the hub sent more than the {rf.size} bytes it announced; the "
+            raise DownloadError(f"{rf.what}: the hub sent {got} bytes, not the {rf.size} it announced; the "
                                 "download was deleted") from None
         raise
 
