@@ -145,7 +145,8 @@ def test_cli_list_shows_name_type_size_date(stocked):
     assert header.split() == ["NAME", "TYPE", "SIZE", "MODIFIED"]
     size = phi2cpu.default_model_path().stat().st_size / 2**20
     assert row.split()[:4] == ["phi-2:q8_0", "Q8_0", f"{size:.2f}", "MiB"]
-    assert row.split()[4] == time.strftime("%Y-%m-%d")
+    modified = time.localtime(store.path_for("phi-2:q8_0").stat().st_mtime)
+    assert " ".join(row.split()[4:]) == time.strftime("%Y-%m-%d %H:%M", modified)
 
 
 def test_cli_list_empty_store(home):
