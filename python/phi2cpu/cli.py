@@ -452,7 +452,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     sampling = _sampling_options(args)
     model, load_s = _load_timed(args)
     session = ChatSession(model, system=system, max_tokens=args.max_tokens, stop=stop, **sampling)
-    title = f"phi2cpu chat: {os.path.basename(model.path)}, context {model.n_ctx} tokens."
+    from .store import name_of
+
+    title = f"phi2cpu chat: {name_of(model.path) or os.path.basename(model.path)}, context {model.n_ctx} tokens."
     return run_chat(session, title=title, quiet=args.quiet, verbose=args.verbose, write=_write,
                     timing=lambda stats, first: _timing_lines(model, load_s if first else None, stats))
 
