@@ -56,7 +56,7 @@ venv "$work/sdist-venv"
 (cd "$work" && "$work/sdist-venv/bin/python" -c 'import phi2cpu, phi2cpu._core; print("installed:", phi2cpu.__file__)')
 (cd "$work" && "$work/sdist-venv/bin/phi2cpu" run "def fib(n):" --max-tokens 8 && echo)
 set +e
-PATH=$work/sdist-venv/bin:$PATH "$work/sdist-venv/bin/python" -m pytest tests/test_kernels_cpp.py
+PATH=$work/sdist-venv/bin:$PATH "$work/sdist-venv/bin/python" -m pytest -rs tests/test_kernels_cpp.py
 kernels=$(pytest_status $?)
 set -e
 
