@@ -270,6 +270,32 @@ def test_prompt_toolkit_bracketed_paste_is_one_message(tmp_path):
     assert text == FUNCTION and message_text(text) == FUNCTION.rstrip("\n")
 
 
+def _loop_turns(texts) -> list:
+    """The messages a ChatLoop sends for what a reader returned."""
+    s, texts = fake_session(), iter(texts)
+
+    def read():
+        for text in texts:
+            return text
+        raise EOFError
+    ChatLoop(s, write=lambda piece: None).run(read)
+    return [u for u, _ in s.turns]
+
+
+def test_a_paste_that_starts_with_triple_quotes_is_sent_as_it_is(tmp_path):
+    """A pasted module opens with its docstring: Enter sends it, quotes and all (as ollama takes a paste),
+    rather than opening a \"\"\" block that eats the docstring's quotes. The trailing \"\"\" only closes the
+    block when the paste was wrongly taken for one."""
+    module = '"""Helpers for lists."""\nimport os\n\ndef f(x):\n    return x\n'
+    with prompt_on_pipe(tmp_path / "h") as read:
+        text = read(f"\x1b[200~{module}\x1b[201~\r" + '"""\r')
+    assert _loop_turns([text]) == [module.rstrip("\n")]
+    # typed quotes still open a block, and a paste inside it is part of the block
+    with prompt_on_pipe(tmp_path / "h") as read:
+        text = read('"""' + "\x1b[200~a\nb\n\x1b[201~" + '"""\r')
+    assert _loop_turns([text]) == ["a\nb"]
+
+
 def test_prompt_toolkit_triple_quotes_and_history(tmp_path):
     hist = tmp_path / "state" / "chat_history"
     with prompt_on_pipe(hist) as read:

@@ -50,10 +50,15 @@ def is_open_block(text: str) -> bool:
     return not body[len(QUOTES):].rstrip().endswith(QUOTES)
 
 
+class Pasted(str):
+    """A message that began with a paste: taken as it is, \"\"\" and all (a pasted module may open with
+    its docstring)."""
+
+
 def message_text(text: str) -> str:
     """The message in what was read: a \"\"\" block without its quotes, else the text itself."""
     body = text.strip()
-    if body.startswith(QUOTES):
+    if body.startswith(QUOTES) and not isinstance(text, Pasted):
         body = body[len(QUOTES):]
         if body.rstrip().endswith(QUOTES):
             body = body.rstrip()[:-len(QUOTES)]
@@ -281,29 +286,43 @@ def line_reader(stream: TextIO, prompt: Optional[TextIO] = None) -> Callable[[],
 
 def prompt_reader(history: Optional[Path], input=None, output=None) -> Callable[[], str]:
     """Messages from a prompt_toolkit prompt: Enter sends, except inside an open \"\"\" block,
-    where it starts a new line; a bracketed paste lands in the line whole."""
+    where it starts a new line; a bracketed paste lands in the line whole. A message that starts
+    with a paste is never a \"\"\" block: it comes back as Pasted."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.application.current import get_app
     from prompt_toolkit.formatted_text import FormattedText
     from prompt_toolkit.history import InMemoryHistory
     from prompt_toolkit.key_binding import KeyBindings
+    from prompt_toolkit.keys import Keys
 
     keys = KeyBindings()
+    pasted = [False]   # this message began with a paste
 
     @keys.add("enter")
     def _enter(event) -> None:
         buf = event.current_buffer
-        if is_open_block(buf.text):
+        if not pasted[0] and is_open_block(buf.text):
             buf.insert_text("\n")
         else:
             buf.validate_and_handle()
+
+    @keys.add(Keys.BracketedPaste)
+    def _paste(event) -> None:
+        buf = event.current_buffer
+        pasted[0] = pasted[0] or not buf.text
+        buf.insert_text(event.data.replace("\r\n", "\n").replace("\r", "\n"))  # as prompt_toolkit's own
 
     def placeholder():  # gone once the line is accepted or dropped, so it never stays on the screen
         return [] if get_app().is_done else FormattedText([("fg:ansibrightblack", "Send a message (/help for help)")])
 
     session = PromptSession(history=_history(history) if history else InMemoryHistory(), key_bindings=keys,
                             prompt_continuation="... ", input=input, output=output, placeholder=placeholder)
-    return lambda: session.prompt(">>> ")
+
+    def read() -> str:
+        pasted[0] = False
+        text = session.prompt(">>> ")
+        return Pasted(text) if pasted[0] else text
+    return read
 
 
 def _history(path: Path):
