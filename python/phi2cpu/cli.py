@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from typing import Optional, Sequence
 
+from . import server_limits as limits
 from .cliargs import MAX_THREADS, place_positionals, thread_count, unescape, warn_threads
 from .errors import Phi2Error, SamplingError, error_message
 from .generate import STOP_CONTEXT, generate
@@ -108,6 +110,16 @@ def _positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
     return n
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return x
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -213,6 +225,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="model id clients pass as `model` (default: the file name without .gguf)")
     srv.add_argument("--max-queue", type=_positive_int, default=64, metavar="N",
                      help="requests allowed to wait for the model before answering 503 (default: 64)")
+    srv.add_argument("--max-body-bytes", type=_positive_int, default=limits.DEFAULT_MAX_BODY_BYTES, metavar="N",
+                     help="largest request body; larger ones get 413 (default: %(default)s = 1 MiB)")
+    srv.add_argument("--read-timeout", type=_positive_seconds, default=limits.DEFAULT_READ_TIMEOUT,
+                     metavar="SECONDS", help="a request's line, headers and body must arrive within this; "
+                                             "else 408 and the connection is closed (default: %(default)g)")
     srv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                      help="server log level (default: info)")
     _engine_args(srv, ctx=False)
@@ -482,7 +499,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               f"{model.threads} threads); Ctrl-C stops", file=sys.stderr, flush=True)
 
     serve(model, name, host=args.host, port=args.port, log_level=args.log_level,
-          max_queue=args.max_queue, on_listen=listening)
+          max_queue=args.max_queue, on_listen=listening, max_body_bytes=args.max_body_bytes,
+          read_timeout=args.read_timeout)
     return 0
 
 

@@ -6,12 +6,13 @@ Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with SS
 One model has one KV cache, so requests never run at the same time: every generation is a job
 on a single worker thread, taken first come, first served. Each job starts from an empty cache
 (`generate_tokens` resets it), so no request can see another's tokens. The event loop only
-parses, validates, tokenizes and relays text, so ``/health`` answers while a job runs (the engine
-releases the GIL inside its forward pass). A client that disconnects cancels its job, between two
+parses, validates and relays text; prompts are tokenized on a thread of their own (the tokenizer
+and the engine's forward pass both release the GIL), so ``/health`` answers while either runs. A client that disconnects cancels its job, between two
 tokens if it is running or before it starts if it is still waiting.
 
 Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: invalid fields
-are 400, an unknown model is 404, a full queue is 503.
+are 400, an unknown model is 404, a body over the size limit is 413, a request that does not
+arrive within the read timeout is 408, a full queue is 503 (limits: :mod:`phi2cpu.server_limits`).
 """
 from __future__ import annotations
 
@@ -35,11 +36,15 @@ from .errors import Phi2Error
 from .generate import STOP_EOS, STOP_STRING, GenerationStats, TextStream, generate_tokens
 from .prompts import get_format, messages_prompt
 from .sampling import SAMPLING_OPTIONS, SamplingParams
+from .server_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT, RequestLimits, timed_h11_protocol
 from .tokenizer import check_text
 
 MAX_STOP_STRINGS = 4          # as OpenAI's API
 MAX_PROMPTS = 16              # prompts in one /v1/completions request
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+MAX_INT = 2 ** 63 - 1         # integer fields are int64, as OpenAI's
+MAX_SEED = 2 ** 64 - 1
+TOKENIZER_WORD_CACHE = 1000   # words; the library's 10,000 kept ~25 MB after prompts of random words
 
 # request fields beyond temperature/top_p/top_k/seed -> (the value that means "off", lo, hi)
 _OPTIONAL_SAMPLING = {
@@ -82,17 +87,24 @@ def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open
         return default
     if not (_is_number(v) and math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi):
         interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-        raise _bad(f"{name} must be a number in {interval}, got {v!r}", name)
+        raise _bad(f"{name} must be a number in {interval}, got {_short(v)}", name)
     return float(v)
 
 
-def _integer(body: dict, name: str, default: Optional[int], lo: int) -> Optional[int]:
+def _integer(body: dict, name: str, default: Optional[int], lo: int, hi: int = MAX_INT) -> Optional[int]:
     v = body.get(name)
     if v is None:
         return default
-    if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
-        raise _bad(f"{name} must be an integer >= {lo}, got {v!r}", name)
+    if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+        bounds = f">= {lo}" if hi == MAX_INT else f"in [{lo}, {hi}]"
+        raise _bad(f"{name} must be an integer {bounds}, got {_short(v)}", name)
     return v
+
+
+def _short(v: object, limit: int = 60) -> str:
+    """repr of a client's value, cut short: an error message must not echo a megabyte back."""
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit] + "..."
 
 
 def _boolean(body: dict, name: str, default: bool) -> bool:
@@ -100,7 +112,7 @@ def _boolean(body: dict, name: str, default: bool) -> bool:
     if v is None:
         return default
     if not isinstance(v, bool):
-        raise _bad(f"{name} must be true or false, got {v!r}", name)
+        raise _bad(f"{name} must be true or false, got {_short(v)}", name)
     return v
 
 
@@ -117,7 +129,7 @@ def _stop_strings(body: dict) -> List[str]:
         return []
     stops = [v] if isinstance(v, str) else v
     if not (isinstance(stops, list) and all(isinstance(s, str) and s for s in stops)):
-        raise _bad(f"stop must be a non-empty string or a list of them, got {v!r}", "stop")
+        raise _bad(f"stop must be a non-empty string or a list of them, got {_short(v)}", "stop")
     if len(stops) > MAX_STOP_STRINGS:
         raise _bad(f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(stops)}", "stop")
     return [_text(s, "stop") for s in stops]
@@ -128,17 +140,16 @@ def _logit_bias(body: dict, n_vocab: int) -> Dict[int, float]:
     if v is None:
         return {}
     if not isinstance(v, dict):
-        raise _bad(f"logit_bias must be an object mapping token ids to numbers, got {v!r}", "logit_bias")
+        raise _bad(f"logit_bias must be an object mapping token ids to numbers, got {_short(v)}", "logit_bias")
     out: Dict[int, float] = {}
     for key, bias in v.items():
-        try:
-            tok = int(key)
-        except ValueError:
-            raise _bad(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+        if not (key.isascii() and key.isdigit() and len(key) <= 10):
+            raise _bad(f"logit_bias keys must be token ids, got {_short(key)}", "logit_bias")
+        tok = int(key)
         if not 0 <= tok < n_vocab:
             raise _bad(f"logit_bias token id {tok} is outside 0..{n_vocab - 1}", "logit_bias")
         if not (_is_number(bias) and -100 <= bias <= 100):
-            raise _bad(f"logit_bias values must be numbers in [-100, 100], got {bias!r} for {key}",
+            raise _bad(f"logit_bias values must be numbers in [-100, 100], got {_short(bias)} for {key}",
                        "logit_bias")
         out[tok] = float(bias)
     return out
@@ -146,12 +157,10 @@ def _logit_bias(body: dict, n_vocab: int) -> Dict[int, float]:
 
 def _reject_unsupported(body: dict, chat: bool) -> None:
     """Fields whose non-default values this server cannot honour: refuse rather than ignore."""
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise _bad(f"n must be 1: this server returns one choice per prompt, got {n!r}", "n")
-    if body.get("echo") not in (None, False):
+    _check_n(body)
+    if _boolean(body, "echo", False):
         raise _bad("echo is not supported", "echo")
-    if body.get("best_of") not in (None, 1):
+    if _integer(body, "best_of", 1, 1) != 1:
         raise _bad("best_of is not supported (only 1)", "best_of")
     if body.get("suffix") not in (None, ""):
         raise _bad("suffix is not supported", "suffix")
@@ -166,6 +175,36 @@ def _reject_unsupported(body: dict, chat: bool) -> None:
             raise _bad("response_format other than {\"type\": \"text\"} is not supported", "response_format")
 
 
+def _check_n(body: dict) -> None:
+    n = body.get("n")
+    if n is None:
+        return
+    if not (isinstance(n, int) and not isinstance(n, bool)):
+        raise _bad(f"n must be an integer, got {_short(n)}", "n")
+    if n != 1:
+        raise _bad(f"n must be 1: this server returns one choice per prompt, got {n}", "n")
+
+
+def _check_model_field(body: dict) -> Optional[str]:
+    name = body.get("model")
+    if name is not None and not isinstance(name, str):
+        raise _bad(f"model must be a string, got {_short(name)}", "model")
+    return name
+
+
+def _stream_flags(body: dict) -> Tuple[bool, bool]:
+    """(stream, include_usage). OpenAI refuses stream_options without stream; so does this."""
+    stream = _boolean(body, "stream", False)
+    opts = body.get("stream_options")
+    if opts is None:
+        return stream, False
+    if not stream:
+        raise _bad("stream_options is only allowed when stream is true", "stream_options")
+    if not isinstance(opts, dict):
+        raise _bad("stream_options must be an object", "stream_options")
+    return stream, _boolean(opts, "include_usage", False)
+
+
 def _sampling(body: dict, n_vocab: int) -> SamplingParams:
     """SamplingParams from OpenAI's fields (with OpenAI's defaults: temperature 1, top_p 1, no
     min_p, no penalties) and the common extensions top_k, min_p, repeat_penalty and
@@ -174,7 +213,7 @@ def _sampling(body: dict, n_vocab: int) -> SamplingParams:
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         "top_k": _integer(body, "top_k", 0, 0),
-        "seed": _integer(body, "seed", None, 0),
+        "seed": _integer(body, "seed", None, 0, MAX_SEED),
     }
     last_n = _integer(body, "penalty_last_n", None, 0)
     if last_n is not None:
@@ -221,7 +260,7 @@ def chat_prompt(messages: object) -> Tuple[str, List[str]]:
             raise _bad(f"messages[{i}] must be an object with a role", f"messages[{i}]")
         role = msg["role"]
         if role not in CHAT_ROLES:
-            raise _bad(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, got {role!r}",
+            raise _bad(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, got {_short(role)}",
                        f"messages[{i}].role")
         plain.append({"role": "system" if role == "developer" else role, "content": _message_text(msg, i)})
     try:
@@ -381,11 +420,13 @@ async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
 
 
 async def _read_body(request: Request) -> dict:
-    raw = await request.body()
+    raw = await request.body()  # size and depth are bounded by RequestLimits
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise _bad(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise _bad("the request body nests arrays and objects too deep") from None
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
     return body
@@ -393,18 +434,30 @@ async def _read_body(request: Request) -> dict:
 
 # --- the app ---------------------------------------------------------------------------------
 
-def create_app(model, model_name: str, max_queue: int = 64) -> FastAPI:
-    """A FastAPI app serving `model` (a loaded :class:`phi2cpu.Model`) under the id `model_name`."""
+def _error_body(status: int, message: str, code: Optional[str] = None) -> dict:
+    return APIError(status, message, code=code).body()
+
+
+def create_app(model, model_name: str, max_queue: int = 64,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """A FastAPI app serving `model` (a loaded :class:`phi2cpu.Model`) under the id `model_name`.
+    Request bodies over `max_body_bytes` are refused with 413."""
     engine = Engine(model, max_queue=max_queue)
     created = int(time.time())
     n_vocab = min(model.tokenizer.n_vocab, model.config.n_vocab)
+    model.tokenizer.limit_word_cache(TOKENIZER_WORD_CACHE)
+    # a prompt of more bytes than this cannot fit the context, so it is refused untokenized
+    max_prompt_bytes = (model.n_ctx - 1) * model.tokenizer.max_token_bytes
+    tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi2cpu-tokenize")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         engine.shutdown()
+        tokenize_pool.shutdown(wait=True)
 
     app = FastAPI(title="phi2cpu", description="OpenAI-compatible API for a Phi-2 model", lifespan=lifespan)
+    app.add_middleware(RequestLimits, error_body=_error_body, max_body_bytes=max_body_bytes)
     app.state.engine = engine
     app.state.model_name = model_name
 
@@ -425,16 +478,22 @@ def create_app(model, model_name: str, max_queue: int = 64) -> FastAPI:
         return {"id": model_name, "object": "model", "created": created, "owned_by": "phi2cpu"}
 
     def check_model(body: dict) -> None:
-        name = body.get("model")
+        name = _check_model_field(body)
         if name is None:
             return
         if name != model_name:
-            raise APIError(404, f"the model {name!r} does not exist; this server serves {model_name!r}",
+            raise APIError(404, f"the model {_short(name)} does not exist; this server serves {model_name!r}",
                            param="model", code="model_not_found")
 
-    def token_ids(prompt: str, param: str) -> List[int]:
-        ids = model.tokenizer.encode(_text(prompt, param)) or [model.tokenizer.eos_id]
-        return ids
+    async def token_ids(prompt: str, param: str) -> List[int]:
+        n_bytes = len(_text(prompt, param).encode("utf-8"))
+        if n_bytes > max_prompt_bytes:
+            raise _bad(f"the prompt is {n_bytes} bytes, more than {model.n_ctx - 1} tokens of at most "
+                       f"{model.tokenizer.max_token_bytes} bytes each; the context holds {model.n_ctx} tokens "
+                       f"and must leave room to generate", param, code="context_length_exceeded")
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(tokenize_pool, lambda: model.tokenizer.encode(prompt, release_gil=True))
+        return ids or [model.tokenizer.eos_id]
 
     def check_length(ids: List[int], param: str) -> None:
         if len(ids) + 1 > model.n_ctx:
@@ -442,7 +501,7 @@ def create_app(model, model_name: str, max_queue: int = 64) -> FastAPI:
                        f"leaves no room to generate (shorten the prompt or start the server with a larger "
                        f"--ctx-size)", param, code="context_length_exceeded")
 
-    def completion_prompts(body: dict) -> List[List[int]]:
+    async def completion_prompts(body: dict) -> List[List[int]]:
         if "prompt" not in body or body["prompt"] is None:
             raise _bad("prompt is required", "prompt")
         p = body["prompt"]
@@ -459,7 +518,7 @@ def create_app(model, model_name: str, max_queue: int = 64) -> FastAPI:
         out = []
         for item in items:
             if isinstance(item, str):
-                ids = token_ids(item, "prompt")
+                ids = await token_ids(item, "prompt")
             elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool)
                                                           for t in item):
                 if not all(0 <= t < n_vocab for t in item):
@@ -471,17 +530,7 @@ def create_app(model, model_name: str, max_queue: int = 64) -> FastAPI:
             out.append(ids)
         return out
 
-    def stream_options(body: dict) -> bool:
-        opts = body.get("stream_options")
-        if opts is None:
-            return False
-        if not isinstance(opts, dict):
-            raise _bad("stream_options must be an object", "stream_options")
-        return _boolean(opts, "include_usage", False)
-
-    async def respond(request: Request, body: dict, job: Job, chat: bool):
-        stream = _boolean(body, "stream", False)
-        include_usage = stream_options(body) if stream else False
+    async def respond(request: Request, job: Job, chat: bool, stream: bool, include_usage: bool):
         engine.check_capacity()
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         now = int(time.time())
@@ -556,7 +605,7 @@ def create_app(model, model_name: str, max_queue: int = 64) -> FastAPI:
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict:
         if model_id != model_name:
-            raise APIError(404, f"the model {model_id!r} does not exist; this server serves {model_name!r}",
+            raise APIError(404, f"the model {_short(model_id)} does not exist; this server serves {model_name!r}",
                            param="model", code="model_not_found")
         return model_card()
 
@@ -567,8 +616,9 @@ def create_app(model, model_name: str, max_queue: int = 64) -> FastAPI:
         _reject_unsupported(body, chat=False)
         params = _sampling(body, n_vocab)
         max_tokens = _integer(body, "max_tokens", DEFAULT_COMPLETION_TOKENS, 1)
-        job = Job(completion_prompts(body), params, max_tokens, _stop_strings(body))
-        return await respond(request, body, job, chat=False)
+        stops, flags = _stop_strings(body), _stream_flags(body)
+        job = Job(await completion_prompts(body), params, max_tokens, stops)
+        return await respond(request, job, False, *flags)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -578,20 +628,24 @@ def create_app(model, model_name: str, max_queue: int = 64) -> FastAPI:
         params = _sampling(body, n_vocab)
         max_tokens = _integer(body, "max_completion_tokens", None, 1)
         max_tokens = _integer(body, "max_tokens", max_tokens, 1)
+        stops, flags = _stop_strings(body), _stream_flags(body)
         prompt, chat_stops = chat_prompt(body.get("messages"))
-        ids = token_ids(prompt, "messages")
+        ids = await token_ids(prompt, "messages")
         check_length(ids, "messages")
         # no limit given: until the reply ends or the context is full
-        job = Job([ids], params, max_tokens or model.n_ctx, _stop_strings(body) + chat_stops, lstrip=True)
-        return await respond(request, body, job, chat=True)
+        job = Job([ids], params, max_tokens or model.n_ctx, stops + chat_stops, lstrip=True)
+        return await respond(request, job, True, *flags)
 
     return app
 
 
 def serve(model, model_name: str, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          max_queue: int = 64, on_listen: Optional[Callable[[str], None]] = None) -> None:
+          max_queue: int = 64, on_listen: Optional[Callable[[str], None]] = None,
+          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
     """Serve `model` with uvicorn until interrupted. The socket is bound and listening before
-    `on_listen(url)` is called (port 0 picks a free port), so the URL is usable at once."""
+    `on_listen(url)` is called (port 0 picks a free port), so the URL is usable at once. A request
+    whose line, headers and body do not all arrive within `read_timeout` seconds gets a 408 and its
+    connection is closed."""
     import socket
 
     import uvicorn
@@ -611,8 +665,9 @@ def serve(model, model_name: str, host: str = "127.0.0.1", port: int = 8000, log
     sock.listen(128)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
-    config = uvicorn.Config(create_app(model, model_name, max_queue=max_queue), log_level=log_level,
-                            timeout_graceful_shutdown=5)
+    app = create_app(model, model_name, max_queue=max_queue, max_body_bytes=max_body_bytes)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
+                            http=timed_h11_protocol(read_timeout, _error_body))
     server = uvicorn.Server(config)
     if on_listen is not None:
         on_listen(f"http://{shown}:{bound_port}")

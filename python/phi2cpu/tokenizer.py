@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as _HFTokenizer
@@ -70,6 +70,7 @@ class Tokenizer:
             raise ModelFileError(f"{source}: tokenizer has no {EOS_TOKEN} token")
         self.eos_id: int = eos
         self._bytes_cache: dict[int, bytes] = {}
+        self._max_token_bytes: Optional[int] = None
 
     # -- construction -------------------------------------------------------------------------
 
@@ -140,9 +141,28 @@ class Tokenizer:
 
     # -- use ----------------------------------------------------------------------------------
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, release_gil: bool = False) -> list[int]:
+        """Token ids of `text`. With `release_gil`, other Python threads run while it tokenizes
+        (a server's event loop stays responsive during a long prompt); the ids are the same."""
         check_text(text)
+        if release_gil:  # the library's single-text encode holds the GIL; its batch call does not
+            return self._hf.encode_batch([text], add_special_tokens=False)[0].ids
         return self._hf.encode(text, add_special_tokens=False).ids
+
+    @property
+    def max_token_bytes(self) -> int:
+        """The most bytes one token stands for: a text of B UTF-8 bytes has at least
+        B / max_token_bytes tokens."""
+        if self._max_token_bytes is None:
+            self._max_token_bytes = max(len(self.token_bytes(i)) for i in range(self.n_vocab))
+        return self._max_token_bytes
+
+    def limit_word_cache(self, words: int) -> None:
+        """Keep at most `words` tokenized words cached. The library's default (10,000 words) holds
+        memory for the life of the process after prompts full of long distinct words."""
+        resize = getattr(self._hf.model, "_resize_cache", None)
+        if resize is not None:
+            resize(words)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`, special tokens included; invalid UTF-8 becomes U+FFFD."""

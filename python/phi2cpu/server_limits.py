@@ -1,0 +1,183 @@
+"""Limits that keep one hostile or broken client from costing the server time or memory.
+
+- `RequestLimits`: an ASGI middleware that reads each request body up to a byte limit (413 above
+  it: a Content-Length that declares more is refused before any byte is read, a chunked body as
+  soon as it grows past the limit) and refuses JSON nested deeper than a small limit before
+  anything parses it (400). The app then receives the body as one message.
+- `timed_h11_protocol`: uvicorn's HTTP/1.1 protocol with a read deadline: a request's line,
+  headers and body must all arrive within `read_timeout` seconds of the connection opening (or of
+  the previous response ending), else the client gets a 408 and the connection is closed. uvicorn
+  alone closes idle keep-alive connections but waits forever for a request that trickles in.
+- `release_memory`: hands freed heap pages back to the OS after a large request.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import json
+import re
+from itertools import accumulate
+from typing import Callable, Optional
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full 2048-token context is tens of KB even as JSON
+MAX_JSON_DEPTH = 32               # chat content parts need 5; json.loads recurses ~1000 deep
+DEFAULT_READ_TIMEOUT = 20.0       # seconds for one request's line, headers and body
+LARGE_BODY_BYTES = 64 << 10       # after a body this large, freed memory goes back to the OS
+
+ErrorBody = Callable[[int, str, Optional[str]], dict]  # (status, message, code) -> OpenAI's error object
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # a JSON string, escapes included
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 and -1 as signed bytes
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in the JSON text `raw`, without parsing it. Exact for valid
+    JSON; for invalid JSON it may count too deep past the first error, never too shallow before it,
+    so a parser that recurses on the valid prefix never goes deeper than this says."""
+    brackets = _STRING.sub(b"", raw).translate(_BRACKET_STEP, _NOT_BRACKET)
+    return max(accumulate(memoryview(brackets).cast("b")), default=0)
+
+
+class RequestLimits:
+    """ASGI middleware: body size and JSON depth limits, checked before the app sees the request."""
+
+    def __init__(self, app, error_body: ErrorBody, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 max_json_depth: int = MAX_JSON_DEPTH):
+        self.app = app
+        self.error_body = error_body
+        self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await self._refuse(send, 413, f"the request body is {declared} bytes; this server takes at most "
+                                          f"{self.max_body_bytes} (--max-body-bytes)", "request_too_large")
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away (or was timed out) before sending its body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._refuse(send, 413, f"the request body is over {self.max_body_bytes} bytes, the most "
+                                              f"this server takes (--max-body-bytes)", "request_too_large")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        del chunks
+        if body:
+            depth = json_depth(body)
+            if depth > self.max_json_depth:
+                await self._refuse(send, 400, f"the request body nests arrays and objects {depth} deep; at most "
+                                              f"{self.max_json_depth} levels are allowed", "json_too_deep")
+                return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later calls watch for a disconnect
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            if size >= LARGE_BODY_BYTES:
+                del body
+                await asyncio.get_running_loop().run_in_executor(None, release_memory)
+
+    async def _refuse(self, send, status: int, message: str, code: str) -> None:
+        data = json.dumps(self.error_body(status, message, code)).encode()
+        # Connection: close, as the rest of the body is not read
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data)),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": data})
+
+
+def _content_length(scope) -> Optional[int]:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the HTTP layer refuses malformed lengths itself
+    return None
+
+
+def timed_h11_protocol(read_timeout: float, error_body: ErrorBody) -> type:
+    """uvicorn's h11 protocol class with a per-request read deadline of `read_timeout` seconds."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    payload = json.dumps(error_body(408, f"the request did not arrive within {read_timeout:g} seconds "
+                                         f"(--read-timeout)", "request_timeout")).encode()
+    timeout_response = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(payload)) + payload
+
+    class TimedH11Protocol(H11Protocol):
+        _read_deadline: Optional[asyncio.TimerHandle] = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE and self.conn.their_state is not h11.SEND_BODY:
+                self._disarm()  # the whole request is in
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
+                self._arm()  # the next request on this connection gets its own deadline
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._read_deadline = self.loop.call_later(read_timeout, self._read_timed_out)
+
+        def _disarm(self) -> None:
+            if self._read_deadline is not None:
+                self._read_deadline.cancel()
+                self._read_deadline = None
+
+        def _read_timed_out(self) -> None:
+            self._read_deadline = None
+            if self.transport.is_closing():
+                return
+            if self.conn.our_state is h11.IDLE:  # no response begun: say why before closing
+                self.transport.write(timeout_response)
+            self.transport.close()
+
+    return TimedH11Protocol
+
+
+_trim: Optional[Callable[[int], int]] = None
+
+
+def release_memory() -> None:
+    """Return free heap memory to the OS (glibc's malloc_trim; nothing elsewhere). Large requests
+    leave freed pages in the allocator's arenas, which would keep the process's RSS high."""
+    global _trim
+    if _trim is None:
+        try:
+            _trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            _trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc
+            _trim = lambda pad: 0  # noqa: E731
+    _trim(0)
