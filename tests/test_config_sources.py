@@ -113,6 +113,14 @@ def test_remote_code_semantics():
     assert PhiConfig.from_hf(alias) == PhiConfig(n_ctx_train=4096)
 
 
+def test_remote_code_config_with_model_type_phi():
+    """Microsoft's remote code wrote model_type "phi" (n_embd, n_head, rotary_dim ...) before it was
+    renamed phi-msft; those keys mean what they mean there, not transformers' defaults."""
+    assert PhiConfig.from_hf(with_(PHI2_MSFT, model_type="phi")) == PhiConfig()
+    cfg = PhiConfig.from_hf(with_(PHI2_MSFT, model_type="phi", rotary_dim=16, vocab_size=50257, n_inner=None))
+    assert (cfg.n_rot, cfg.n_vocab, cfg.n_ff) == (16, 50304, 4 * 2560)
+
+
 def test_mixformer_architecture():
     blk = {"block_cls": "parallel", "mixer": {"rotary_dim": 24, "flash_attn": True}, "mlp": {"mlp_cls": "fused_mlp"}}
     cfg = PhiConfig.from_hf(with_(PHI2_MIXFORMER, architecture=[blk] * 3, n_layer=...))

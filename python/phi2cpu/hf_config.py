@@ -3,7 +3,8 @@
 Sources, told apart by model_type:
 - "phi": transformers 4.x (partial_rotary_factor, rope_theta and rope_scaling at the top level)
   and 5.x (a `rope_parameters` dict with rope_type, rope_theta and partial_rotary_factor).
-- "phi-msft": Microsoft's remote-code PhiConfig (n_embd, n_head, n_head_kv, n_inner, rotary_dim, ...).
+- "phi-msft": Microsoft's remote-code PhiConfig (n_embd, n_head, n_head_kv, n_inner, rotary_dim, ...);
+  its first releases said "phi", told apart from transformers' "phi" by n_embd without hidden_size.
 - "mixformer-sequential": the older remote code; the same n_* keys plus an `architecture` block spec.
 
 Every value that changes the math comes from the file, or from the source's own rule (remote
@@ -96,12 +97,15 @@ class _Reader:
 def source_format(cfg: Mapping[str, Any], source: str) -> str:
     model_type = cfg.get("model_type")
     archs = cfg.get("architectures") or []
-    if model_type in ("phi", "phi-msft", "mixformer-sequential"):
+    remote_keys = "n_embd" in cfg and "hidden_size" not in cfg
+    if model_type == "phi":  # also the remote code's own name before it became phi-msft
+        return "phi-msft" if remote_keys else "phi"
+    if model_type in ("phi-msft", "mixformer-sequential"):
         return model_type
     if model_type is None and "MixFormerSequentialForCausalLM" in archs:
         return "mixformer-sequential"
     if model_type is None and "PhiForCausalLM" in archs:  # both transformers and phi-msft use this class name
-        return "phi-msft" if "n_embd" in cfg and "hidden_size" not in cfg else "phi"
+        return "phi-msft" if remote_keys else "phi"
     raise ModelFileError(f"{source}: not a Phi-2 config (model_type={model_type!r}, architectures={archs!r})")
 
 
