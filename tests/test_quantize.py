@@ -248,6 +248,19 @@ def test_upper_case_type_names(ckpt, tmp_path, capsys):
     assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "x.gguf").exists()
 
 
+def test_type_as_the_third_positional_like_llama_quantize(ckpt, tmp_path, capsys):
+    """`llama-quantize IN OUT Q4_K_M`: TYPE may follow OUT; with --type too, the two must agree."""
+    assert main([str(ckpt), str(tmp_path / "m.gguf"), "Q4_K_M", "--quiet"]) == 0
+    assert read_model_file(tmp_path / "m.gguf").kv["general.file_type"] == 15
+    assert main([str(ckpt), str(tmp_path / "same.gguf"), "q4_0", "--type", "Q4_0", "--quiet"]) == 0
+    with pytest.raises(SystemExit):
+        main([str(ckpt), str(tmp_path / "x.gguf"), "q4_0", "--type", "q8_0"])
+    assert "TYPE q4_0 and --type q8_0 differ" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(ckpt), str(tmp_path / "x.gguf"), "Q3_K"])
+    assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "x.gguf").exists()
+
+
 def test_requantize_needs_allow_requantize(quantized, tmp_path, capsys):
     for q in ("q8_0", "q4_0"):
         out = tmp_path / f"re-{q}.gguf"

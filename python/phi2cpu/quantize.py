@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None, prog: str = "tools/quantize.py") -> int:
   {prog} phi-2/ phi-2.q4_0.gguf --type q4_0        # smallest and fastest to decode
   {prog} phi-2/ phi-2.q4_k_m.gguf --type q4_k_m    # about the same size, lower quality loss
   {prog} phi-2.f16.gguf phi-2.q8_0.gguf --type Q8_0  # from an F16 GGUF; type names are case-blind
+  {prog} phi-2.f16.gguf phi-2.q4_k_m.gguf Q4_K_M     # TYPE after OUT, as llama-quantize takes it
 
 Norms and biases stay F32; in q4_0 files lm_head is Q8_0. With the K types, matrices whose rows are
 not a multiple of 256 values fall back to Q8_0. The file is written to a temporary name and
@@ -189,15 +190,19 @@ renamed at the end, so an interrupted run leaves no partial OUT. A GGUF that is 
 is refused unless --allow-requantize (each rounding adds error); OUT == SRC is always refused.""")
     ap.add_argument("src", help="Hugging Face checkpoint directory, or an existing phi2 GGUF file")
     ap.add_argument("out", help="output .gguf path")
-    ap.add_argument("--type", dest="qtype", type=str.lower, choices=list(QTYPES), default="q8_0",
+    ap.add_argument("type", nargs="?", type=str.lower, choices=list(QTYPES), metavar="TYPE",
+                    help="the weight type, in place of --type (as llama-quantize takes it)")
+    ap.add_argument("--type", dest="qtype", type=str.lower, choices=list(QTYPES), default=None,
                     help="weight type for the block matrices (default q8_0; f32 is for tests; "
                          "q4_k_m/q5_k_m keep ffn_down and lm_head in Q6_K)")
     ap.add_argument("--allow-requantize", action="store_true",
                     help="accept a source GGUF whose weights are already quantized (Q8_0, Q4_K, ...)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
+    if args.type and args.qtype and args.type != args.qtype:
+        ap.error(f"TYPE {args.type} and --type {args.qtype} differ; give one")
     try:
-        s = quantize(args.src, args.out, args.qtype, progress=not args.quiet,
+        s = quantize(args.src, args.out, args.type or args.qtype or "q8_0", progress=not args.quiet,
                      allow_requantize=args.allow_requantize)
     except (Phi2Error, OSError) as e:
         print(f"{prog.split()[0]}: error: {error_message(e)}", file=sys.stderr)
