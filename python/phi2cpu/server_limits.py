@@ -160,7 +160,7 @@ def timed_h11_protocol(read_timeout: float, error_body: ErrorBody) -> type:
             self._read_deadline = None
             if self.transport.is_closing():
                 return
-            if self.conn.our_state is h11.IDLE:  # no response begun: say why before closing
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no response begun: say why
                 self.transport.write(timeout_response)
             self.transport.close()
 

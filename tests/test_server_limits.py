@@ -1,0 +1,429 @@
+"""`phi2cpu serve` against hostile clients, over loopback: bodies over the size limit, JSON nested
+too deep, loosely typed fields, clients that trickle bytes, and prompts large enough to stall the
+event loop or to leave memory behind."""
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import random
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the server needs fastapi: pip install \"phi2cpu[server]\"")
+pytest.importorskip("uvicorn", reason="the server needs uvicorn: pip install \"phi2cpu[server]\"")
+
+import phi2cpu  # noqa: E402
+from phi2cpu.server_limits import DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth  # noqa: E402
+
+CTX = 2048
+READ_TIMEOUT = 2.0  # seconds; the default is 20, shortened so the slow-client tests end quickly
+LIMIT = DEFAULT_MAX_BODY_BYTES  # the server runs with the documented default
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, host: str, port: int):
+        self.proc, self.host, self.port = proc, host, port
+
+    def request(self, method: str, path: str, body: object = None, raw: bytes = None) -> tuple:
+        """(status, parsed JSON body, seconds taken) over a fresh connection."""
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        t = time.monotonic()
+        try:
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            payload = r.read()
+            return r.status, json.loads(payload), time.monotonic() - t
+        finally:
+            conn.close()
+
+    def post(self, body: object = None, raw: bytes = None, path: str = "/v1/completions") -> tuple:
+        status, payload, _ = self.request("POST", path, body, raw)
+        return status, payload
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS line")
+
+    def connect(self) -> socket.socket:
+        s = socket.create_connection((self.host, self.port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+
+def _start() -> Server:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phi2cpu", "serve", "--port", "0", "--threads", "1", "--ctx-size", str(CTX),
+         "--read-timeout", str(READ_TIMEOUT), "--log-level", "warning"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    url, seen, deadline = None, [], time.monotonic() + 60
+    while url is None and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if line.startswith("phi2cpu: serving ") and " at http://" in line:
+            url = line.split(" at http://", 1)[1].split()[0].removesuffix("/v1")
+    if url is None:
+        proc.kill()
+        pytest.fail("the server did not start:\n" + "".join(seen))
+    host, port = url.rsplit(":", 1)
+    return Server(proc, host, int(port))
+
+
+def _stop(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        pytest.fail("the server did not stop on SIGTERM")
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = _start()
+    yield s
+    _stop(s)
+
+
+@pytest.fixture
+def fresh_server():
+    """A server of its own, so its idle memory is not what earlier tests left behind."""
+    s = _start()
+    yield s
+    _stop(s)
+
+
+def _read_response(s: socket.socket, limit_s: float) -> bytes:
+    """Everything the server sends until it closes the connection (or `limit_s` passes)."""
+    s.settimeout(0.2)
+    out, deadline = b"", time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            return out
+        out += chunk
+    return out
+
+
+def _closed_within(s: socket.socket, limit_s: float) -> bool:
+    """Whether the server closes `s` within `limit_s` seconds (whatever it sends first is read)."""
+    s.settimeout(0.2)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            if not s.recv(65536):
+                return True
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def _status_and_error(response: bytes) -> tuple:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)["error"], head.lower()
+
+
+def _words(n_bytes: int, seed: int = 0) -> str:
+    """Random letter words: the slowest ordinary text to tokenize, and the most words to cache."""
+    rng = random.Random(seed)
+    parts, size = [], 0
+    while size < n_bytes:
+        w = "".join(rng.choices(string.ascii_letters, k=rng.randint(3, 40)))
+        parts.append(w)
+        size += len(w) + 1
+    return " ".join(parts)[:n_bytes]
+
+
+def _padded(body: dict, size: int) -> bytes:
+    """`body` as JSON of exactly `size` bytes, filled out with an ignored `user` field."""
+    body = {**body, "user": ""}
+    fill = size - len(json.dumps(body).encode())
+    assert fill >= 0
+    return json.dumps({**body, "user": "u" * fill}).encode()
+
+
+# --- body size --------------------------------------------------------------------------------------
+
+def test_body_at_the_limit_is_served(server):
+    raw = _padded({"prompt": "def f():", "max_tokens": 2, "temperature": 0}, LIMIT)
+    assert len(raw) == LIMIT
+    status, body = server.post(raw=raw)
+    assert status == 200 and body["usage"]["completion_tokens"] == 2
+
+
+def test_declared_length_over_the_limit_is_413_before_the_body_is_sent(server):
+    with server.connect() as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % (LIMIT + 1))  # and not one byte of the body
+        status, err, head = _status_and_error(_read_response(s, 5))
+    assert status == 413 and err["type"] == "invalid_request_error" and err["code"] == "request_too_large"
+    assert str(LIMIT) in err["message"] and b"connection: close" in head
+
+
+def test_chunked_body_growing_past_the_limit_is_413(server):
+    chunk = b"x" * (64 << 10)
+    sent = 0
+    with server.connect() as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+        try:
+            while sent < 4 * LIMIT:  # the server answers after LIMIT; this bounds the loop if not
+                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed the connection after refusing
+        status, err, _ = _status_and_error(_read_response(s, 5))
+    assert status == 413 and err["code"] == "request_too_large"
+
+
+# --- JSON depth ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"prompt": "x", "a": ' + b"[" * 1000 + b"]" * 1000 + b"}"])
+def test_deep_json_is_400_in_openai_shape(server, raw):
+    status, body = server.post(raw=raw)
+    assert status == 400 and body["error"]["code"] == "json_too_deep"
+    assert f"at most {MAX_JSON_DEPTH}" in body["error"]["message"]
+
+
+def test_json_at_the_depth_limit_is_served(server):
+    nested = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)  # inside the top-level object
+    raw = b'{"prompt": "x = 1", "max_tokens": 1, "user": %s}' % nested.encode()
+    assert json_depth(raw) == MAX_JSON_DEPTH
+    status, body = server.post(raw=raw)
+    assert status == 200, body
+    status, body = server.post(raw=raw.replace(b"[", b"[[", 1).replace(b"]", b"]]", 1))
+    assert status == 400 and body["error"]["code"] == "json_too_deep"
+
+
+@pytest.mark.parametrize("raw, depth", [
+    (b'{}', 1), (b'"[[["', 0), (b'{"a": "\\"[[", "b": [[{}]]}', 4), (b'[["\\\\", []]]', 3), (b'7', 0),
+])
+def test_json_depth_skips_strings(raw, depth):
+    assert json_depth(raw) == depth
+
+
+# --- strict types ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields, param, words", [
+    ({"n": True}, "n", "integer"),
+    ({"n": 1.0}, "n", "integer"),
+    ({"n": "1"}, "n", "integer"),
+    ({"best_of": True}, "best_of", "integer"),
+    ({"echo": 0}, "echo", "true or false"),
+    ({"seed": 2 ** 64}, "seed", "18446744073709551615"),
+    ({"seed": -1}, "seed", "seed"),
+    ({"seed": True}, "seed", "integer"),
+    ({"max_tokens": 2 ** 63}, "max_tokens", "max_tokens"),
+    ({"top_k": 10 ** 30}, "top_k", "top_k"),
+    ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream"),
+    ({"stream": False, "stream_options": {}}, "stream_options", "only allowed when stream"),
+    ({"model": 7}, "model", "string"),
+    ({"logit_bias": {"+5": 1}}, "logit_bias", "token ids"),
+    ({"logit_bias": {"\u0665": 1}}, "logit_bias", "token ids"),  # an Arabic-Indic digit five
+    ({"stop": ["x" * 10_000, 5]}, "stop", "..."),  # the value is cut short in the message
+])
+def test_loosely_typed_fields_are_400(server, fields, param, words):
+    status, body = server.post({"prompt": "x", "max_tokens": 1, **fields})
+    err = body["error"]
+    assert status == 400 and err["type"] == "invalid_request_error" and err["param"] == param, body
+    assert words in err["message"] and len(err["message"]) < 300
+
+
+@pytest.mark.parametrize("fields", [{"seed": 2 ** 64 - 1}, {"n": 1, "best_of": 1, "echo": False},
+                                    {"stream": True, "stream_options": {"include_usage": True}}])
+def test_fields_at_their_limits_are_served(server, fields):
+    body = json.dumps({"prompt": "x", "max_tokens": 1, "temperature": 0.5, **fields}).encode()
+    with server.connect() as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        response = _read_response(s, 30)
+    assert response.startswith(b"HTTP/1.1 200"), response[:300]
+
+
+# --- the event loop stays free ----------------------------------------------------------------------
+
+def test_health_answers_while_a_max_size_prompt_is_tokenized(server):
+    """A 1 MiB body of four prompts, each just under the most bytes the context can hold, so the
+    server must tokenize before it can refuse: /health answers all the while."""
+    prompt = _words(255 << 10, seed=1)
+    raw = _padded({"prompt": [prompt, prompt + " a", prompt + " b", prompt + " c"], "max_tokens": 1},
+                  LIMIT)
+    latencies, results = [], []
+    worker = threading.Thread(target=lambda: results.extend(server.post(raw=raw) for _ in range(3)))
+    worker.start()
+    time.sleep(0.05)
+    while worker.is_alive():
+        status, h, seconds = server.request("GET", "/health")
+        assert status == 200 and h["status"] == "ok"
+        latencies.append(seconds)
+        time.sleep(0.01)
+    worker.join()
+    assert [r[0] for r in results] == [400] * 3
+    assert all(r[1]["error"]["code"] == "context_length_exceeded" for r in results)
+    assert latencies, "the large requests ended before /health was asked"
+    print(f"\n/health during 3 max-size prompt requests: {len(latencies)} answers, "
+          f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
+    assert max(latencies) < 2.0  # generous: the point is that it answers, not how fast this machine is
+
+
+def test_prompt_over_the_context_in_bytes_is_refused_untokenized(server):
+    raw = _padded({"prompt": "x" * (LIMIT - 200), "max_tokens": 1}, LIMIT)
+    status, body, seconds = server.request("POST", "/v1/completions", raw=raw)
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded"
+    assert "bytes" in body["error"]["message"]
+
+
+# --- memory -----------------------------------------------------------------------------------------
+
+def test_rss_returns_to_idle_after_large_requests(fresh_server):
+    server = fresh_server
+    for _ in range(2):  # warm up every path once, with small inputs
+        server.post({"prompt": "def f():", "max_tokens": 4, "temperature": 0})
+        server.post({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+                    path="/v1/chat/completions")
+        server.request("GET", "/health")
+    time.sleep(0.5)
+    idle = server.rss_kib()
+    big = _words(255 << 10, seed=2)
+    requests = [
+        ("/v1/completions", _padded({"prompt": [big, _words(255 << 10, seed=3)], "max_tokens": 1}, LIMIT)),
+        ("/v1/completions", _padded({"prompt": [_words(200 << 10, seed=s) for s in range(4, 8)],
+                                     "max_tokens": 1}, LIMIT)),
+        ("/v1/completions", _padded({"prompt": "y" * (LIMIT - 100), "max_tokens": 1}, LIMIT)),
+        ("/v1/completions", _padded({"prompt": [i % 50_000 for i in range(130_000)], "max_tokens": 1}, LIMIT)),
+        ("/v1/chat/completions", _padded({"messages": [{"role": "user", "content": _words(4000, seed=s)}
+                                                      for s in range(200)], "max_tokens": 1}, LIMIT)),
+        ("/v1/completions", b"[" * LIMIT),
+    ]
+    after = []
+    for path, raw in requests:
+        status, _ = server.post(raw=raw, path=path)
+        assert status in (400, 200), status
+        time.sleep(0.2)
+        after.append(server.rss_kib())
+    print(f"\nserver RSS: idle {idle / 1024:.1f} MiB; after each max-size request "
+          f"{', '.join(f'{a / 1024:.1f}' for a in after)} MiB")
+    assert max(after) <= idle * 1.10
+
+
+# --- slow clients -----------------------------------------------------------------------------------
+
+def _trickle(s: socket.socket, data: bytes, gap: float, limit_s: float) -> tuple:
+    """Send `data` a byte every `gap` seconds until the server closes the connection. Returns
+    (seconds until closed, what the server sent), or (None, ...) if still open after limit_s."""
+    t = time.monotonic()
+    s.settimeout(gap)
+    got = b""
+    for i in range(len(data)):
+        if time.monotonic() - t > limit_s:
+            return None, got
+        try:
+            s.send(data[i:i + 1])
+            chunk = s.recv(65536)
+            if not chunk:
+                return time.monotonic() - t, got
+            got += chunk
+        except socket.timeout:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - t, got
+    return None, got
+
+
+HEADERS = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize("prefix, trickled", [
+    (b"", HEADERS + b"X-Slow: " + b"a" * 4000),  # headers, one byte at a time
+    (HEADERS + b"Content-Length: 4000\r\n\r\n", b"x" * 4000),  # a body, one byte at a time
+])
+def test_slow_client_gets_408_and_is_dropped(server, prefix, trickled):
+    with server.connect() as s:
+        s.sendall(prefix)
+        closed_after, got = _trickle(s, trickled, gap=0.25, limit_s=READ_TIMEOUT + 6)
+        got += _read_response(s, 1)
+    assert closed_after is not None, "the slow client was never dropped"
+    print(f"\nslow client dropped after {closed_after:.2f} s (read timeout {READ_TIMEOUT} s)")
+    assert READ_TIMEOUT - 0.5 <= closed_after
+    status, err, _ = _status_and_error(got)
+    assert status == 408 and err["code"] == "request_timeout"
+
+
+def test_many_silent_connections_are_closed_and_health_answers(server):
+    t = time.monotonic()
+    socks = [server.connect() for _ in range(20)]
+    try:
+        for s in socks[:10]:
+            s.sendall(b"GET /health HTTP/1.1\r\n")  # a request line, then nothing
+        status, _, seconds = server.request("GET", "/health")
+        assert status == 200
+        closed = [_closed_within(s, max(0.1, READ_TIMEOUT + 5 - (time.monotonic() - t))) for s in socks]
+        assert all(closed), f"{closed.count(False)} of {len(socks)} idle connections were left open"
+        print(f"\n20 idle connections all closed {time.monotonic() - t:.2f} s after opening; "
+              f"/health meanwhile took {seconds * 1000:.1f} ms")
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_keep_alive_and_long_generations_are_not_cut(server):
+    """The deadline covers reading a request, not answering it: a generation that runs past it
+    completes, and a kept-alive connection serves its next request."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=120)
+    try:
+        t = time.monotonic()
+        conn.request("POST", "/v1/completions", body=json.dumps(
+            {"prompt": "x = 1\n", "max_tokens": CTX - 16, "temperature": 0, "stream": True}),
+            headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        events = [line for line in r.read().decode().splitlines() if line.startswith("data: {")]
+        took = time.monotonic() - t
+        assert r.status == 200 and json.loads(events[-1][6:])["choices"][0]["finish_reason"] == "length"
+        time.sleep(0.5)
+        conn.request("GET", "/health")  # the same connection, kept alive
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        print(f"\na {CTX - 16}-token stream took {took:.1f} s with a {READ_TIMEOUT} s read timeout")
+    finally:
+        conn.close()
+
+
+# --- tokenizer pieces the server relies on -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return phi2cpu.load(phi2cpu.default_model_path(), threads=1, n_ctx=64).tokenizer
+
+
+def test_encode_releasing_the_gil_gives_the_same_ids(tokenizer):
+    for text in ["def f(x):\n    return x", "héllo wörld 😀", _words(5000), "<|endoftext|> a", ""]:
+        assert tokenizer.encode(text, release_gil=True) == tokenizer.encode(text)
+
+
+def test_max_token_bytes_bounds_the_token_count(tokenizer):
+    m = tokenizer.max_token_bytes
+    assert m == max(len(tokenizer.token_bytes(i)) for i in range(tokenizer.n_vocab))
+    for text in [" " * 5000, "\t" * 3000, "x" * 5000, _words(5000)]:
+        assert len(tokenizer.encode(text)) >= len(text.encode()) / m
