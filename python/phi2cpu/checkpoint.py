@@ -175,6 +175,9 @@ def gguf_tensor_names(n_layer: int) -> list[str]:
 
 
 def expected_gguf_shapes(c: PhiConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape; a config outside the sanity limits is refused before the per-layer
+    entries are listed."""
+    c.validate()
     n, ff = c.n_embd, c.n_ff
     block = {"attn_norm": (n,), "attn_qkv": (3 * n, n), "attn_output": (n, n), "ffn_up": (ff, n), "ffn_down": (n, ff)}
     shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (c.n_vocab, n)}

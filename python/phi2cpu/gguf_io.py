@@ -11,6 +11,7 @@ import json
 import math
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,42 +226,93 @@ def _expected(config: PhiConfig, tensors: dict[str, TensorInfo]) -> dict[str, tu
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
+
+# What a header may declare, checked before anything is allocated or looped over, so that parsing
+# any header costs at most a small multiple of the file's size and well under a second. Each limit
+# is far above a real phi2 file (Phi-2: 325 tensors, ~25 keys, 51200 tokens and 50000 merges).
+MAX_KV = 1 << 14           # metadata keys
+MAX_TENSORS = 1 << 14
+MAX_ARRAY_VALUES = 1 << 20  # elements of all metadata arrays together
+MAX_DEPTH = 2              # an array of arrays, no deeper
+MAX_DIMS = 4               # GGML's limit
+MAX_DIM = 1 << 40          # one dimension (the bounds check then caps the product by the file size)
+MIN_ALIGNMENT, MAX_ALIGNMENT = 8, 1 << 16  # the spec asks for a multiple of 8; kernels need 4
 
 
 class _Cursor:
-    """Little-endian reads from the header bytes; running off the end raises struct.error."""
+    """Little-endian reads from the header bytes; running off the end raises struct.error, a
+    declaration outside the limits raises ValueError."""
 
     def __init__(self, buf: memoryview):
         self.buf, self.pos = buf, 0
+        self.array_values = 0
 
     def scalar(self, fmt: str) -> Any:
         (v,) = struct.unpack_from(fmt, self.buf, self.pos)
         self.pos += struct.calcsize(fmt)
         return v
 
+    def need(self, n: int, each: int, what: str) -> None:
+        """Refuse `n` items of at least `each` bytes that cannot fit in the rest of the file."""
+        if n * each > len(self.buf) - self.pos:
+            raise struct.error(f"{n} {what} run past the end of the file")
+
     def string(self) -> str:
         n = self.scalar("<Q")
-        if self.pos + n > len(self.buf):
-            raise struct.error(f"string of {n} bytes runs past the end of the file")
+        self.need(n, 1, "string bytes")
         s = str(self.buf[self.pos:self.pos + n], "utf-8")
         self.pos += n
         return s
 
-    def value(self, vtype: int) -> Any:
+    def strings(self, count: int) -> list[str]:
+        """`count` strings: string() inlined, the one loop a vocabulary runs 100k times."""
+        buf, pos, end, out = self.buf, self.pos, len(self.buf), []
+        unpack = _U64.unpack_from
+        for _ in range(count):
+            (n,) = unpack(buf, pos)
+            pos += 8
+            if n > end - pos:
+                raise struct.error(f"string of {n} bytes runs past the end of the file")
+            out.append(str(buf[pos:pos + n], "utf-8"))
+            pos += n
+        self.pos = pos
+        return out
+
+    def value(self, vtype: int, key: str, depth: int = 0) -> Any:
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
             itype, n = self.scalar("<I"), self.scalar("<Q")
-            if itype in _SCALARS and itype != 7:
-                if self.pos + n * struct.calcsize(_SCALARS[itype]) > len(self.buf):
-                    raise struct.error(f"array of {n} values runs past the end of the file")
-                arr = np.frombuffer(self.buf, _SCALARS[itype], count=n, offset=self.pos)
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"metadata {key}: arrays nested deeper than {MAX_DEPTH}")
+            self.array_values += n
+            if self.array_values > MAX_ARRAY_VALUES:
+                raise ValueError(f"metadata {key}: more than {MAX_ARRAY_VALUES} array values in the header")
+            if itype in _SCALARS:
+                fmt = _SCALARS[itype]
+                self.need(n, struct.calcsize(fmt), f"values of array {key}")
+                arr = np.frombuffer(self.buf, fmt, count=n, offset=self.pos)
                 self.pos += arr.nbytes
                 return arr.tolist()
-            return [self.value(itype) for _ in range(n)]
+            if itype not in (_STRING, _ARRAY):
+                raise ValueError(f"metadata {key}: unknown array element type {itype}")
+            self.need(n, 8 if itype == _STRING else 12, f"values of array {key}")
+            if itype == _STRING:
+                return self.strings(n)
+            return [self.value(itype, key, depth + 1) for _ in range(n)]
         if vtype not in _SCALARS:
-            raise ValueError(f"unknown metadata value type {vtype}")
+            raise ValueError(f"metadata {key}: unknown value type {vtype}")
         return self.scalar(_SCALARS[vtype])
+
+
+def _alignment(kv: dict[str, Any]) -> int:
+    align = kv.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+    if isinstance(align, bool) or not isinstance(align, int):
+        raise ValueError(f"general.alignment must be an integer, not {type(align).__name__}")
+    if not MIN_ALIGNMENT <= align <= MAX_ALIGNMENT or align & (align - 1):
+        raise ValueError(f"general.alignment {align} is not a power of two in {MIN_ALIGNMENT}..{MAX_ALIGNMENT}")
+    return align
 
 
 def _parse_header(buf: memoryview) -> tuple[dict[str, Any], list[tuple[str, int, tuple[int, ...], int]], int]:
@@ -271,32 +323,85 @@ def _parse_header(buf: memoryview) -> tuple[dict[str, Any], list[tuple[str, int,
     if version not in (2, 3):
         raise ValueError(f"GGUF version {version} is not supported (2 or 3)")
     n_tensors, n_kv = c.scalar("<Q"), c.scalar("<Q")
-    kv = {}
+    if n_kv > MAX_KV:
+        raise ValueError(f"{n_kv} metadata keys declared (the limit is {MAX_KV})")
+    if n_tensors > MAX_TENSORS:
+        raise ValueError(f"{n_tensors} tensors declared (the limit is {MAX_TENSORS})")
+    c.need(n_kv, 13, "metadata entries")  # key length, value type, at least one value byte
+    kv: dict[str, Any] = {}
     for _ in range(n_kv):
         key = c.string()
-        kv[key] = c.value(c.scalar("<I"))
-    infos = []
+        if key in kv:
+            raise ValueError(f"metadata key {key} appears twice")
+        kv[key] = c.value(c.scalar("<I"), key)
+    c.need(n_tensors, 32, "tensor entries")  # name length, dimension count, one dimension, type, offset
+    infos, names = [], set()
     for _ in range(n_tensors):
         name = c.string()
-        dims = [c.scalar("<Q") for _ in range(c.scalar("<I"))]
+        if name in names:
+            raise ValueError(f"tensor {name} appears twice")
+        names.add(name)
+        n_dims = c.scalar("<I")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise ValueError(f"tensor {name} has {n_dims} dimensions (1..{MAX_DIMS})")
+        dims = [c.scalar("<Q") for _ in range(n_dims)]
+        if not all(1 <= d <= MAX_DIM for d in dims):
+            raise ValueError(f"tensor {name} has dimensions {dims} (each must be in 1..{MAX_DIM})")
         infos.append((name, c.scalar("<I"), tuple(reversed(dims)), c.scalar("<Q")))
-    align = kv.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+    align = _alignment(kv)
     return kv, infos, -(-c.pos // align) * align
 
 
-def _nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
+def _nbytes(name: str, ggml_type: int, shape: tuple[int, ...]) -> int:
     try:
         block, size = gguf.GGML_QUANT_SIZES[T(ggml_type)]
     except (ValueError, KeyError):
-        return 0
+        raise ValueError(f"tensor {name} has unknown type id {ggml_type}") from None
+    if shape[-1] % block:
+        raise ValueError(f"tensor {name}: row length {shape[-1]} is not a multiple of the "
+                         f"{type_name(ggml_type)} block ({block})")
     return math.prod(shape) // block * size
+
+
+def _check_layout(path: Path, tensors: dict[str, TensorInfo], data_start: int, align: int, size: int) -> None:
+    """Every tensor aligned, inside the file, and not overlapping the next one."""
+    for t in tensors.values():
+        if (t.offset - data_start) % align:
+            raise ModelFileError(f"{path}: tensor {t.name} starts at byte {t.offset}, not a multiple of the "
+                                 f"file's alignment {align}")
+        if t.offset + t.nbytes > size:
+            raise ModelFileError(f"{path}: truncated: tensor {t.name} ends at byte {t.offset + t.nbytes}, "
+                                 f"file has {size}")
+    by_offset = sorted(tensors.values(), key=lambda t: t.offset)
+    for a, b in zip(by_offset, by_offset[1:]):
+        if b.offset < a.offset + a.nbytes:
+            raise ModelFileError(f"{path}: tensors {a.name} and {b.name} overlap (bytes {b.offset}.."
+                                 f"{a.offset + a.nbytes})")
+
+
+def _typed(path: Path, kv: dict[str, Any], key: str, kind: type, array: bool = False) -> Any:
+    """kv[key] (None when absent), refused unless it has the type the spec gives it."""
+    v = kv.get(key)
+    if v is None:
+        return None
+
+    def fits(x: Any) -> bool:
+        return isinstance(x, kind) and not isinstance(x, bool)
+    if not (all(fits(x) for x in v) if array and isinstance(v, list) else not array and fits(v)):
+        what = {str: "string", int: "integer"}[kind]
+        want = f"an array of {what}s" if array else ("an " if what[0] == "i" else "a ") + what
+        raise ModelFileError(f"{path}: metadata {key} must be {want}")
+    return v
 
 
 def read_model_file(path: str | Path) -> ModelFile:
     """Parse and validate a phi2 GGUF file's metadata (tensor data stays on disk)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()  # before open: a FIFO or a device would block or never end
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelFileError(f"{path}: not a regular file")
+        size = st.st_size
         with open(path, "rb") as f:
             magic = f.read(4)
             if magic != b"GGUF":
@@ -307,22 +412,22 @@ def read_model_file(path: str | Path) -> ModelFile:
                     kv, infos, data_start = _parse_header(buf)
                 finally:
                     buf.release()
+            tensors = {n: TensorInfo(n, t, shape, data_start + off, _nbytes(n, t, shape))
+                       for n, t, shape, off in infos}
     except OSError as e:
         raise ModelFileError(f"{path}: cannot read ({e.strerror})") from None
     except struct.error:
         raise ModelFileError(f"{path}: truncated GGUF file (metadata ends past the {size}-byte file)") from None
     except (ValueError, UnicodeDecodeError, MemoryError) as e:
         raise ModelFileError(f"{path}: corrupt GGUF file ({e})") from None
-    tensors = {n: TensorInfo(n, t, shape, data_start + off, _nbytes(t, shape)) for n, t, shape, off in infos}
     vocab = {k: kv.pop(k) for k in _VOCAB_KEYS if k in kv}
 
     arch = kv.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFileError(f"{path}: metadata general.architecture is missing or not a string")
     if arch != ARCH:
         raise ModelFileError(f"{path} is a {arch!r} model; phi2cpu runs only {ARCH}")
-    for t in tensors.values():
-        if t.offset + t.nbytes > size:
-            raise ModelFileError(f"{path}: truncated: tensor {t.name} ends at byte {t.offset + t.nbytes}, "
-                                 f"file has {size}")
+    _check_layout(path, tensors, data_start, _alignment(kv), size)
     if "token_embd.weight" not in tensors:
         raise ModelFileError(f"{path}: missing tensor token_embd.weight")
     config = PhiConfig.from_gguf_kv(kv, tensors["token_embd.weight"].shape[0], str(path))
@@ -338,12 +443,25 @@ def read_model_file(path: str | Path) -> ModelFile:
         if len(shape) == 1 and t.ggml_type not in FLOAT_TYPES:
             raise ModelFileError(f"{path}: tensor {name} has type {t.type_name}; norms and biases must be F32 or F16")
 
+    tokens = _typed(path, vocab, "tokenizer.ggml.tokens", str, array=True) or []
+    token_types = _typed(path, vocab, "tokenizer.ggml.token_type", int, array=True) or []
+    merges = _typed(path, vocab, "tokenizer.ggml.merges", str, array=True) or []
+    if len(tokens) > config.n_vocab:
+        raise ModelFileError(f"{path}: tokenizer.ggml.tokens has {len(tokens)} tokens; token_embd.weight has "
+                             f"only {config.n_vocab} rows")
+    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id"):
+        tid = _typed(path, kv, key, int)
+        if tid is not None and not 0 <= tid < config.n_vocab:
+            raise ModelFileError(f"{path}: metadata {key} {tid} is outside the {config.n_vocab}-token vocabulary")
+    for key in ("general.name", KEY_TOKENIZER_JSON, KEY_RECIPE):
+        _typed(path, kv, key, str)
+    _typed(path, kv, "general.file_type", int)
     tok_json = kv.pop(KEY_TOKENIZER_JSON, None)
     recipe = kv.get(KEY_RECIPE)
     try:
         recipe = json.loads(recipe) if recipe else None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise ModelFileError(f"{path}: {KEY_RECIPE} is not valid JSON") from None
-    return ModelFile(path, config, tensors, kv, vocab.get("tokenizer.ggml.tokens", []),
-                     vocab.get("tokenizer.ggml.token_type", []), vocab.get("tokenizer.ggml.merges", []),
-                     tok_json, recipe, size)
+    if recipe is not None and not isinstance(recipe, dict):
+        raise ModelFileError(f"{path}: {KEY_RECIPE} is not a JSON object")
+    return ModelFile(path, config, tensors, kv, tokens, token_types, merges, tok_json, recipe, size)

@@ -11,6 +11,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from .cliargs import MAX_THREADS
 from .config import PhiConfig
 from .errors import ContextFullError, ModelFileError, Phi2Error
 from .gguf_io import ModelFile, read_model_file
@@ -51,8 +52,9 @@ class Model:
     """A loaded Phi-2 model. Create it with :func:`phi2cpu.load`."""
 
     def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None, n_ctx: int = 2048):
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise Phi2Error(f"threads must be a positive integer, got {threads!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or not 1 <= threads <= MAX_THREADS):
+            raise Phi2Error(f"threads must be an integer in 1..{MAX_THREADS}, got {threads!r}")
         if not isinstance(n_ctx, int) or n_ctx < 1:
             raise Phi2Error(f"n_ctx must be a positive integer, got {n_ctx!r}")
         self.file: ModelFile = read_model_file(path)

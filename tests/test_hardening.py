@@ -1,0 +1,205 @@
+"""Hostile model files: every malformed header, layout and value is a ModelFileError naming the
+file and the key or tensor, found before anything is sized from it. Each file is generated here
+from a valid tiny one with one field changed (tests/hostile_gguf.py)."""
+from __future__ import annotations
+
+import math
+import os
+import struct
+import threading
+import time
+
+import pytest
+
+import phi2cpu
+from hostile_gguf import (ARRAY, BOOL, F32, I32, STRING, U8, U32, U64, Spec, nested_arrays, offset_of,
+                          tiny_spec)
+from phi2cpu.cli import main
+from phi2cpu.errors import ModelFileError, Phi2Error
+from phi2cpu.gguf_io import MAX_ARRAY_VALUES, MAX_KV, MAX_TENSORS, read_model_file
+
+BIAS = "blk.0.attn_norm.bias"
+
+
+def _cases(s: Spec) -> dict[str, tuple[Spec, str]]:
+    """id -> (mutated spec, what the error must say)."""
+    emb = s.tensors[0]
+    big_embd = s.tensor("token_embd.weight", shape=(emb[1][0], 1 << 63))
+    return {
+        # wrong types and values of general.alignment
+        "alignment-zero": (s.set("general.alignment", U32, 0), r"general\.alignment 0 is not a power of two"),
+        "alignment-negative": (s.set("general.alignment", I32, -32), "general.alignment -32 is not a power of two"),
+        "alignment-not-pow2": (s.set("general.alignment", U32, 48), "general.alignment 48 is not a power of two"),
+        "alignment-too-small": (s.set("general.alignment", U32, 1), r"general\.alignment 1 .* in 8\.\.65536"),
+        "alignment-too-big": (s.set("general.alignment", U64, 1 << 40), "general.alignment 1099511627776"),
+        "alignment-string": (s.set("general.alignment", STRING, "32"), "general.alignment must be an integer"),
+        "alignment-array": (s.set("general.alignment", ARRAY, (U32, [32])), "general.alignment must be an integer"),
+        "alignment-float": (s.set("general.alignment", F32, 32.0), "general.alignment must be an integer"),
+        "alignment-bool": (s.set("general.alignment", BOOL, True), "general.alignment must be an integer"),
+        # metadata structure
+        "nested-1000-deep": (s.set("x.deep", ARRAY, nested_arrays(1000)), "x.deep: arrays nested deeper than 2"),
+        "bool-array-2^40": (s.set("x.flags", ARRAY, struct.pack("<IQ", BOOL, 1 << 40)),
+                            "x.flags: more than 1048576 array values"),
+        "bool-array-past-end": (s.set("x.flags", ARRAY, struct.pack("<IQ", BOOL, 1 << 19)), "truncated GGUF file"),
+        "string-array-2^60": (s.set("x.names", ARRAY, struct.pack("<IQ", STRING, 1 << 60)),
+                              "x.names: more than 1048576 array values"),
+        "string-array-past-end": (s.set("x.names", ARRAY, struct.pack("<IQ", STRING, 1 << 19)),
+                                  "truncated GGUF file"),
+        "array-values-over-budget": (s.set("x.junk", ARRAY, (U8, [0] * (MAX_ARRAY_VALUES + 1))),
+                                     "x.junk: more than 1048576 array values"),
+        "unknown-value-type": (s.set("x.odd", 13, b"\0" * 8), "x.odd: unknown value type 13"),
+        "unknown-array-type": (s.set("x.odd", ARRAY, struct.pack("<IQ", 99, 1)), "x.odd: unknown array element type 99"),
+        "duplicate-key": (Spec(s.kv, s.tensors, s.data, extra=[("general.name", STRING, "again")]),
+                          "metadata key general.name appears twice"),
+        "kv-count-2^63": (Spec(s.kv, s.tensors, s.data, n_kv=1 << 63), f"metadata keys declared .the limit is {MAX_KV}"),
+        "kv-count-past-end": (Spec(s.kv, s.tensors, s.data, n_kv=MAX_KV), "truncated GGUF file"),
+        "tensor-count-2^64-1": (Spec(s.kv, s.tensors, s.data, n_tensors=(1 << 64) - 1),
+                                f"tensors declared .the limit is {MAX_TENSORS}"),
+        "string-length-2^63": (s.set("general.name", STRING, b"") .set("x.s", ARRAY, struct.pack("<IQQ", STRING, 1, 1 << 63)),
+                               "truncated GGUF file"),
+        "bad-utf8-key": (s.set("general.name", STRING, b"\xff\xfe"), "corrupt GGUF file"),
+        "version-1": (Spec(s.kv, s.tensors, s.data, version=1), "GGUF version 1 is not supported"),
+        "architecture-missing": (s.drop("general.architecture"), "general.architecture is missing or not a string"),
+        "architecture-int": (s.set("general.architecture", U32, 2), "general.architecture is missing or not a string"),
+        # hyper-parameters
+        "block-count-3M": (s.set("phi2.block_count", U32, 3_000_000), "n_layer 3000000 exceeds the limit 1024"),
+        "block-count-2^32-1": (s.set("phi2.block_count", U32, (1 << 32) - 1), "n_layer 4294967295 exceeds the limit"),
+        "block-count-inf": (s.set("phi2.block_count", F32, math.inf), "phi2.block_count must be an integer, not inf"),
+        "block-count-nan": (s.set("phi2.block_count", F32, math.nan), "phi2.block_count must be an integer, not nan"),
+        "block-count-string": (s.set("phi2.block_count", STRING, "2"), "phi2.block_count must be an integer, not '2'"),
+        "block-count-bool": (s.set("phi2.block_count", BOOL, True), "phi2.block_count must be an integer"),
+        "embedding-length-2^40": (s.set("phi2.embedding_length", U64, 1 << 40), "n_embd 1099511627776 exceeds"),
+        "context-length-zero": (s.set("phi2.context_length", U32, 0), "sizes must be positive"),
+        "head-count-kv": (s.set("phi2.attention.head_count_kv", U32, 1), "grouped-query attention"),
+        "eps-nan": (s.set("phi2.attention.layer_norm_epsilon", F32, math.nan), "layer_norm_eps nan must be positive"),
+        "eps-inf": (s.set("phi2.attention.layer_norm_epsilon", F32, math.inf), "layer_norm_eps inf must be positive"),
+        "eps-zero": (s.set("phi2.attention.layer_norm_epsilon", F32, 0.0), "layer_norm_eps 0.0 must be positive"),
+        "eps-subnormal": (s.set("phi2.attention.layer_norm_epsilon", F32, 1e-40), "must be positive and finite"),
+        "eps-array": (s.set("phi2.attention.layer_norm_epsilon", ARRAY, (F32, [1e-5])),
+                      "phi2.attention.layer_norm_epsilon must be a number, not \\[9"),
+        "theta-nan": (s.set("phi2.rope.freq_base", F32, math.nan), "rope_theta nan must be positive"),
+        "theta-inf": (s.set("phi2.rope.freq_base", F32, math.inf), "rope_theta inf must be positive"),
+        "theta-negative": (s.set("phi2.rope.freq_base", F32, -1.0), "rope_theta -1.0 must be positive"),
+        "theta-f64-1e300": (s.set("phi2.rope.freq_base", 12, 1e300), "rope_theta 1e.300 must be positive"),
+        # tensor entries and layout
+        "embedding-no-dims": (s.tensor("token_embd.weight", shape=()), "tensor token_embd.weight has 0 dimensions"),
+        "embedding-5-dims": (s.tensor("token_embd.weight", shape=(1, 1, 1, 1, 1)), "token_embd.weight has 5 dimensions"),
+        "embedding-zero-dim": (s.tensor("token_embd.weight", shape=(0, 64)), r"token_embd\.weight has dimensions \[64, 0\]"),
+        "embedding-dim-2^63": (big_embd, "token_embd.weight has dimensions"),
+        "extra-unknown-type-huge-dim": (Spec(s.kv, s.tensors + [("extra", (1 << 63,), 999, 0)], s.data),
+                                        "tensor extra has dimensions"),
+        "extra-unknown-type": (Spec(s.kv, s.tensors + [("extra", (4,), 999, 0)], s.data),
+                               "tensor extra has unknown type id 999"),
+        "row-not-whole-blocks": (Spec(s.kv, s.tensors + [("extra", (33,), 8, 0)], s.data),
+                                 "tensor extra: row length 33 is not a multiple of the Q8_0 block"),
+        "offset-unaligned": (s.tensor(BIAS, offset=offset_of(s, BIAS) + 4),
+                             f"tensor {BIAS} starts at byte .* not a multiple of the file's alignment 32"),
+        "offset-past-end": (s.tensor(BIAS, offset=1 << 40), f"truncated: tensor {BIAS} ends at byte"),
+        "offset-2^64-32": (s.tensor(BIAS, offset=(1 << 64) - 32), f"truncated: tensor {BIAS}"),
+        "tensors-overlap": (s.tensor(BIAS, offset=offset_of(s, "blk.0.attn_norm.weight")),
+                            "tensors blk.0.attn_norm.(weight|bias) and blk.0.attn_norm.(weight|bias) overlap"),
+        "duplicate-tensor": (s.tensor(BIAS, name="blk.0.attn_norm.weight"), "tensor blk.0.attn_norm.weight appears twice"),
+        "missing-tensor": (Spec(s.kv, [t for t in s.tensors if t[0] != BIAS], s.data), f"missing tensor {BIAS}"),
+        # vocabulary and other typed keys
+        "tokens-not-strings": (s.set("tokenizer.ggml.tokens", ARRAY, (U32, list(range(320)))),
+                               "tokenizer.ggml.tokens must be an array of strings"),
+        "tokens-one-string": (s.set("tokenizer.ggml.tokens", STRING, "a"), "tokenizer.ggml.tokens must be an array"),
+        "token-types-floats": (s.set("tokenizer.ggml.token_type", ARRAY, (F32, [1.0] * 320)),
+                               "token_type must be an array of integers"),
+        "tokens-more-than-rows": (s.set("tokenizer.ggml.tokens", ARRAY, (STRING, [f"t{i}" for i in range(321)])),
+                                  "321 tokens; token_embd.weight has only 320 rows"),
+        "eos-out-of-vocab": (s.set("tokenizer.ggml.eos_token_id", U32, 320),
+                             "tokenizer.ggml.eos_token_id 320 is outside the 320-token vocabulary"),
+        "eos-string": (s.set("tokenizer.ggml.eos_token_id", STRING, "x"), "eos_token_id must be an integer"),
+        "name-array": (s.set("general.name", ARRAY, (U8, [1])), "general.name must be a string"),
+        "recipe-not-json": (s.set("phi2cpu.quant_recipe", STRING, "{oops"), "quant_recipe is not valid JSON"),
+        "recipe-list": (s.set("phi2cpu.quant_recipe", STRING, "[1]"), "quant_recipe is not a JSON object"),
+        "recipe-nested": (s.set("phi2cpu.quant_recipe", STRING, "[" * 100000), "quant_recipe is not valid JSON"),
+    }
+
+
+SPEC = tiny_spec()
+CASES = _cases(SPEC)
+
+
+def test_the_unchanged_file_loads_and_runs(tmp_path):
+    path = SPEC.write(tmp_path / "tiny.gguf")
+    assert read_model_file(path).config.n_layer == 2
+    model = phi2cpu.load(path, threads=1, n_ctx=16)
+    assert model.eval([1, 2, 3]).shape == (320,)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_file_is_a_clean_error(case, tmp_path):
+    spec, match = CASES[case]
+    path = spec.write(tmp_path / f"{case}.gguf")
+    t0 = time.process_time()
+    with pytest.raises(ModelFileError, match=match) as err:
+        read_model_file(path)
+    assert str(path) in str(err.value)
+    assert time.process_time() - t0 < 5  # generous; the real cost is milliseconds
+
+
+@pytest.mark.parametrize("case", ["alignment-zero", "nested-1000-deep", "block-count-3M", "embedding-no-dims",
+                                  "offset-unaligned", "duplicate-tensor", "eps-nan"])
+def test_hostile_file_through_the_cli_is_one_line(case, tmp_path, capsys):
+    spec, match = CASES[case]
+    path = spec.write(tmp_path / f"{case}.gguf")
+    assert main(["info", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("phi2cpu: error: ") and str(path) in err[0], err
+
+
+def test_declared_sizes_are_refused_before_they_are_read(tmp_path):
+    """A header that declares far more than the file holds is refused from the declaration, before
+    a value is read: a 2^40 bool array, a million strings, 2^63 keys in a file of half a megabyte."""
+    for i, (vtype, n) in enumerate([(BOOL, 1 << 40), (BOOL, 1 << 20), (STRING, 1 << 20), (ARRAY, 1 << 20)]):
+        path = SPEC.set("x.many", ARRAY, struct.pack("<IQ", vtype, n)).write(tmp_path / f"many{i}.gguf")
+        assert path.stat().st_size < 1_000_000
+        t0 = time.process_time()
+        with pytest.raises(ModelFileError, match="x.many: more than|truncated GGUF file"):
+            read_model_file(path)
+        assert time.process_time() - t0 < 1
+
+
+def test_largest_legal_header_parses_quickly(tmp_path):
+    """The most work a header may ask for within the limits (every array value, a key and a tensor
+    entry up to each limit) still parses in well under a few seconds of CPU."""
+    kv = SPEC.kv + [("x.junk", ARRAY, (STRING, [""] * (MAX_ARRAY_VALUES - 200_000)))]
+    kv += [(f"x.k{i}", U8, 0) for i in range(MAX_KV - len(kv))]
+    extra = [(f"x.t{i}", (32,), 0, 1 << 30) for i in range(MAX_TENSORS - len(SPEC.tensors))]
+    path = Spec(kv, SPEC.tensors + extra, SPEC.data).write(tmp_path / "big.gguf")
+    t0 = time.process_time()
+    with pytest.raises(ModelFileError, match="truncated: tensor x.t0"):
+        read_model_file(path)
+    assert time.process_time() - t0 < 5
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_model_must_be_a_regular_file(kind, tmp_path):
+    path = tmp_path / "model.gguf"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = "/dev/zero"
+    result = []
+
+    def run():
+        try:
+            phi2cpu.load(path, threads=1)
+        except Phi2Error as e:
+            result.append(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "opening the model blocked"
+    assert isinstance(result[0], ModelFileError) and f"{path}: not a regular file" in str(result[0])
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1025, 10**11, 2.0, "4", True])
+def test_load_threads_bounded(threads, tmp_path):
+    path = SPEC.write(tmp_path / "tiny.gguf")
+    with pytest.raises(Phi2Error, match=r"threads must be an integer in 1\.\.1024"):
+        phi2cpu.load(path, threads=threads)
