@@ -261,6 +261,18 @@ def test_type_as_the_third_positional_like_llama_quantize(ckpt, tmp_path, capsys
     assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "x.gguf").exists()
 
 
+def test_out_that_is_a_directory_is_refused_before_any_work(quantized, tmp_path, capsys, monkeypatch):
+    """The error names OUT (not a temporary file), and comes before the conversion runs."""
+    import phi2cpu.quantize as q
+
+    monkeypatch.setattr(q, "write_gguf", lambda *a, **k: pytest.fail("converted into a directory"))
+    (tmp_path / "models").mkdir()
+    assert main([str(quantized["f16"]), str(tmp_path / "models"), "--type", "q8_0", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'models'}: is a directory" in err and err.count("\n") == 1 and ".tmp" not in err
+    assert list((tmp_path / "models").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
 def test_requantize_needs_allow_requantize(quantized, tmp_path, capsys):
     for q in ("q8_0", "q4_0"):
         out = tmp_path / f"re-{q}.gguf"

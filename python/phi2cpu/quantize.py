@@ -147,6 +147,8 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
         raise ModelFileError(f"{src}: no such file or directory")
     if not out.parent.is_dir():
         raise Phi2Error(f"{out.parent}: output directory does not exist")
+    if out.is_dir():
+        raise Phi2Error(f"{out}: is a directory; OUT is the file to write, e.g. {out / f'phi-2.{qtype}.gguf'}")
     _check_source(src, out, allow_requantize)
     t0 = time.perf_counter()
     config, tokenizer, names, load = _gguf_source(src) if _is_gguf(src) else _hf_source(src)
