@@ -3,12 +3,16 @@ file and the key or tensor, found before anything is sized from it. Each file is
 from a valid tiny one with one field changed (tests/hostile_gguf.py)."""
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
 import threading
 import time
+import tracemalloc
+import zipfile
 
+import numpy as np
 import pytest
 
 import phi2cpu
@@ -203,3 +207,123 @@ def test_load_threads_bounded(threads, tmp_path):
     path = SPEC.write(tmp_path / "tiny.gguf")
     with pytest.raises(Phi2Error, match=r"threads must be an integer in 1\.\.1024"):
         phi2cpu.load(path, threads=threads)
+
+
+# ----------------------------------------------------------------------------- saved states
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    path = SPEC.write(tmp_path_factory.mktemp("state") / "tiny.gguf")
+    return phi2cpu.load(path, threads=1, n_ctx=16)
+
+
+def _good_state(model, tmp_path) -> dict:
+    model.reset()
+    model.eval([1, 2, 3])
+    model.save_state(tmp_path / "good.state")
+    with np.load(tmp_path / "good.state") as z:
+        return {name: z[name] for name in z.files}
+
+
+def _npz(path, arrays: dict, compression: int = zipfile.ZIP_STORED) -> None:
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, a in arrays.items():
+            if isinstance(a, bytes):
+                zf.writestr(f"{name}.npy", a)
+            else:
+                with zf.open(f"{name}.npy", "w") as m:
+                    np.lib.format.write_array(m, np.asanyarray(a), allow_pickle=True)
+
+
+def _npy_header(shape, dtype="<f4") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _state_cases(good: dict) -> dict[str, tuple[dict, str]]:
+    k, v, tokens, meta = good["k"], good["v"], good["tokens"], good["meta"]
+    nan_k, inf_v = k.copy(), v.copy()
+    nan_k[0, 1, 2], inf_v[1, 0, 0] = np.nan, np.inf
+    three = dict(good)
+    return {
+        "k-extra-layer": ({**good, "k": np.zeros((3, 3, 64), np.float32)}, r"k has shape \[3, 3, 64\], expected \[2, 3, 64\]"),
+        "v-shorter": ({**good, "v": v[:, :2]}, r"v has shape \[2, 2, 64\], expected \[2, 3, 64\]"),
+        "k-wrong-width": ({**good, "k": np.zeros((2, 3, 32), np.float32)}, r"k has shape \[2, 3, 32\]"),
+        "tokens-2d": ({**good, "tokens": tokens.reshape(1, 3)}, r"tokens has shape \[1, 3\], expected one dimension"),
+        "meta-list": ({**good, "meta": np.array("[1, 2]")}, "meta is not a JSON object"),
+        "meta-not-json": ({**good, "meta": np.array("{oops")}, "meta is not JSON"),
+        "meta-deep": ({**good, "meta": np.array("[" * 100_000)}, "meta is not JSON"),
+        "meta-number": ({**good, "meta": np.array(3.0)}, "meta has dtype float64"),
+        "token-out-of-vocab": ({**good, "tokens": np.array([1, 2, 320])}, r"token ids must lie in 0\.\.319"),
+        "token-negative": ({**good, "tokens": np.array([1, -2, 3])}, r"token ids must lie in 0\.\.319"),
+        "tokens-float": ({**good, "tokens": tokens.astype(np.float32)}, "tokens has dtype float32, expected an integer"),
+        "k-nan": ({**good, "k": nan_k}, "k holds NaN or infinite values"),
+        "v-inf": ({**good, "v": inf_v}, "v holds NaN or infinite values"),
+        "k-float64": ({**good, "k": k.astype(np.float64)}, "k has dtype float64, expected float32"),
+        "k-object": ({**good, "k": np.array([None, 1], dtype=object)}, "k has dtype object"),
+        "no-v": ({key: a for key, a in three.items() if key != "v"}, "no v array"),
+        "npy-header-lies": ({**good, "k": _npy_header((2, 10**9, 64)) + b"\0" * 64},
+                            r"k declares shape \[2, 1000000000, 64\] \(512000000000 bytes\)"),
+        "npy-data-short": ({**good, "k": _npy_header((2, 3, 64)) + b"\0" * 64}, "not a phi2cpu state file"),
+        "npy-not-npy": ({**good, "k": b"hello"}, "not a phi2cpu state file"),
+    }
+
+
+def test_hostile_states_are_clean_errors_and_keep_the_cache(tiny_model, tmp_path):
+    good = _good_state(tiny_model, tmp_path)
+    tiny_model.eval([7, 8])
+    before = tiny_model.tokens
+    logits = tiny_model.eval([9])
+    tiny_model.truncate(len(before))
+    for case, (arrays, match) in _state_cases(good).items():
+        path = tmp_path / f"{case}.state"
+        _npz(path, arrays)
+        with pytest.raises(ModelFileError, match=match) as err:
+            tiny_model.load_state(path)
+        assert str(path) in str(err.value), case
+        assert tiny_model.tokens == before, case
+    np.testing.assert_array_equal(tiny_model.eval([9]), logits)
+    tiny_model.load_state(tmp_path / "good.state")
+    assert tiny_model.tokens == [1, 2, 3]
+
+
+def test_deflate_bomb_is_refused_before_decompressing(tiny_model, tmp_path):
+    """64 MiB of zeros deflate to about 64 kB; the state of this model holds at most 128 KiB of k,
+    so the declared size is refused, and loading allocates next to nothing."""
+    good = _good_state(tiny_model, tmp_path)
+    zeros = _npy_header((2, 256 * 1024, 64)) + bytes(64 << 20)
+    path = tmp_path / "bomb.state"
+    _npz(path, {**good, "k": zeros}, zipfile.ZIP_DEFLATED)
+    del zeros
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match=r"k declares 67108992 bytes; a state of this model holds at most"):
+            tiny_model.load_state(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
+def test_state_must_be_a_regular_file(tiny_model, tmp_path):
+    fifo = tmp_path / "fifo.state"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path):
+        with pytest.raises(ModelFileError, match="not a regular file"):
+            tiny_model.load_state(path)
+    with pytest.raises(FileNotFoundError, match="missing.state"):
+        tiny_model.load_state(tmp_path / "missing.state")
+
+
+def test_save_state_replaces_the_file_whole(tiny_model, tmp_path, monkeypatch):
+    path = tmp_path / "s.state"
+    path.write_bytes(b"old")
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError):
+        tiny_model.save_state(path)
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["s.state"]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence, Union
@@ -14,7 +13,9 @@ from . import _core
 from .cliargs import MAX_THREADS
 from .config import PhiConfig
 from .errors import ContextFullError, ModelFileError, Phi2Error
+from .atomic import replace_durably, temp_path
 from .gguf_io import ModelFile, read_model_file
+from .state_file import read_state_arrays
 from .tokenizer import Tokenizer
 
 
@@ -168,28 +169,55 @@ class Model:
 
     def save_state(self, path: Union[str, os.PathLike]) -> None:
         """Write the KV cache and its token ids to ``path`` (a NumPy .npz), to skip re-reading a
-        long prompt in a later run with :meth:`load_state`."""
+        long prompt in a later run with :meth:`load_state`. The file appears whole or not at all."""
         k, v = self._engine.get_state()
         meta = json.dumps({"format": STATE_FORMAT, "model": self._identity()})
-        with open(path, "wb") as f:  # an open file: np.savez would otherwise append ".npz"
-            np.savez(f, meta=np.array(meta), tokens=np.asarray(self._tokens, dtype=np.int64), k=k, v=v)
+        final = Path(path)
+        tmp = temp_path(final)
+        try:
+            with open(tmp, "wb") as f:  # an open file: np.savez would otherwise append ".npz"
+                np.savez(f, meta=np.array(meta), tokens=np.asarray(self._tokens, dtype=np.int64), k=k, v=v)
+            replace_durably(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _state_limits(self) -> dict[str, tuple[type, int]]:
+        """Each state array's dtype kind and the most bytes it may hold for this model (at its trained
+        context length: a longer state than this context holds is a ContextFullError, not a bad file)."""
+        c = self.config
+        kv_bytes = c.n_layer * c.n_ctx_train * c.n_embd * 4
+        return {"meta": (np.str_, 4 << 20), "tokens": (np.integer, c.n_ctx_train * 8), "k": (np.float32, kv_bytes),
+                "v": (np.float32, kv_bytes)}
 
     def load_state(self, path: Union[str, os.PathLike]) -> None:
         """Replace the KV cache with one written by :meth:`save_state` for this same model file.
         On any error the cache is left as it was."""
-        with open(path, "rb") as f:
-            try:
-                with np.load(f, allow_pickle=False) as z:
-                    meta = json.loads(str(z["meta"]))
-                    tokens, k, v = z["tokens"], z["k"], z["v"]
-            except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-                raise ModelFileError(f"{path}: not a phi2cpu state file ({e})") from None
+        arrays = read_state_arrays(path, self._state_limits())
+        try:
+            meta = json.loads(str(arrays["meta"]))
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ModelFileError(f"{path}: not a phi2cpu state file (meta is not JSON: {e})") from None
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{path}: not a phi2cpu state file (meta is not a JSON object)")
         if meta.get("format") != STATE_FORMAT:
             raise ModelFileError(f"{path}: unknown state format {meta.get('format')!r}")
         if json.loads(json.dumps(self._identity())) != meta.get("model"):
             raise ModelFileError(f"{path}: the state was saved from a different model file")
-        if tokens.ndim != 1 or k.shape != v.shape or k.ndim != 3 or k.shape[1] != tokens.size:
-            raise ModelFileError(f"{path}: state arrays are inconsistent")
+        tokens, k, v = arrays["tokens"], arrays["k"], arrays["v"]
+        c = self.config
+        if tokens.ndim != 1:
+            raise ModelFileError(f"{path}: tokens has shape {list(tokens.shape)}, expected one dimension")
+        want = [c.n_layer, tokens.size, c.n_embd]
+        for name, a in (("k", k), ("v", v)):
+            if list(a.shape) != want:
+                raise ModelFileError(f"{path}: {name} has shape {list(a.shape)}, expected {want} "
+                                     "(n_layer, tokens, n_embd)")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= c.n_vocab):
+            raise ModelFileError(f"{path}: token ids must lie in 0..{c.n_vocab - 1}")
+        for name, a in (("k", k), ("v", v)):
+            if not np.isfinite(a).all():
+                raise ModelFileError(f"{path}: {name} holds NaN or infinite values")
         if tokens.size > self.n_ctx:
             raise ContextFullError(f"{path}: the state holds {tokens.size} tokens; the context holds {self.n_ctx}")
         self._engine.set_state(k, v)
