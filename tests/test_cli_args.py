@@ -346,6 +346,24 @@ def test_model_and_prompt_positional_or_flags(fake_load, capsys, argv, model, pr
     assert capsys.readouterr().out == "ok"
 
 
+@pytest.mark.parametrize("lone", ["phi-2.q4_0.gguf", "models/Phi-2.Q8_0.GGUF", "phi-2:q4_0", "phi-2"])
+def test_run_with_only_a_model_says_the_prompt_is_missing(fake_load, capsys, monkeypatch, lone):
+    """`phi2cpu run MODEL` (as `ollama run MODEL`) must not run the demo model on the prompt "MODEL"."""
+    monkeypatch.setattr("phi2cpu.store.find", lambda text: object() if text in ("phi-2:q4_0", "phi-2") else None)
+    assert main(["run", lone]) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and f"PROMPT is missing: {lone} is a model" in err and "phi2cpu chat" in err
+    assert fake_load.calls == []
+
+
+def test_a_lone_prompt_that_is_no_model_still_runs(fake_load, capsys, monkeypatch):
+    monkeypatch.setattr("phi2cpu.store.find", lambda text: None)
+    for prompt in ("def f(x):", "a:b", "x.gguf is a file format"):
+        fake_load.model = scripted_model(prompt, "ok")
+        assert main(["run", prompt, "--temp", "0", "-q"]) == 0
+        assert prompt_seen(fake_load.model) == prompt and capsys.readouterr().out == "ok"
+
+
 @pytest.mark.parametrize("argv, words", [
     (["run", "-p", "P", "M", "X"], "prompt is given twice"),
     (["run", "-m", "M", "-p", "P", "X"], "prompt is given twice"),

@@ -73,6 +73,18 @@ def warn_threads(threads: Optional[int]) -> None:
               "can use; the extra threads only wait for a CPU", file=sys.stderr)
 
 
+def _names_a_model(text: str) -> bool:
+    """Whether a lone positional is a model rather than a prompt: a .gguf name or a stored model."""
+    from . import store
+
+    if text.lower().endswith(".gguf"):
+        return True
+    try:
+        return store.find(text) is not None
+    except Phi2Error:
+        return False
+
+
 def place_positionals(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Set args.model (and args.prompt for `run`) from -m / -p and the positionals.
 
@@ -85,6 +97,9 @@ def place_positionals(parser: argparse.ArgumentParser, args: argparse.Namespace)
         if prompt is None:
             if not pos:
                 parser.error("PROMPT is missing (give it as the last argument, or as -p TEXT)")
+            if len(pos) == 1 and model is None and _names_a_model(pos[0]):
+                parser.error(f"PROMPT is missing: {pos[0]} is a model; give the prompt after it (or as -p TEXT), "
+                             f"or talk to it with `phi2cpu chat {pos[0]}`")
             prompt = pos.pop()
         elif len(pos) > 1 or (pos and model is not None):
             parser.error("the prompt is given twice: use -p/--prompt or a positional PROMPT, not both")
