@@ -298,6 +298,7 @@ def test_prompt_over_the_context_in_bytes_is_refused_untokenized(server):
 # --- memory -----------------------------------------------------------------------------------------
 
 def test_rss_returns_to_idle_after_large_requests(fresh_server):
+    """After max-size bodies of every kind, and a prompt that fills the context."""
     server = fresh_server
     for _ in range(2):  # warm up every path once, with small inputs
         server.post({"prompt": "def f():", "max_tokens": 4, "temperature": 0})
@@ -316,6 +317,8 @@ def test_rss_returns_to_idle_after_large_requests(fresh_server):
         ("/v1/chat/completions", _padded({"messages": [{"role": "user", "content": _words(4000, seed=s)}
                                                       for s in range(200)], "max_tokens": 1}, LIMIT)),
         ("/v1/completions", b"[" * LIMIT),
+        # ~1900 tokens: the prompt fills almost every position of the KV cache
+        ("/v1/completions", json.dumps({"prompt": "x = 1\n" * 480, "max_tokens": 8}).encode()),
     ]
     after = []
     for path, raw in requests:

@@ -36,7 +36,8 @@ from .errors import Phi2Error
 from .generate import STOP_EOS, STOP_STRING, GenerationStats, TextStream, generate_tokens
 from .prompts import get_format, messages_prompt
 from .sampling import SAMPLING_OPTIONS, SamplingParams
-from .server_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT, RequestLimits, timed_h11_protocol
+from .server_limits import (DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT, RequestLimits, reserve_kv_cache,
+                            timed_h11_protocol)
 from .tokenizer import check_text
 
 MAX_STOP_STRINGS = 4          # as OpenAI's API
@@ -645,7 +646,8 @@ def serve(model, model_name: str, host: str = "127.0.0.1", port: int = 8000, log
     """Serve `model` with uvicorn until interrupted. The socket is bound and listening before
     `on_listen(url)` is called (port 0 picks a free port), so the URL is usable at once. A request
     whose line, headers and body do not all arrive within `read_timeout` seconds gets a 408 and its
-    connection is closed."""
+    connection is closed. The whole KV cache is made resident first, so requests do not grow the
+    server's memory."""
     import socket
 
     import uvicorn
@@ -666,6 +668,7 @@ def serve(model, model_name: str, host: str = "127.0.0.1", port: int = 8000, log
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
     app = create_app(model, model_name, max_queue=max_queue, max_body_bytes=max_body_bytes)
+    reserve_kv_cache(model)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
                             http=timed_h11_protocol(read_timeout, _error_body))
     server = uvicorn.Server(config)

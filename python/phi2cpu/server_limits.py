@@ -9,6 +9,7 @@
   the previous response ending), else the client gets a 408 and the connection is closed. uvicorn
   alone closes idle keep-alive connections but waits forever for a request that trickles in.
 - `release_memory`: hands freed heap pages back to the OS after a large request.
+- `reserve_kv_cache`: makes the model's whole KV cache resident before the server listens.
 """
 from __future__ import annotations
 
@@ -181,3 +182,24 @@ def release_memory() -> None:
         except (OSError, AttributeError):  # not glibc
             _trim = lambda pad: 0  # noqa: E731
     _trim(0)
+
+
+def reserve_kv_cache(model) -> None:
+    """Write every page of `model`'s KV cache once. The engine allocates it untouched, so without
+    this the first request that fills the context adds n_layer * n_ctx * n_embd * 8 bytes to the
+    RSS for good; with it the server's memory is all there when it starts listening, and a request
+    never grows it."""
+    import mmap
+
+    import numpy as np
+
+    c = model.config
+    shape = (c.n_layer, model.n_ctx, c.n_embd)
+    # zeros in a fresh mapping: reading them costs no RSS, and unlike a freed malloc block of this
+    # size, unmapping them does not raise glibc's mmap threshold (which would keep later large
+    # requests' memory in the heap, out of malloc_trim's reach)
+    with mmap.mmap(-1, 4 * shape[0] * shape[1] * shape[2]) as buf:
+        zeros = np.frombuffer(buf, np.float32).reshape(shape)
+        model._engine.set_state(zeros, zeros)
+        del zeros
+    model.reset()
