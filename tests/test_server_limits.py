@@ -125,19 +125,21 @@ def _read_response(s: socket.socket, limit_s: float) -> bytes:
     return out
 
 
-def _closed_within(s: socket.socket, limit_s: float) -> bool:
-    """Whether the server closes `s` within `limit_s` seconds (whatever it sends first is read)."""
+def _closed_within(s: socket.socket, limit_s: float) -> tuple:
+    """(whether the server closes `s` within `limit_s` seconds, what it sent before)."""
     s.settimeout(0.2)
-    deadline = time.monotonic() + limit_s
+    got, deadline = b"", time.monotonic() + limit_s
     while time.monotonic() < deadline:
         try:
-            if not s.recv(65536):
-                return True
+            chunk = s.recv(65536)
         except socket.timeout:
             continue
         except ConnectionResetError:
-            return True
-    return False
+            return True, got
+        if not chunk:
+            return True, got
+        got += chunk
+    return False, got
 
 
 def _status_and_error(response: bytes) -> tuple:
@@ -182,20 +184,41 @@ def test_declared_length_over_the_limit_is_413_before_the_body_is_sent(server):
     assert str(LIMIT) in err["message"] and b"connection: close" in head
 
 
-def test_chunked_body_growing_past_the_limit_is_413(server):
-    chunk = b"x" * (64 << 10)
-    sent = 0
+@pytest.mark.parametrize("chunked", [True, False])
+def test_body_growing_past_the_limit_is_413(server, chunked):
+    """A chunked body is refused once it passes the limit; a 10 MB prompt sent in full (the
+    reproducer that once blocked /health for 28 s) is refused by its Content-Length."""
+    prompt = b'{"prompt": "' + b"x = 1 " * ((10 << 20) // 6) + b'"}'
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % len(prompt)
     with server.connect() as s:
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n")
+                  b"%s\r\n\r\n" % framing)
         try:
-            while sent < 4 * LIMIT:  # the server answers after LIMIT; this bounds the loop if not
-                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                sent += len(chunk)
+            for i in range(0, len(prompt), 64 << 10):
+                chunk = prompt[i:i + (64 << 10)]
+                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server closed the connection after refusing
         status, err, _ = _status_and_error(_read_response(s, 5))
     assert status == 413 and err["code"] == "request_too_large"
+    assert server.request("GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (20 << 10) + b"\r\n\r\n",  # over 16 KiB
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32 + b"\r\n\r\n",  # TLS on the HTTP port
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+])
+def test_invalid_http_is_400_in_openai_shape(server, head):
+    with server.connect() as s:
+        s.sendall(head[:-4])  # the head's limit applies to what is buffered before it is complete
+        time.sleep(0.2)
+        try:
+            s.sendall(head[-4:])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, err, head_lines = _status_and_error(_read_response(s, 5))
+    assert status == 400 and err["code"] == "invalid_http_request" and b"application/json" in head_lines
 
 
 # --- JSON depth ---------------------------------------------------------------------------------------
@@ -376,15 +399,19 @@ def test_slow_client_gets_408_and_is_dropped(server, prefix, trickled):
 
 def test_many_silent_connections_are_closed_and_health_answers(server):
     t = time.monotonic()
-    socks = [server.connect() for _ in range(20)]
+    socks = [server.connect() for _ in range(40)]
     try:
-        for s in socks[:10]:
+        for s in socks[:20]:
             s.sendall(b"GET /health HTTP/1.1\r\n")  # a request line, then nothing
         status, _, seconds = server.request("GET", "/health")
         assert status == 200
-        closed = [_closed_within(s, max(0.1, READ_TIMEOUT + 5 - (time.monotonic() - t))) for s in socks]
+        ends = [_closed_within(s, max(0.1, READ_TIMEOUT + 5 - (time.monotonic() - t))) for s in socks]
+        closed = [c for c, _ in ends]
         assert all(closed), f"{closed.count(False)} of {len(socks)} idle connections were left open"
-        print(f"\n20 idle connections all closed {time.monotonic() - t:.2f} s after opening; "
+        # a begun request is told why; a connection that sent nothing is closed without a word
+        assert all(got.startswith(b"HTTP/1.1 408 ") for _, got in ends[:20])
+        assert all(got == b"" for _, got in ends[20:])
+        print(f"\n40 idle connections all closed {time.monotonic() - t:.2f} s after opening; "
               f"/health meanwhile took {seconds * 1000:.1f} ms")
     finally:
         for s in socks:
@@ -408,6 +435,8 @@ def test_keep_alive_and_long_generations_are_not_cut(server):
         conn.request("GET", "/health")  # the same connection, kept alive
         r = conn.getresponse()
         assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        closed, got = _closed_within(conn.sock, READ_TIMEOUT + 3)  # then idle: closed, no 408
+        assert closed and got == b""
         print(f"\na {CTX - 16}-token stream took {took:.1f} s with a {READ_TIMEOUT} s read timeout")
     finally:
         conn.close()

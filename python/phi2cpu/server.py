@@ -36,8 +36,8 @@ from .errors import Phi2Error
 from .generate import STOP_EOS, STOP_STRING, GenerationStats, TextStream, generate_tokens
 from .prompts import get_format, messages_prompt
 from .sampling import SAMPLING_OPTIONS, SamplingParams
-from .server_limits import (DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT, RequestLimits, reserve_kv_cache,
-                            timed_h11_protocol)
+from .server_limits import (DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT, MAX_HEAD_BYTES, RequestLimits,
+                            reserve_kv_cache, timed_h11_protocol)
 from .tokenizer import check_text
 
 MAX_STOP_STRINGS = 4          # as OpenAI's API
@@ -670,7 +670,8 @@ def serve(model, model_name: str, host: str = "127.0.0.1", port: int = 8000, log
     app = create_app(model, model_name, max_queue=max_queue, max_body_bytes=max_body_bytes)
     reserve_kv_cache(model)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
-                            http=timed_h11_protocol(read_timeout, _error_body))
+                            http=timed_h11_protocol(read_timeout, _error_body),
+                            h11_max_incomplete_event_size=MAX_HEAD_BYTES)
     server = uvicorn.Server(config)
     if on_listen is not None:
         on_listen(f"http://{shown}:{bound_port}")

@@ -6,7 +6,8 @@
   anything parses it (400). The app then receives the body as one message.
 - `timed_h11_protocol`: uvicorn's HTTP/1.1 protocol with a read deadline: a request's line,
   headers and body must all arrive within `read_timeout` seconds of the connection opening (or of
-  the previous response ending), else the client gets a 408 and the connection is closed. uvicorn
+  the previous response ending), else the connection is closed (with a 408 if a request had
+  begun). uvicorn
   alone closes idle keep-alive connections but waits forever for a request that trickles in.
 - `release_memory`: hands freed heap pages back to the OS after a large request.
 - `reserve_kv_cache`: makes the model's whole KV cache resident before the server listens.
@@ -24,6 +25,7 @@ from typing import Callable, Optional
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full 2048-token context is tens of KB even as JSON
 MAX_JSON_DEPTH = 32               # chat content parts need 5; json.loads recurses ~1000 deep
 DEFAULT_READ_TIMEOUT = 20.0       # seconds for one request's line, headers and body
+MAX_HEAD_BYTES = 16 << 10         # a request's line and headers (uvicorn's h11_max_incomplete_event_size)
 LARGE_BODY_BYTES = 64 << 10       # after a body this large, freed memory goes back to the OS
 
 ErrorBody = Callable[[int, str, Optional[str]], dict]  # (status, message, code) -> OpenAI's error object
@@ -117,15 +119,23 @@ def _content_length(scope) -> Optional[int]:
     return None
 
 
+def _closing_response(status: int, reason: bytes, error: dict) -> bytes:
+    payload = json.dumps(error).encode()
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n" % (status, reason, len(payload))) + payload
+
+
 def timed_h11_protocol(read_timeout: float, error_body: ErrorBody) -> type:
-    """uvicorn's h11 protocol class with a per-request read deadline of `read_timeout` seconds."""
+    """uvicorn's h11 protocol class with a per-request read deadline of `read_timeout` seconds,
+    whose answers to requests that are not valid HTTP have OpenAI's error shape too."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    payload = json.dumps(error_body(408, f"the request did not arrive within {read_timeout:g} seconds "
-                                         f"(--read-timeout)", "request_timeout")).encode()
-    timeout_response = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(payload)) + payload
+    timeout_response = _closing_response(408, b"Request Timeout", error_body(
+        408, f"the request did not arrive within {read_timeout:g} seconds (--read-timeout)", "request_timeout"))
+    invalid_response = _closing_response(400, b"Bad Request", error_body(
+        400, f"the request is not valid HTTP/1.1, or its line and headers exceed {MAX_HEAD_BYTES} bytes",
+        "invalid_http_request"))
 
     class TimedH11Protocol(H11Protocol):
         _read_deadline: Optional[asyncio.TimerHandle] = None
@@ -148,6 +158,10 @@ def timed_h11_protocol(read_timeout: float, error_body: ErrorBody) -> type:
             self._disarm()
             super().connection_lost(exc)
 
+        def send_400_response(self, msg: str) -> None:  # uvicorn's is plain text
+            self.transport.write(invalid_response)
+            self.transport.close()
+
         def _arm(self) -> None:
             self._disarm()
             self._read_deadline = self.loop.call_later(read_timeout, self._read_timed_out)
@@ -161,7 +175,10 @@ def timed_h11_protocol(read_timeout: float, error_body: ErrorBody) -> type:
             self._read_deadline = None
             if self.transport.is_closing():
                 return
-            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no response begun: say why
+            # a request begun and no response yet: say why. An idle connection is closed silently,
+            # as keep-alive ones are: a client may be sending its next request on it right now
+            started = self.conn.their_state is h11.SEND_BODY or bool(self.conn.trailing_data[0])
+            if started and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 self.transport.write(timeout_response)
             self.transport.close()
 
