@@ -6,7 +6,10 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import struct
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -327,3 +330,33 @@ def test_save_state_replaces_the_file_whole(tiny_model, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         tiny_model.save_state(path)
     assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["s.state"]
+
+
+# ----------------------------------------------------------------------------- threads
+
+_START_UNDER_LIMIT = r"""
+import resource, sys
+import phi2cpu
+from phi2cpu.errors import Phi2Error
+path = sys.argv[1]
+phi2cpu.load(path, threads=1, n_ctx=16)  # everything imported and mapped once, under no limit
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+try:
+    phi2cpu.load(path, threads=1024, n_ctx=16)
+except Phi2Error as e:
+    print("Phi2Error:", e)
+print("done")
+"""
+
+
+def test_thread_start_failure_is_a_clean_error(tmp_path):
+    """1024 threads' stacks do not fit 256 MiB of address space: the pool stops the workers it
+    started and load raises Phi2Error (it used to hang in the pool's destructor)."""
+    path = SPEC.write(tmp_path / "tiny.gguf")
+    run = subprocess.run([sys.executable, "-c", _START_UNDER_LIMIT, str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"Phi2Error: cannot start worker thread \d+ of 1024: .*fewer --threads", run.stdout), run.stdout
+    assert run.stdout.rstrip().endswith("done")

@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <system_error>
 
 #include "kernels/dispatch.h"
 #include "model/errors.h"
@@ -93,7 +94,11 @@ std::unique_ptr<Model> make_model(const std::string& path, const py::dict& confi
         entries.push_back(std::move(e));
     }
     py::gil_scoped_release release;
-    return std::make_unique<Model>(path, cfg, entries, n_ctx, n_threads);
+    try {
+        return std::make_unique<Model>(path, cfg, entries, n_ctx, n_threads);
+    } catch (const std::system_error& e) {  // the thread pool could not start its workers
+        throw SetupError(std::string(e.what()) + " (fewer --threads may fit this process's limits)");
+    }
 }
 
 py::array_t<float> forward(Model& m, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,

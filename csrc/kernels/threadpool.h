@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -27,17 +29,23 @@ namespace phi2cpu {
 
 class ThreadPool {
 public:
+    // Throws std::system_error when a worker cannot be started (thread or memory limits), after
+    // stopping the ones already running: their condition variable must not be destroyed under them.
     explicit ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
-        for (int i = 1; i < n_threads_; i++) workers_.emplace_back([this] { worker_loop(); });
-    }
-    ~ThreadPool() {
-        {
-            std::lock_guard<std::mutex> lk(mu_);
-            stop_.store(true);
+        workers_.reserve(size_t(n_threads_ - 1));
+        for (int i = 1; i < n_threads_; i++) {
+            try {
+                workers_.emplace_back([this] { worker_loop(); });
+            } catch (const std::exception& e) {
+                stop_workers();
+                const auto* se = dynamic_cast<const std::system_error*>(&e);
+                throw std::system_error(se ? se->code() : std::make_error_code(std::errc::not_enough_memory),
+                                        "cannot start worker thread " + std::to_string(i + 1) + " of " +
+                                            std::to_string(n_threads_));
+            }
         }
-        cv_start_.notify_all();
-        for (auto& t : workers_) t.join();
     }
+    ~ThreadPool() { stop_workers(); }
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
 
@@ -75,6 +83,15 @@ public:
 
 private:
     static constexpr int kSpins = 20000;  // ~50-100 us of pause before sleeping
+
+    void stop_workers() {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            stop_.store(true);
+        }
+        cv_start_.notify_all();
+        for (auto& t : workers_) t.join();
+    }
 
     void run_chunks() {
         for (;;) {
