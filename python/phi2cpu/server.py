@@ -7,8 +7,9 @@ One model has one KV cache, so requests never run at the same time: every genera
 on a single worker thread, taken first come, first served. Each job starts from an empty cache
 (`generate_tokens` resets it), so no request can see another's tokens. The event loop only
 parses, validates and relays text; prompts are tokenized on a thread of their own (the tokenizer
-and the engine's forward pass both release the GIL), so ``/health`` answers while either runs. A client that disconnects cancels its job, between two
-tokens if it is running or before it starts if it is still waiting.
+and the engine's forward pass both release the GIL), so ``/health`` answers while either runs. A
+client that disconnects cancels its job, between two tokens if it is running or before it starts
+if it is still waiting.
 
 Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: invalid fields
 are 400, an unknown model is 404, a body over the size limit is 413, a request that does not
@@ -644,10 +645,10 @@ def serve(model, model_name: str, host: str = "127.0.0.1", port: int = 8000, log
           max_queue: int = 64, on_listen: Optional[Callable[[str], None]] = None,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
     """Serve `model` with uvicorn until interrupted. The socket is bound and listening before
-    `on_listen(url)` is called (port 0 picks a free port), so the URL is usable at once. A request
-    whose line, headers and body do not all arrive within `read_timeout` seconds gets a 408 and its
-    connection is closed. The whole KV cache is made resident first, so requests do not grow the
-    server's memory."""
+    `on_listen(url)` is called (port 0 picks a free port), so the URL is usable at once. A
+    connection whose request line, headers and body do not all arrive within `read_timeout` seconds
+    is closed (after a 408 if the request had begun). The whole KV cache is made resident first,
+    so requests do not grow the server's memory."""
     import socket
 
     import uvicorn
