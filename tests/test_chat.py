@@ -334,10 +334,11 @@ class TmuxChat:
     """`phi2cpu chat` in a detached tmux session on its own tmux server; read what a person would see.
     The shell prints `[exited N]` when the program ends and keeps the pane open for reading."""
 
-    def __init__(self, *args: str, home: Path):
+    def __init__(self, *args: str, home: Path, pipe_to: str = ""):
         self.socket = f"phi2cpu-test-{uuid.uuid4().hex[:8]}"
         cmd = " ".join(shlex.quote(a) for a in ["env", f"PHI2CPU_HOME={home}", sys.executable, "-m", "phi2cpu",
                                                 "chat", *args])
+        cmd += f" | {pipe_to}" if pipe_to else ""
         shell = f"{cmd}; echo \"[exited $?]\"; sleep 600"
         self._tmux("new-session", "-d", "-x", "200", "-y", "50", shell, check=True)
 
@@ -385,8 +386,8 @@ def tmux_chat(tmp_path):
         pytest.skip("tmux is not installed")
     sessions = []
 
-    def start(*args):
-        s = TmuxChat(*args, home=tmp_path)
+    def start(*args, **kw):
+        s = TmuxChat(*args, home=tmp_path, **kw)
         sessions.append(s)
         return s
     yield start
@@ -481,6 +482,22 @@ def test_tmux_pasted_block_is_one_turn(tmux_chat):
     # exactly one reply: one prompt-processing line, one new >>> prompt after the paste
     assert len(re.findall(r"^prompt: ", s, re.M)) == 1 and len(re.findall(r"^stopped: ", s, re.M)) == 1, s
     assert len(re.findall(PROMPT_LINE, s, re.M)) == 3, s   # start, after the reply, after /show
+    t.send("/bye", "Enter")
+    assert t.wait_exit() == 0
+
+
+def test_tmux_paste_is_one_turn_with_stdout_piped(tmux_chat):
+    """`phi2cpu chat | tee log`: the keyboard is still a person's, so the prompt (drawn on stderr)
+    still takes a pasted block as one message."""
+    t = tmux_chat("--threads", "1", "--temperature", "0", "--max-tokens", "8", pipe_to="cat")
+    t.wait_for(PROMPT_LINE)
+    t.paste(THIRTEEN_LINES)
+    t.wait_for(r"^\.\.\.     return out$")
+    t.send("Enter")
+    t.wait_for(PROMPT_LINE, 2)
+    t.send("/show", "Enter")
+    s = t.wait_for(r"^conversation: ")
+    assert _turns(s) == 1, s
     t.send("/bye", "Enter")
     assert t.wait_exit() == 0
 

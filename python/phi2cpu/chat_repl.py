@@ -2,9 +2,10 @@
 
 At a terminal it reads with prompt_toolkit: line editing, a history kept between sessions, and
 bracketed paste, so a pasted block is one message. A message that starts with \"\"\" goes on over
-several lines until a line ends with \"\"\". Lines that start with a /word are commands. When stdin
-or stdout is not a terminal, it reads plain lines (the same commands and \"\"\" blocks) and prints
-no prompt, so scripts can pipe a conversation in and get only the replies out.
+several lines until a line ends with \"\"\". Lines that start with a /word are commands. With stdout
+piped (`phi2cpu chat | tee log`) the prompt is drawn on stderr. When stdin is not a terminal, it
+reads plain lines (the same commands and \"\"\" blocks) and prints no prompt, so scripts can pipe a
+conversation in and get only the replies out.
 """
 from __future__ import annotations
 
@@ -366,20 +367,30 @@ def _isatty(stream) -> bool:
         return False
 
 
-def interactive() -> bool:
-    return _isatty(sys.stdin) and _isatty(sys.stdout)
+def prompt_screen() -> Optional[TextIO]:
+    """Where a person at the keyboard sees the prompt: stdout, or stderr when only stdout is piped
+    (`phi2cpu chat | tee log`); None when stdin is not a terminal or neither output is one."""
+    if not _isatty(sys.stdin):
+        return None
+    return next((s for s in (sys.stdout, sys.stderr) if _isatty(s)), None)
 
 
 def run_chat(session: ChatSession, title: str = "", quiet: bool = False, verbose: bool = False,
              timing: Optional[Callable[[object, bool], List[str]]] = None,
              write: Optional[Callable[[str], None]] = None) -> int:
     """The chat on this process's terminal, or on piped stdin without prompts."""
-    tty = interactive()
+    screen = prompt_screen()
+    tty = screen is not None
     history = history_path() if tty else None
     loop = ChatLoop(session, quiet=quiet, verbose=verbose, timing=timing, write=write, history=history,
                     hint_on_new_line=not tty)
     if title and not quiet:
         _note(title + ' Type /help for the commands; """ starts a multi-line message; Ctrl-C stops a reply; '
               "Ctrl-D or /bye quits.")
-    read = prompt_reader(history) if tty else line_reader(sys.stdin, sys.stderr if _isatty(sys.stdin) else None)
+    if tty:
+        from prompt_toolkit.output import create_output
+
+        read = prompt_reader(history, output=None if screen is sys.stdout else create_output(stdout=screen))
+    else:
+        read = line_reader(sys.stdin, sys.stderr if _isatty(sys.stdin) else None)
     return loop.run(read)
