@@ -360,3 +360,70 @@ def test_thread_start_failure_is_a_clean_error(tmp_path):
     assert run.returncode == 0, run.stderr
     assert re.search(r"Phi2Error: cannot start worker thread \d+ of 1024: .*fewer --threads", run.stdout), run.stdout
     assert run.stdout.rstrip().endswith("done")
+
+
+# ----------------------------------------------------------------------------- quantize
+
+def test_quantize_refuses_out_that_is_src_through_links(tmp_path, capsys):
+    src = SPEC.write(tmp_path / "tiny.f32.gguf")
+    before = src.read_bytes()
+    (tmp_path / "link.gguf").symlink_to(src)
+    os.link(src, tmp_path / "hard.gguf")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up.gguf").symlink_to(os.path.join("..", "link.gguf"))
+    for out in ("link.gguf", "hard.gguf", "sub/up.gguf", "sub/../tiny.f32.gguf"):
+        assert main(["quantize", str(src), str(tmp_path / out), "--type", "q8_0", "--quiet"]) == 1, out
+        assert "OUT is the same file as SRC" in capsys.readouterr().err
+    assert src.read_bytes() == before
+
+
+_SLOW_QUANTIZE = r"""
+import sys, time
+import phi2cpu.quantize as q
+real = q._core.quantize
+
+class Slow:
+    dequantize = staticmethod(q._core.dequantize)
+    @staticmethod
+    def quantize(x, t):
+        time.sleep(0.2)
+        return real(x, t)
+q._core = Slow
+sys.exit(q.main(sys.argv[1:], prog="quantize"))
+"""
+
+
+def test_sigterm_during_quantize_removes_the_temporary_file(tmp_path):
+    src = SPEC.write(tmp_path / "tiny.f32.gguf")
+    out = tmp_path / "out.gguf"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_QUANTIZE, str(src), str(out), "--type", "q8_0", "--quiet"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.gguf.*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert list(tmp_path.glob(".out.gguf.*.tmp")), "the temporary file never appeared"
+    proc.terminate()
+    assert proc.wait(60) == 143, proc.stderr.read()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.f32.gguf"]
+
+
+_WRITE_LIMIT = r"""
+import resource, signal, sys
+from phi2cpu.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+sys.exit(main(["quantize"] + sys.argv[1:]))
+"""
+
+
+def test_a_failed_write_names_out(tmp_path):
+    """A write that fails part way (here: past a file-size limit) is one error line naming OUT,
+    and leaves no file behind."""
+    src = SPEC.write(tmp_path / "tiny.f32.gguf")
+    out = tmp_path / "out.gguf"
+    run = subprocess.run([sys.executable, "-c", _WRITE_LIMIT, str(src), str(out), "--type", "f32", "--quiet"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"phi2cpu: error: {out}: "), run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.f32.gguf"]

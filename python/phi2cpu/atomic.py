@@ -3,10 +3,14 @@ rename. Whatever stops a write (Ctrl-C, a full disk, a crash) never leaves a par
 final name; the writers here also remove their temporary file unless the process is killed outright."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
+from typing import Iterator
 
 
 def temp_path(final: Path, suffix: str = "tmp") -> Path:
@@ -63,3 +67,21 @@ def no_space_left(e: OSError, directory: Path) -> bool:
         return e.errno is None and shutil.disk_usage(directory).free < (1 << 20)
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block SIGTERM raises SystemExit(143), so the writers' cleanup runs and removes
+    their temporary files; the previous handler comes back afterwards. Only the main thread can
+    take signals, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

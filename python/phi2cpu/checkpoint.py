@@ -95,13 +95,17 @@ class SafetensorsFile:
             return
         start = self.data_start + begin
         base = start - start % mmap.ALLOCATIONGRANULARITY
-        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), self.data_start + end - base,
-                                                    access=mmap.ACCESS_READ, offset=base) as mm:
-            np_dtype = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[dtype]
-            src = np.frombuffer(mm, np_dtype, count=math.prod(shape), offset=start - base)
-            flat = out.reshape(-1)
-            flat[:] = bf16_to_f32(src) if dtype == "BF16" else src
-            del src  # release the buffer before the map closes
+        np_dtype = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[dtype]
+        try:
+            with open(self.path, "rb") as f, mmap.mmap(f.fileno(), self.data_start + end - base,
+                                                        access=mmap.ACCESS_READ, offset=base) as mm:
+                src = np.frombuffer(mm, np_dtype, count=math.prod(shape), offset=start - base)
+                flat = out.reshape(-1)
+                flat[:] = bf16_to_f32(src) if dtype == "BF16" else src
+                del src  # release the buffer before the map closes
+        except (OSError, ValueError) as e:  # an mmap failure names no file
+            raise ModelFileError(f"{self.path}: cannot read tensor {name} ({getattr(e, 'strerror', None) or e})") \
+                from None
 
 
 def write_safetensors(path: Path, specs: list[tuple[str, str, tuple[int, ...]]],

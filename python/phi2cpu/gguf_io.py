@@ -168,6 +168,8 @@ def write_gguf(out_path: str | Path, config: PhiConfig,
             tmp.unlink(missing_ok=True)
         if full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from None
+        if isinstance(e, OSError) and e.filename is None:  # a failed write() names no file
+            raise OSError(e.errno, e.strerror or str(e), str(out)) from None
         raise
     return out
 
@@ -207,7 +209,10 @@ class ModelFile:
     def raw(self, name: str) -> np.ndarray:
         """A read-only uint8 map of one tensor's bytes, shaped (rows..., row_bytes)."""
         t = self.tensors[name]
-        m = np.memmap(self.path, np.uint8, "r", offset=t.offset, shape=(t.nbytes,))
+        try:
+            m = np.memmap(self.path, np.uint8, "r", offset=t.offset, shape=(t.nbytes,))
+        except (OSError, ValueError) as e:
+            raise ModelFileError(f"{self.path}: cannot map tensor {name} ({getattr(e, 'strerror', None) or e})") from None
         return m.reshape(*t.shape[:-1], -1)
 
 

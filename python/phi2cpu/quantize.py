@@ -27,6 +27,7 @@ from gguf import LlamaFileType
 from tqdm import tqdm
 
 from . import _core
+from .atomic import sigterm_raises
 from .checkpoint import HFCheckpoint, expected_gguf_shapes, gguf_tensor_names
 from .errors import ModelFileError, Phi2Error, error_message
 from .gguf_io import Vocab, read_model_file, tensor_nbytes, write_gguf
@@ -167,7 +168,8 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
     plan = [(n, producer(n, tensor_type(n, shapes[n], qtype)), int(tensor_type(n, shapes[n], qtype)), shapes[n])
             for n in names]
     try:
-        write_gguf(out, config, plan, tokenizer, int(FILE_TYPES[qtype]), recipe, name=_model_name(src))
+        with sigterm_raises():  # a terminated run removes its temporary file too
+            write_gguf(out, config, plan, tokenizer, int(FILE_TYPES[qtype]), recipe, name=_model_name(src))
     finally:
         bar.close()
     return {"src": str(src), "out": str(out), "qtype": qtype, "n_tensors": len(plan),
