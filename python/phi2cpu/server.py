@@ -6,7 +6,7 @@ Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with SS
 One model has one KV cache, so requests never run at the same time: every generation is a job
 on a single worker thread, taken first come, first served. Each job starts from an empty cache
 (`generate_tokens` resets it), so no request can see another's tokens. The event loop only
-parses, validates and relays text; prompts are tokenized on a thread of their own (the tokenizer
+relays text: requests are parsed, validated and tokenized on a thread of their own (the tokenizer
 and the engine's forward pass both release the GIL), so ``/health`` answers while either runs. A
 client that disconnects cancels its job, between two tokens if it is running or before it starts
 if it is still waiting.
@@ -38,7 +38,7 @@ from .generate import STOP_EOS, STOP_STRING, GenerationStats, TextStream, genera
 from .prompts import get_format, messages_prompt
 from .sampling import SAMPLING_OPTIONS, SamplingParams
 from .server_limits import (DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT, MAX_HEAD_BYTES, RequestLimits,
-                            reserve_kv_cache, timed_h11_protocol)
+                            fix_mmap_threshold, reserve_kv_cache, timed_h11_protocol)
 from .tokenizer import check_text
 
 MAX_STOP_STRINGS = 4          # as OpenAI's API
@@ -421,8 +421,8 @@ async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
         await asyncio.sleep(0.2)
 
 
-async def _read_body(request: Request) -> dict:
-    raw = await request.body()  # size and depth are bounded by RequestLimits
+def _parse_body(raw: bytes) -> dict:
+    """The request's JSON object. Its size and depth were bounded by RequestLimits."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -450,13 +450,14 @@ def create_app(model, model_name: str, max_queue: int = 64,
     model.tokenizer.limit_word_cache(TOKENIZER_WORD_CACHE)
     # a prompt of more bytes than this cannot fit the context, so it is refused untokenized
     max_prompt_bytes = (model.n_ctx - 1) * model.tokenizer.max_token_bytes
-    tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi2cpu-tokenize")
+    # parsing, validating and tokenizing a request: off the event loop, one request at a time
+    prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi2cpu-prepare")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         engine.shutdown()
-        tokenize_pool.shutdown(wait=True)
+        prepare_pool.shutdown(wait=True)
 
     app = FastAPI(title="phi2cpu", description="OpenAI-compatible API for a Phi-2 model", lifespan=lifespan)
     app.add_middleware(RequestLimits, error_body=_error_body, max_body_bytes=max_body_bytes)
@@ -487,15 +488,13 @@ def create_app(model, model_name: str, max_queue: int = 64,
             raise APIError(404, f"the model {_short(name)} does not exist; this server serves {model_name!r}",
                            param="model", code="model_not_found")
 
-    async def token_ids(prompt: str, param: str) -> List[int]:
+    def token_ids(prompt: str, param: str) -> List[int]:
         n_bytes = len(_text(prompt, param).encode("utf-8"))
         if n_bytes > max_prompt_bytes:
             raise _bad(f"the prompt is {n_bytes} bytes, more than {model.n_ctx - 1} tokens of at most "
                        f"{model.tokenizer.max_token_bytes} bytes each; the context holds {model.n_ctx} tokens "
                        f"and must leave room to generate", param, code="context_length_exceeded")
-        loop = asyncio.get_running_loop()
-        ids = await loop.run_in_executor(tokenize_pool, lambda: model.tokenizer.encode(prompt, release_gil=True))
-        return ids or [model.tokenizer.eos_id]
+        return model.tokenizer.encode(prompt, release_gil=True) or [model.tokenizer.eos_id]
 
     def check_length(ids: List[int], param: str) -> None:
         if len(ids) + 1 > model.n_ctx:
@@ -503,7 +502,7 @@ def create_app(model, model_name: str, max_queue: int = 64,
                        f"leaves no room to generate (shorten the prompt or start the server with a larger "
                        f"--ctx-size)", param, code="context_length_exceeded")
 
-    async def completion_prompts(body: dict) -> List[List[int]]:
+    def completion_prompts(body: dict) -> List[List[int]]:
         if "prompt" not in body or body["prompt"] is None:
             raise _bad("prompt is required", "prompt")
         p = body["prompt"]
@@ -520,7 +519,7 @@ def create_app(model, model_name: str, max_queue: int = 64,
         out = []
         for item in items:
             if isinstance(item, str):
-                ids = await token_ids(item, "prompt")
+                ids = token_ids(item, "prompt")
             elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool)
                                                           for t in item):
                 if not all(0 <= t < n_vocab for t in item):
@@ -611,20 +610,17 @@ def create_app(model, model_name: str, max_queue: int = 64,
                            param="model", code="model_not_found")
         return model_card()
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = await _read_body(request)
+    def completion_job(raw: bytes) -> Tuple[Job, Tuple[bool, bool]]:
+        body = _parse_body(raw)
         check_model(body)
         _reject_unsupported(body, chat=False)
         params = _sampling(body, n_vocab)
         max_tokens = _integer(body, "max_tokens", DEFAULT_COMPLETION_TOKENS, 1)
         stops, flags = _stop_strings(body), _stream_flags(body)
-        job = Job(await completion_prompts(body), params, max_tokens, stops)
-        return await respond(request, job, False, *flags)
+        return Job(completion_prompts(body), params, max_tokens, stops), flags
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        body = await _read_body(request)
+    def chat_job(raw: bytes) -> Tuple[Job, Tuple[bool, bool]]:
+        body = _parse_body(raw)
         check_model(body)
         _reject_unsupported(body, chat=True)
         params = _sampling(body, n_vocab)
@@ -632,10 +628,23 @@ def create_app(model, model_name: str, max_queue: int = 64,
         max_tokens = _integer(body, "max_tokens", max_tokens, 1)
         stops, flags = _stop_strings(body), _stream_flags(body)
         prompt, chat_stops = chat_prompt(body.get("messages"))
-        ids = await token_ids(prompt, "messages")
+        ids = token_ids(prompt, "messages")
         check_length(ids, "messages")
         # no limit given: until the reply ends or the context is full
-        job = Job([ids], params, max_tokens or model.n_ctx, stops + chat_stops, lstrip=True)
+        return Job([ids], params, max_tokens or model.n_ctx, stops + chat_stops, lstrip=True), flags
+
+    async def prepare(make_job: Callable[[bytes], Tuple[Job, Tuple[bool, bool]]], request: Request):
+        raw = await request.body()
+        return await asyncio.get_running_loop().run_in_executor(prepare_pool, make_job, raw)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        job, flags = await prepare(completion_job, request)
+        return await respond(request, job, False, *flags)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        job, flags = await prepare(chat_job, request)
         return await respond(request, job, True, *flags)
 
     return app
@@ -669,6 +678,7 @@ def serve(model, model_name: str, host: str = "127.0.0.1", port: int = 8000, log
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
     app = create_app(model, model_name, max_queue=max_queue, max_body_bytes=max_body_bytes)
+    fix_mmap_threshold()
     reserve_kv_cache(model)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
                             http=timed_h11_protocol(read_timeout, _error_body),

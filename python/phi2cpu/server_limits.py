@@ -9,7 +9,7 @@
   the previous response ending), else the connection is closed (with a 408 if a request had
   begun). uvicorn
   alone closes idle keep-alive connections but waits forever for a request that trickles in.
-- `release_memory`: hands freed heap pages back to the OS after a large request.
+- `fix_mmap_threshold`, `release_memory`: hand freed memory back to the OS after a large request.
 - `reserve_kv_cache`: makes the model's whole KV cache resident before the server listens.
 """
 from __future__ import annotations
@@ -18,8 +18,6 @@ import asyncio
 import ctypes
 import ctypes.util
 import json
-import re
-from itertools import accumulate
 from typing import Callable, Optional
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full 2048-token context is tens of KB even as JSON
@@ -30,7 +28,6 @@ LARGE_BODY_BYTES = 64 << 10       # after a body this large, freed memory goes b
 
 ErrorBody = Callable[[int, str, Optional[str]], dict]  # (status, message, code) -> OpenAI's error object
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # a JSON string, escapes included
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _BRACKET_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 and -1 as signed bytes
 
@@ -39,8 +36,16 @@ def json_depth(raw: bytes) -> int:
     """How deep arrays and objects nest in the JSON text `raw`, without parsing it. Exact for valid
     JSON; for invalid JSON it may count too deep past the first error, never too shallow before it,
     so a parser that recurses on the valid prefix never goes deeper than this says."""
-    brackets = _STRING.sub(b"", raw).translate(_BRACKET_STEP, _NOT_BRACKET)
-    return max(accumulate(memoryview(brackets).cast("b")), default=0)
+    import numpy as np
+
+    # Dropping escaped backslashes, then escaped quotes, leaves only the quotes that open and close
+    # strings (in valid JSON: a backslash run starts at an escape, and replace pairs from the left),
+    # so every other piece between quotes is outside all strings.
+    plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(plain.split(b'"')[::2]).translate(_BRACKET_STEP, _NOT_BRACKET)
+    if not brackets:
+        return 0
+    return int(np.frombuffer(brackets, np.int8).cumsum(dtype=np.int64).max(initial=0))
 
 
 class RequestLimits:
@@ -185,7 +190,28 @@ def timed_h11_protocol(read_timeout: float, error_body: ErrorBody) -> type:
     return TimedH11Protocol
 
 
-_trim: Optional[Callable[[int], int]] = None
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 128 << 10  # glibc's initial value
+
+
+def _glibc(name: str):
+    """A glibc function, or None elsewhere."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
+def fix_mmap_threshold() -> None:
+    """Keep glibc serving every allocation over 128 KiB with its own mapping, which goes back to
+    the OS when freed. By default the threshold rises to the size of each such block freed, up to
+    32 MiB, after which a large request's buffers come from the heap, and fragments of it stay."""
+    mallopt = _glibc("mallopt")
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+_trim = None
 
 
 def release_memory() -> None:
@@ -193,11 +219,7 @@ def release_memory() -> None:
     leave freed pages in the allocator's arenas, which would keep the process's RSS high."""
     global _trim
     if _trim is None:
-        try:
-            _trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-            _trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):  # not glibc
-            _trim = lambda pad: 0  # noqa: E731
+        _trim = _glibc("malloc_trim") or (lambda pad: 0)
     _trim(0)
 
 
@@ -206,17 +228,10 @@ def reserve_kv_cache(model) -> None:
     this the first request that fills the context adds n_layer * n_ctx * n_embd * 8 bytes to the
     RSS for good; with it the server's memory is all there when it starts listening, and a request
     never grows it."""
-    import mmap
-
     import numpy as np
 
     c = model.config
-    shape = (c.n_layer, model.n_ctx, c.n_embd)
-    # zeros in a fresh mapping: reading them costs no RSS, and unlike a freed malloc block of this
-    # size, unmapping them does not raise glibc's mmap threshold (which would keep later large
-    # requests' memory in the heap, out of malloc_trim's reach)
-    with mmap.mmap(-1, 4 * shape[0] * shape[1] * shape[2]) as buf:
-        zeros = np.frombuffer(buf, np.float32).reshape(shape)
-        model._engine.set_state(zeros, zeros)
-        del zeros
+    zeros = np.zeros((c.n_layer, model.n_ctx, c.n_embd), np.float32)  # a fresh mapping: reading it costs no RSS
+    model._engine.set_state(zeros, zeros)
+    del zeros
     model.reset()
