@@ -61,10 +61,10 @@ class Server:
         return s
 
 
-def _start() -> Server:
+def _start(*options: str) -> Server:
     proc = subprocess.Popen(
         [sys.executable, "-m", "phi2cpu", "serve", "--port", "0", "--threads", "1", "--ctx-size", str(CTX),
-         "--read-timeout", str(READ_TIMEOUT), "--log-level", "warning"],
+         "--read-timeout", str(READ_TIMEOUT), "--log-level", "warning", *options],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
@@ -219,6 +219,17 @@ def test_invalid_http_is_400_in_openai_shape(server, head):
             pass
         status, err, head_lines = _status_and_error(_read_response(s, 5))
     assert status == 400 and err["code"] == "invalid_http_request" and b"application/json" in head_lines
+
+
+def test_max_body_bytes_option():
+    server = _start("--max-body-bytes", "1000")
+    try:
+        raw = _padded({"prompt": "x", "max_tokens": 1}, 1000)
+        assert server.post(raw=raw)[0] == 200
+        status, body = server.post(raw=raw[:-1] + b' }')
+        assert status == 413 and "at most 1000" in body["error"]["message"]
+    finally:
+        _stop(server)
 
 
 # --- JSON depth ---------------------------------------------------------------------------------------

@@ -634,6 +634,7 @@ def create_app(model, model_name: str, max_queue: int = 64,
         return Job([ids], params, max_tokens or model.n_ctx, stops + chat_stops, lstrip=True), flags
 
     async def prepare(make_job: Callable[[bytes], Tuple[Job, Tuple[bool, bool]]], request: Request):
+        engine.check_capacity()  # before the work of preparing a job that could not be queued
         raw = await request.body()
         return await asyncio.get_running_loop().run_in_executor(prepare_pool, make_job, raw)
 
