@@ -7,8 +7,8 @@
 - `timed_h11_protocol`: uvicorn's HTTP/1.1 protocol with a read deadline: a request's line,
   headers and body must all arrive within `read_timeout` seconds of the connection opening (or of
   the previous response ending), else the connection is closed (with a 408 if a request had
-  begun). uvicorn
-  alone closes idle keep-alive connections but waits forever for a request that trickles in.
+  begun). uvicorn alone closes idle keep-alive connections but waits forever for a request that
+  trickles in.
 - `fix_mmap_threshold`, `release_memory`: hand freed memory back to the OS after a large request.
 - `reserve_kv_cache`: makes the model's whole KV cache resident before the server listens.
 """
