@@ -104,8 +104,11 @@ def _integer(body: dict, name: str, default: Optional[int], lo: int, hi: int = M
 
 
 def _short(v: object, limit: int = 60) -> str:
-    """repr of a client's value, cut short: an error message must not echo a megabyte back."""
-    r = repr(v)
+    """A client's value as JSON, cut short: an error message must not echo a megabyte back."""
+    try:
+        r = json.dumps(v, ensure_ascii=False)
+    except (TypeError, ValueError):
+        r = repr(v)
     return r if len(r) <= limit else r[:limit] + "..."
 
 

@@ -106,7 +106,7 @@ class RequestLimits:
                 await asyncio.get_running_loop().run_in_executor(None, release_memory)
 
     async def _refuse(self, send, status: int, message: str, code: str) -> None:
-        data = json.dumps(self.error_body(status, message, code)).encode()
+        data = json.dumps(self.error_body(status, message, code), separators=(",", ":")).encode()
         # Connection: close, as the rest of the body is not read
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data)),
@@ -125,7 +125,7 @@ def _content_length(scope) -> Optional[int]:
 
 
 def _closing_response(status: int, reason: bytes, error: dict) -> bytes:
-    payload = json.dumps(error).encode()
+    payload = json.dumps(error, separators=(",", ":")).encode()
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n" % (status, reason, len(payload))) + payload
 
