@@ -270,6 +270,9 @@ def _state_cases(good: dict) -> dict[str, tuple[dict, str]]:
                             r"k declares shape \[2, 1000000000, 64\] \(512000000000 bytes\)"),
         "npy-data-short": ({**good, "k": _npy_header((2, 3, 64)) + b"\0" * 64}, "not a phi2cpu state file"),
         "npy-not-npy": ({**good, "k": b"hello"}, "not a phi2cpu state file"),
+        # found by the fuzzer: numpy's header parser raised tokenize.TokenError
+        "npy-header-unclosed": ({**good, "k": b"\x93NUMPY\x01\x00\x10\x00{'descr': (\n     \n"},
+                                "k: bad .npy header"),
     }
 
 

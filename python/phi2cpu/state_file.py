@@ -21,12 +21,13 @@ _HEADER_SLACK = 1 << 16  # an .npy member's header, beyond its data
 def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, kind: type, limit: int, where: str) -> np.ndarray:
     with zf.open(info) as m:
         version = npy.read_magic(m)
-        if version == (1, 0):
-            shape, fortran, dtype = npy.read_array_header_1_0(m)
-        elif version == (2, 0):
-            shape, fortran, dtype = npy.read_array_header_2_0(m)
-        else:
+        if version not in ((1, 0), (2, 0)):
             raise ValueError(f"unsupported .npy version {version}")
+        try:
+            read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, fortran, dtype = read_header(m)
+        except Exception as e:  # numpy parses the header as Python source: SyntaxError, TokenError, ...
+            raise ValueError(f"{where}: bad .npy header ({e.__class__.__name__})") from None
         if dtype.hasobject or not np.issubdtype(dtype, kind):
             want = "an integer type" if kind is np.integer else np.dtype(kind).name
             raise ModelFileError(f"{where} has dtype {dtype}, expected {want}")

@@ -4,6 +4,7 @@ per-input time and memory limits. Anything else (another exception, a crash, a h
     python tests/fuzz/fuzz_model_files.py gguf CORPUS_DIR -max_total_time=60   # with atheris
     python tests/fuzz/fuzz_model_files.py state CORPUS_DIR -max_total_time=60
     python tests/fuzz/fuzz_model_files.py gguf CORPUS_DIR --plain --seconds 10   # no atheris needed
+    python tests/fuzz/fuzz_model_files.py gguf CORPUS_DIR --replay   # each file once (tools/asan_replay.sh)
 
 `seed CORPUS_DIR` writes the starting corpus: the tiny valid files and every hostile case the
 tests generate (tests/hostile_gguf.py, tests/test_hardening.py). The atheris runs pass libFuzzer
@@ -29,7 +30,7 @@ import phi2cpu  # noqa: E402
 from phi2cpu.errors import Phi2Error  # noqa: E402
 from phi2cpu.gguf_io import read_model_file  # noqa: E402
 
-if atheris is not None and "--plain" not in sys.argv:
+if atheris is not None and "--plain" not in sys.argv and "--replay" not in sys.argv:
     # phi2cpu may be installed editable, through a custom loader that import hooks do not see
     atheris.instrument_all()
 
@@ -155,6 +156,15 @@ def plain_loop(target: str, corpus: Path, seconds: float, seed_value: int = 0) -
     return 0
 
 
+def replay(target: str, corpus: Path) -> int:
+    """Run every file in `corpus` once (the sanitizer build's check)."""
+    files = sorted(p for p in corpus.iterdir() if p.is_file())
+    for p in files:
+        TARGETS[target](p.read_bytes())
+    print(f"{target}: replayed {len(files)} files, no findings")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] not in (*TARGETS, "seed"):
         print(__doc__, file=sys.stderr)
@@ -162,6 +172,8 @@ def main(argv: list[str]) -> int:
     if argv[1] == "seed":
         print(f"{seed(Path(argv[2]))} seed files in {argv[2]}")
         return 0
+    if "--replay" in argv:
+        return replay(argv[1], Path(argv[2]))
     if "--plain" in argv or atheris is None:
         seconds = float(argv[argv.index("--seconds") + 1]) if "--seconds" in argv else 10.0
         return plain_loop(argv[1], Path(argv[2]), seconds)
