@@ -107,3 +107,21 @@ def test_perplexity_last_line(bundled, eval_text, tmp_path):
     assert r.returncode == 0, r.stderr
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("ppl = ") and 1.0 < float(last[6:]) < 100.0
+
+
+def test_run_n_minus_one_runs_to_end_of_text_or_full_context(bundled):
+    # llama-cli's -n -1: no token limit. A 48-token context with a 4-token prompt fills up unless
+    # the model ends its text first; either way it is more than the default 128 would allow here.
+    r = cli("run", str(bundled), "def f(x):", "-n", "-1", "-c", "48", "--temperature", "0", "--verbose")
+    assert r.returncode == 0, r.stderr
+    stopped = [line for line in r.stderr.splitlines() if line.startswith("stopped:")]
+    assert stopped and stopped[0].split()[-1] in ("context_full", "eos"), r.stderr
+    one_line_error(cli("run", str(bundled), "x", "-n", "-2"), "max_tokens", "-1")
+
+
+def test_info_defaults_to_the_bundled_model_and_checks_ctx(bundled, mini_dir):
+    r = cli("info")
+    assert r.returncode == 0 and "phi2-mini-code" in r.stdout and "not Phi-2" in r.stderr, r.stderr
+    r = cli("info", str(bundled), "-c", "4096")
+    one_line_error(r, "--ctx 4096", "2048 positions")
+    one_line_error(cli("info", str(mini_dir)), "is a folder", "phi2cpu quantize")

@@ -10,7 +10,7 @@ import time
 from typing import Optional, Sequence
 
 from . import server_limits as limits
-from .cliargs import MAX_THREADS, place_positionals, thread_count, unescape, warn_threads
+from .cliargs import MAX_THREADS, place_positionals, thread_count, unescape, usable_cpus, warn_threads
 from .errors import Phi2Error, SamplingError, error_message
 from .generate import STOP_CONTEXT, generate
 from .prompts import FORMATS, get_format
@@ -66,7 +66,7 @@ are printed."""
 INFO_EXAMPLES = """\
 examples:
   phi2cpu info phi-2.q4_0.gguf
-  phi2cpu info phi-2.q4_0.gguf --ctx 4096          # memory needed at a 4096-token context"""
+  phi2cpu info phi-2:q4_0 --ctx 512                # a stored model; memory needed at a 512-token context"""
 
 PULL_EXAMPLES = """\
 examples:
@@ -152,7 +152,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                           + "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values())
                           + " (default: raw)")
     run.add_argument("-n", "--max-tokens", "--n-predict", type=int, default=128, metavar="N",
-                     help="most tokens to generate (default: 128)")
+                     help="most tokens to generate; -1 = until end-of-text or a full context "
+                          "(default: 128)")
     _sampling_args(run)
     run.add_argument("--stop", action="append", default=None, metavar="STR",
                      help="stop before this text (repeatable; not printed)")
@@ -188,7 +189,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                           description="Print a model file's architecture, hyper-parameters, "
                                       "tensor types, sizes and tokenizer source.",
                           epilog=INFO_EXAMPLES)
-    info.add_argument("model", metavar="MODEL", nargs="?", help="model file")
+    info.add_argument("model", metavar="MODEL", nargs="?",
+                      help="GGUF file or store name; default: the bundled demo model")
     _model_opt(info)
     info.add_argument("-c", "--ctx", "--ctx-size", type=_positive_int, default=2048, metavar="N",
                       help="context size for the memory estimate (default: 2048)")
@@ -439,10 +441,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     fmt = get_format(args.format)
     stop = [_arg_text(args, s, "--stop") for s in args.stop or []] + list(fmt.stop)
     sampling = _sampling_options(args)
-    if args.max_tokens < 1:
-        raise SamplingError(f"max_tokens must be an integer >= 1, got {args.max_tokens}")
+    if args.max_tokens < 1 and args.max_tokens != -1:
+        raise SamplingError(f"max_tokens must be an integer >= 1, or -1 for no limit, got {args.max_tokens}")
     model, load_s = _load_timed(args)
-    pieces = generate(model, fmt.wrap(prompt), max_tokens=args.max_tokens, stop=stop or None, stream=True,
+    # -1 (llama-cli's "no limit"): generation stops at end-of-text or when the context is full
+    max_tokens = model.n_ctx if args.max_tokens == -1 else args.max_tokens
+    pieces = generate(model, fmt.wrap(prompt), max_tokens=max_tokens, stop=stop or None, stream=True,
                       **sampling)
     last = ""
     for piece in pieces:
@@ -534,7 +538,7 @@ def _system_lines() -> list:
     except OSError:
         pass
     isa, reason = _core.isa()
-    return [f"cpu:           {cpu}", f"logical cpus:  {os.cpu_count()}",
+    return [f"cpu:           {cpu}", f"logical cpus:  {usable_cpus()} usable ({os.cpu_count()} in the machine)",
             f"threads:       {default_threads()} by default (physical cores)",
             f"kernel path:   {isa} ({reason})", f"available:     {_core.available_isas()}",
             "               (set PHI2CPU_ISA to one of these to force it)"]
@@ -549,9 +553,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if args.model is None:
             return 0
         print()
-    elif args.model is None:
-        raise Phi2Error("info needs MODEL (or --system)")
-    mf = read_model_file(_resolve(args.model))
+    path = _model_path(args)
+    if os.path.isdir(path):
+        raise Phi2Error(f"{path} is a folder, not a GGUF file; convert a Hugging Face checkpoint with "
+                        f"`phi2cpu quantize {path} OUT.gguf` (or `phi2cpu pull REPO`)")
+    mf = read_model_file(path)
+    if args.ctx > mf.config.n_ctx_train:
+        raise Phi2Error(f"--ctx {args.ctx} exceeds the {mf.config.n_ctx_train} positions this model was "
+                        "trained on (run, chat and serve refuse it too)")
     kv = mf.kv or {}
     out = [f"file:          {mf.path}", f"file size:     {_fmt_bytes(mf.file_size)}"]
     for key, label in (("general.architecture", "architecture"), ("general.name", "name")):
