@@ -192,8 +192,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     info.add_argument("model", metavar="MODEL", nargs="?",
                       help="GGUF file or store name; default: the bundled demo model")
     _model_opt(info)
-    info.add_argument("-c", "--ctx", "--ctx-size", type=_positive_int, default=2048, metavar="N",
-                      help="context size for the memory estimate (default: 2048)")
+    info.add_argument("-c", "--ctx", "--ctx-size", type=_positive_int, default=None, metavar="N",
+                      help="context size for the memory estimate (default: 2048, or the trained "
+                           "context when that is shorter)")
     info.add_argument("--system", action="store_true",
                       help="also (or only) describe this machine: CPU, cores, default threads, and which "
                            "kernel path runs and why")
@@ -558,7 +559,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         raise Phi2Error(f"{path} is a folder, not a GGUF file; convert a Hugging Face checkpoint with "
                         f"`phi2cpu quantize {path} OUT.gguf` (or `phi2cpu pull REPO`)")
     mf = read_model_file(path)
-    if args.ctx > mf.config.n_ctx_train:
+    if args.ctx is None:
+        args.ctx = min(2048, mf.config.n_ctx_train)
+    elif args.ctx > mf.config.n_ctx_train:
         raise Phi2Error(f"--ctx {args.ctx} exceeds the {mf.config.n_ctx_train} positions this model was "
                         "trained on (run, chat and serve refuse it too)")
     kv = mf.kv or {}
