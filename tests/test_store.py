@@ -130,6 +130,14 @@ def test_resolve_path_wins_then_name_then_error(home, tmp_path, monkeypatch):
         store.resolve("absent.gguf")
 
 
+def test_load_takes_a_store_name(home):
+    add("phi-2:q8_0")
+    m = phi2cpu.load("phi-2:q8_0", threads=1, n_ctx=64)
+    assert Path(m.path) == store.path_for("phi-2:q8_0")
+    with pytest.raises(ModelFileError, match="phi2cpu pull"):
+        phi2cpu.load("phi-2:q4_0")
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 @pytest.fixture

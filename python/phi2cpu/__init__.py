@@ -30,9 +30,16 @@ def default_model_path() -> Path:
 def load(path: Union[str, os.PathLike, None] = None, threads: Optional[int] = None, n_ctx: int = 2048) -> Model:
     """Map a phi2 GGUF file (ours or llama.cpp's) and return a :class:`Model`.
 
-    ``path`` None loads the bundled demo model; ``threads`` None uses the physical cores;
-    ``n_ctx`` is the KV-cache length in tokens."""
-    return Model(default_model_path() if path is None else path, threads=threads, n_ctx=n_ctx)
+    ``path`` None loads the bundled demo model, and a string that is no existing path is looked
+    up in the model store (``"phi-2:q4_0"``, as ``phi2cpu pull`` names it); ``threads`` None uses
+    the physical cores; ``n_ctx`` is the KV-cache length in tokens."""
+    if path is None:
+        path = default_model_path()
+    elif isinstance(path, str):
+        from .store import resolve
+
+        path = resolve(path)
+    return Model(path, threads=threads, n_ctx=n_ctx)
 
 
 __all__ = [
