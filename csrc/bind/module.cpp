@@ -80,7 +80,7 @@ Config config_from_dict(const py::dict& d) {
 }
 
 std::unique_ptr<Model> make_model(const std::string& path, const py::dict& config, const py::list& tensors,
-                                  int n_ctx, int n_threads) {
+                                  int n_ctx, int n_threads, const std::string& repack_cache) {
     const Config cfg = config_from_dict(config);
     std::vector<TensorEntry> entries;
     for (const auto& item : tensors) {
@@ -93,7 +93,7 @@ std::unique_ptr<Model> make_model(const std::string& path, const py::dict& confi
         entries.push_back(std::move(e));
     }
     py::gil_scoped_release release;
-    return std::make_unique<Model>(path, cfg, entries, n_ctx, n_threads);
+    return std::make_unique<Model>(path, cfg, entries, n_ctx, n_threads, repack_cache);
 }
 
 py::array_t<float> forward(Model& m, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
@@ -172,8 +172,9 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<Model>(m, "Model")
         .def(py::init(&make_model), py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_ctx"),
-             py::arg("n_threads"),
-             "Map a GGUF file. tensors: [(name, ggml_type, numpy_shape, absolute_offset)].")
+             py::arg("n_threads"), py::arg("repack_cache") = "",
+             "Map a GGUF file. tensors: [(name, ggml_type, numpy_shape, absolute_offset)]. repack_cache: "
+             "the folder of repack cache files (\"\": repack into memory).")
         .def("forward", &forward, py::arg("tokens"), py::arg("all_logits") = false,
              "Append tokens to the KV cache; float32 logits (n or 1, n_vocab).")
         .def("forward_hidden", &forward_hidden, py::arg("tokens"), py::arg("layers"), py::arg("logits") = false,
@@ -185,5 +186,16 @@ PYBIND11_MODULE(_core, m) {
         .def("truncate", &Model::truncate, py::arg("n"))
         .def_property_readonly("n_past", &Model::n_past)
         .def_property_readonly("n_ctx", &Model::n_ctx)
-        .def_property_readonly("n_threads", &Model::n_threads);
+        .def_property_readonly("n_threads", &Model::n_threads)
+        .def_property_readonly("repack_report", [](const Model& m) {
+            const RepackReport& r = m.repack_report();
+            py::dict d;
+            d["weights"] = r.weights;
+            d["cache_path"] = r.cache_path;
+            d["note"] = r.note;
+            d["bytes"] = r.bytes;
+            d["huge_bytes"] = r.huge_bytes;
+            return d;
+        }, "How the load placed the repacked matrices: weights (file | memory | cache | cache-written), "
+           "cache_path, note (why no cache was used), bytes, huge_bytes (on huge pages; -1 unknown).");
 }

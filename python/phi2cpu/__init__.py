@@ -27,12 +27,16 @@ def default_model_path() -> Path:
     return path
 
 
-def load(path: Union[str, os.PathLike, None] = None, threads: Optional[int] = None, n_ctx: int = 2048) -> Model:
+def load(path: Union[str, os.PathLike, None] = None, threads: Optional[int] = None, n_ctx: int = 2048,
+         repack_cache: Union[bool, str, os.PathLike, None] = None) -> Model:
     """Map a phi2 GGUF file (ours or llama.cpp's) and return a :class:`Model`.
 
     ``path`` None loads the bundled demo model; ``threads`` None uses the physical cores;
-    ``n_ctx`` is the KV-cache length in tokens."""
-    return Model(default_model_path() if path is None else path, threads=threads, n_ctx=n_ctx)
+    ``n_ctx`` is the KV-cache length in tokens. ``repack_cache``: where the weights repacked for
+    this CPU are kept between loads (see :mod:`phi2cpu.repack_cache`): None the model store (or
+    $PHI2CPU_REPACK_CACHE), a folder, or False to repack on every load."""
+    return Model(default_model_path() if path is None else path, threads=threads, n_ctx=n_ctx,
+                 repack_cache=repack_cache)
 
 
 __all__ = [

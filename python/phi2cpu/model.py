@@ -14,6 +14,7 @@ from . import _core
 from .config import PhiConfig
 from .errors import ContextFullError, ModelFileError, Phi2Error
 from .gguf_io import ModelFile, read_model_file
+from .repack_cache import CacheArg, cache_dir
 from .tokenizer import Tokenizer
 
 
@@ -50,7 +51,8 @@ class Completion:
 class Model:
     """A loaded Phi-2 model. Create it with :func:`phi2cpu.load`."""
 
-    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None, n_ctx: int = 2048):
+    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None, n_ctx: int = 2048,
+                 repack_cache: CacheArg = None):
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise Phi2Error(f"threads must be a positive integer, got {threads!r}")
         if not isinstance(n_ctx, int) or n_ctx < 1:
@@ -68,8 +70,18 @@ class Model:
             else Tokenizer.from_gguf_vocab(self.file.tokens, self.file.merges, self.file.token_types)
         )
         tensors = [(t.name, t.ggml_type, list(t.shape), t.offset) for t in self.file.tensors.values()]
-        self._engine = _core.Model(self.path, self.config.as_dict(), tensors, n_ctx, threads or default_threads())
+        folder = cache_dir(repack_cache)
+        self._engine = _core.Model(self.path, self.config.as_dict(), tensors, n_ctx, threads or default_threads(),
+                                   str(folder) if folder else "")
         self._tokens: List[int] = []  # the ids whose keys and values are in the cache, in order
+
+    @property
+    def repack_report(self) -> dict:
+        """How the load placed the matrices the kernels repack: ``weights`` is "file" (none to repack),
+        "memory" (repacked on this load), "cache" (mapped from the repack cache) or "cache-written"
+        (repacked into a new cache file); also ``cache_path``, ``note`` (why no cache was used),
+        ``bytes`` and ``huge_bytes`` (of those on huge pages, -1 when the OS does not say)."""
+        return self._engine.repack_report
 
     # --- cache-level API -------------------------------------------------------------------
     @property
