@@ -14,6 +14,8 @@ import pytest
 
 import phi2cpu
 from phi2cpu import _core
+from phi2cpu.errors import ModelFileError
+from phi2cpu.gguf_io import read_model_file
 from phi2cpu.quantize import quantize
 from phi2cpu.repack_cache import cache_dir
 
@@ -208,3 +210,32 @@ def test_default_load_uses_the_store(monkeypatch, tmp_path):
     assert len(files(tmp_path / "repack")) == 1
     monkeypatch.setenv("PHI2CPU_REPACK_CACHE", "off")
     assert phi2cpu.load(threads=1, n_ctx=16).repack_report["weights"] == "memory"
+
+
+# ----------------------------------------------------------------------------- GGUF vocabulary strings
+
+def test_gguf_strings():
+    buf = b"".join(len(s).to_bytes(8, "little") + s for s in (b"ab", "Ġthe".encode(), b""))
+    assert _core.gguf_strings(buf, 0, 3) == (["ab", "Ġthe", ""], len(buf))
+    assert _core.gguf_strings(b"xx" + buf, 2, 2) == (["ab", "Ġthe"], 2 + 10 + 13)
+    assert _core.gguf_strings(buf, 0, 4) == (None, -1)                # runs past the end
+    assert _core.gguf_strings(buf[:-1] + b"\x05", 0, 3) == (None, -1)  # bad length at the end
+    assert _core.gguf_strings(buf, 0, 1 << 62) == (None, -1)
+    with pytest.raises(UnicodeDecodeError):
+        _core.gguf_strings(b"\x01" + b"\0" * 7 + b"\xff", 0, 1)
+
+
+def test_vocabulary_cut_short_or_not_utf8(tmp_path):
+    data = phi2cpu.default_model_path().read_bytes()
+    at = data.find(b"tokenizer.ggml.tokens") + 40_000
+    (tmp_path / "cut.gguf").write_bytes(data[:at])
+    with pytest.raises(ModelFileError, match="truncated GGUF file"):
+        read_model_file(tmp_path / "cut.gguf")
+    first = data.find(b"tokenizer.ggml.tokens") + len(b"tokenizer.ggml.tokens") + 4 + 4 + 8 + 8  # first string
+    bad = bytearray(data)
+    bad[first] = 0xFF
+    (tmp_path / "bad.gguf").write_bytes(bytes(bad))
+    with pytest.raises(ModelFileError, match="corrupt GGUF file"):
+        read_model_file(tmp_path / "bad.gguf")
+    f = read_model_file(phi2cpu.default_model_path())
+    assert len(f.tokens) == f.config.n_vocab and f.tokens[:3] == ["!", '"', "#"]

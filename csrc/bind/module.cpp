@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -59,6 +60,28 @@ py::array_t<float> dequantize(py::array_t<uint8_t, py::array::c_style | py::arra
         for (int64_t r = 0; r < rows; r++) tt.dequantize(src + r * rb, dst + r * n, n);
     }
     return out;
+}
+
+// n GGUF strings (u64 length, UTF-8 bytes) from byte `pos` of buf -> (list of str, end position), or
+// (None, -1) when they run past the end. A vocabulary is 100k of them: too many for a Python loop.
+py::tuple gguf_strings(const py::buffer& buf, size_t pos, uint64_t n) {
+    const py::buffer_info info = buf.request();
+    const auto* p = static_cast<const uint8_t*>(info.ptr);
+    const size_t size = size_t(info.size * info.itemsize);
+    if (n > size / 8) return py::make_tuple(py::none(), -1);  // each string takes 8 bytes at least
+    py::list out(n);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t len = 0;
+        if (pos > size || size - pos < 8) return py::make_tuple(py::none(), -1);
+        std::memcpy(&len, p + pos, 8);
+        pos += 8;
+        if (len > size - pos) return py::make_tuple(py::none(), -1);
+        PyObject* s = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(p + pos), py::ssize_t(len), nullptr);
+        if (!s) throw py::error_already_set();
+        PyList_SET_ITEM(out.ptr(), py::ssize_t(i), s);
+        pos += len;
+    }
+    return py::make_tuple(out, py::int_(pos));
 }
 
 Config config_from_dict(const py::dict& d) {
@@ -165,6 +188,9 @@ PYBIND11_MODULE(_core, m) {
     py::register_exception<FileError>(m, "FileError", errors.attr("ModelFileError"));
     py::register_exception<ContextError>(m, "ContextError", errors.attr("ContextFullError"));
     py::register_exception<SetupError>(m, "SetupError", errors.attr("Phi2Error"));
+
+    m.def("gguf_strings", &gguf_strings, py::arg("buf"), py::arg("pos"), py::arg("n"),
+          "n GGUF strings from byte pos of buf: (list of str, end position), or (None, -1) past the end.");
 
     m.def("isa", [] { return py::make_tuple(kernels().isa, kernels().reason); },
           "The kernel path in use and why it was chosen.");

@@ -16,6 +16,9 @@ def quantize(x: npt.ArrayLike, type: int) -> npt.NDArray[np.uint8]:
 def dequantize(data: npt.ArrayLike, type: int, n: int) -> npt.NDArray[np.float32]:
     """Dequantize GGUF block bytes to float32 rows of length n."""
 
+def gguf_strings(buf: Any, pos: int, n: int) -> Tuple[Optional[List[str]], int]:
+    """n GGUF strings from byte pos of buf: (list of str, end position), or (None, -1) past the end."""
+
 def isa() -> Tuple[str, str]:
     """The kernel path in use and why it was chosen."""
 

@@ -2,7 +2,7 @@
 
 Written with the `gguf` package's streaming writer. Read by the small header parser below:
 `gguf.GGUFReader` builds numpy views per vocabulary string and takes seconds on Phi-2's
-100k tokens + merges. Besides llama.cpp's keys we store the exact tokenizer.json text
+100k tokens + merges (the engine decodes those string arrays in one call). Besides llama.cpp's keys we store the exact tokenizer.json text
 (`phi2cpu.tokenizer_json`) and the quantization recipe (`phi2cpu.quant_recipe`)."""
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import TokenType
 
+from . import _core
 from .checkpoint import expected_gguf_shapes
 from .config import ARCH, PhiConfig
 from .errors import ModelFileError
@@ -241,6 +242,12 @@ class _Cursor:
             return self.string()
         if vtype == _ARRAY:
             itype, n = self.scalar("<I"), self.scalar("<Q")
+            if itype == _STRING:
+                strings, end = _core.gguf_strings(self.buf, self.pos, n)
+                if end < 0:
+                    raise struct.error(f"array of {n} strings runs past the end of the file")
+                self.pos = end
+                return strings
             if itype in _SCALARS and itype != 7:
                 if self.pos + n * struct.calcsize(_SCALARS[itype]) > len(self.buf):
                     raise struct.error(f"array of {n} values runs past the end of the file")
