@@ -17,7 +17,7 @@ from phi2cpu import _core
 from phi2cpu.errors import ModelFileError
 from phi2cpu.gguf_io import read_model_file
 from phi2cpu.quantize import quantize
-from phi2cpu.repack_cache import cache_dir
+from phi2cpu.repack_cache import cache_dir, prune
 
 DATA_OFFSET = 2 << 20  # where a cache file's matrices start
 IDS = [50256, 464, 2068, 7586, 21831, 18045, 625, 262]
@@ -125,6 +125,22 @@ def test_changed_model_file_gets_a_new_cache_and_the_old_one_goes(models, tmp_pa
     (tmp_path / "n.gguf").write_bytes(models["q4_0"].read_bytes())
     run(tmp_path / "n.gguf", caches)
     assert len(files(caches)) == 1  # the cache of the deleted model is gone too
+
+
+def test_prune_after_the_model_is_deleted(models, tmp_path):
+    if not repacks_here():
+        pytest.skip("the scalar kernel path reads GGUF blocks in place")
+    kept, gone = tmp_path / "kept.gguf", tmp_path / "gone.gguf"
+    shutil.copyfile(models["q4_0"], kept)
+    shutil.copyfile(models["q8_0"], gone)
+    caches = tmp_path / "caches"
+    a, _ = run(kept, caches)
+    run(gone, caches)
+    assert len(files(caches)) == 2
+    gone.unlink()
+    prune(caches)
+    assert files(caches) == [Path(a["cache_path"]).name]
+    prune(tmp_path / "no-such-folder")  # nothing to do
 
 
 def test_unusable_folder_falls_back_to_memory(models, tmp_path):

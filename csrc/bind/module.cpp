@@ -10,6 +10,7 @@
 #include "kernels/dispatch.h"
 #include "model/errors.h"
 #include "model/model.h"
+#include "model/repack_cache.h"
 #include "quant/traits.h"
 
 namespace py = pybind11;
@@ -191,6 +192,12 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("gguf_strings", &gguf_strings, py::arg("buf"), py::arg("pos"), py::arg("n"),
           "n GGUF strings from byte pos of buf: (list of str, end position), or (None, -1) past the end.");
+
+    m.def("prune_repack_cache", [](const std::string& dir) {
+              py::gil_scoped_release release;
+              RepackCache::prune(dir, "");
+          }, py::arg("dir"),
+          "Delete the repack caches in dir whose model file is gone or changed, and dead writers' temporary files.");
 
     m.def("isa", [] { return py::make_tuple(kernels().isa, kernels().reason); },
           "The kernel path in use and why it was chosen.");

@@ -332,10 +332,7 @@ void RepackCache::prune(const std::string& dir, const std::string& keep) {
         }
         struct stat st;
         MappedFile::Identity id;
-        if (::stat(h.source_path.c_str(), &st) == 0) {
-            id = {uint64_t(st.st_dev), uint64_t(st.st_ino), uint64_t(st.st_size),
-                  int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
-        }
+        if (::stat(h.source_path.c_str(), &st) == 0) id = MappedFile::Identity::of(st);
         if (h.manifest.find("\n" + identity_line(id)) == std::string::npos) doomed.push_back(path);
     }
     ::closedir(d);

@@ -27,14 +27,22 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
         throw FileError(path + ": empty or unreadable file");
     }
     size_ = size_t(st.st_size);
-    id_ = {uint64_t(st.st_dev), uint64_t(st.st_ino), uint64_t(st.st_size),
-           int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+    id_ = Identity::of(st);
     addr_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     ::close(fd);
     if (addr_ == MAP_FAILED) {
         addr_ = nullptr;
         throw FileError(path + ": mmap failed: " + std::strerror(errno));
     }
+}
+
+MappedFile::Identity MappedFile::Identity::of(const struct ::stat& st) {
+#ifdef __APPLE__
+    const struct timespec& m = st.st_mtimespec;
+#else
+    const struct timespec& m = st.st_mtim;
+#endif
+    return {uint64_t(st.st_dev), uint64_t(st.st_ino), uint64_t(st.st_size), int64_t(m.tv_sec) * 1000000000 + m.tv_nsec};
 }
 
 void MappedFile::release(const void* p, size_t n) const { drop_pages(p, n); }

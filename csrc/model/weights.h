@@ -14,6 +14,8 @@
 #include "model/config.h"
 #include "quant/traits.h"
 
+struct stat;
+
 namespace phi2cpu {
 
 // Where a tensor lies in the file (given by the Python GGUF reader).
@@ -48,6 +50,7 @@ public:
     struct Identity {
         uint64_t dev = 0, ino = 0, size = 0;
         int64_t mtime_ns = 0;
+        static Identity of(const struct ::stat& st);
     };
     const Identity& identity() const { return id_; }
     // Drops the resident pages lying wholly inside [p, p + n) (a later read maps them in again).

@@ -19,6 +19,9 @@ def dequantize(data: npt.ArrayLike, type: int, n: int) -> npt.NDArray[np.float32
 def gguf_strings(buf: Any, pos: int, n: int) -> Tuple[Optional[List[str]], int]:
     """n GGUF strings from byte pos of buf: (list of str, end position), or (None, -1) past the end."""
 
+def prune_repack_cache(dir: str) -> None:
+    """Delete the repack caches in dir whose model file is gone or changed, and dead writers' temporary files."""
+
 def isa() -> Tuple[str, str]:
     """The kernel path in use and why it was chosen."""
 

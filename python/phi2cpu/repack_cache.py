@@ -39,3 +39,13 @@ def cache_dir(repack_cache: CacheArg = None) -> Optional[Path]:
         except RuntimeError:  # no home folder to put it in
             return None
     return Path(repack_cache).expanduser()
+
+
+def prune(repack_cache: CacheArg = None) -> None:
+    """Delete the caches whose model file is gone or has changed (loads that write a cache do this
+    too); for `phi2cpu rm` after it deletes a model. `repack_cache` as for :func:`cache_dir`."""
+    from . import _core
+
+    folder = cache_dir(repack_cache)
+    if folder is not None and folder.is_dir():
+        _core.prune_repack_cache(str(folder))
