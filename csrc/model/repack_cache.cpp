@@ -199,39 +199,63 @@ RepackCache::RepackCache(const std::string& dir, const MappedFile& file, const s
             ".rpk";
 }
 
-std::shared_ptr<uint8_t> RepackCache::open(ThreadPool& pool, std::string& why) const {
+bool RepackCache::verify(const uint8_t* data, const std::vector<uint64_t>& sums, ThreadPool& pool) const {
+    for (size_t i = 0; i < matrices_.size(); i++) {
+        const Tensor* t = matrices_[i];
+        if (checksum64(data + offsets_[i], size_t(t->rows) * t->row_bytes, pool) != sums[i]) return false;
+    }
+    return true;
+}
+
+std::shared_ptr<uint8_t> RepackCache::open(ThreadPool& pool, std::string& note) const {
     Fd f;
     f.fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     if (f.fd < 0) {
-        why = errno == ENOENT ? "no cache yet" : errno_text("cannot open " + path_);
+        note = errno == ENOENT ? "no cache yet" : errno_text("cannot open " + path_);
         return nullptr;
     }
     Header h;
     struct stat st;
-    bool ok = read_header(f.fd, h, why);
+    bool ok = read_header(f.fd, h, note);
     if (ok && (h.manifest != manifest_ || h.sums.size() != matrices_.size())) {
-        why = "cache is for another file or kernel layout";
+        note = "cache is for another file or kernel layout";
         ok = false;
     }
     if (ok && (::fstat(f.fd, &st) != 0 || uint64_t(st.st_size) != kDataOffset + data_bytes_)) {
-        why = "cache file has the wrong size (truncated?)";
+        note = "cache file has the wrong size (truncated?)";
         ok = false;
     }
     std::shared_ptr<uint8_t> data = ok ? map_file_huge(f.fd, kDataOffset, data_bytes_) : nullptr;
     if (ok && !data) {
-        why = errno_text("cannot map " + path_);
+        note = errno_text("cannot map " + path_);
         return nullptr;
     }
-    for (size_t i = 0; ok && i < matrices_.size(); i++) {
-        const Tensor* t = matrices_[i];
-        if (checksum64(data.get() + offsets_[i], size_t(t->rows) * t->row_bytes, pool) != h.sums[i]) {
-            why = "cache data checksum mismatch (corrupt file)";
-            ok = false;
-        }
+    if (ok && !verify(data.get(), h.sums, pool)) {
+        note = "cache data checksum mismatch (corrupt file)";
+        ok = false;
     }
     if (!ok) {
         ::unlink(path_.c_str());
         return nullptr;
+    }
+    // Pages read back after the OS dropped some of them can come in small folios, and a 2 MiB range
+    // with any small folio left in it stays small. When some but too few ranges are huge, drop the
+    // file's cached pages and read them again through the huge-page mapping (none huge at all: the
+    // filesystem keeps small folios, and the caller copies instead).
+    const int64_t huge = huge_page_bytes(data.get());
+    if (huge > 0 && double(huge) < 0.9 * double(data_bytes_)) {
+        data.reset();
+#ifdef POSIX_FADV_DONTNEED
+        ::posix_fadvise(f.fd, off_t(kDataOffset), off_t(data_bytes_), POSIX_FADV_DONTNEED);
+#endif
+        data = map_file_huge(f.fd, kDataOffset, data_bytes_);
+        if (!data || !verify(data.get(), h.sums, pool)) {
+            note = "cache could not be read again (changed while in use?)";
+            return nullptr;
+        }
+        note = "cache pages read again to get huge pages: " + std::to_string(huge >> 20) + " -> " +
+               std::to_string(std::max<int64_t>(huge_page_bytes(data.get()), 0) >> 20) + " MiB of " +
+               std::to_string(data_bytes_ >> 20);
     }
     return data;
 }

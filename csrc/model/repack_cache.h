@@ -39,9 +39,9 @@ public:
     size_t data_bytes() const { return data_bytes_; }
     size_t offset(size_t i) const { return offsets_[i]; }
 
-    // Maps the data of a valid cache file; nullptr with `why` set when there is none or it is not
-    // valid (a corrupt one is deleted).
-    std::shared_ptr<uint8_t> open(ThreadPool& pool, std::string& why) const;
+    // Maps the data of a valid cache file; nullptr with `note` saying why when there is none or it
+    // is not valid (a corrupt one is deleted). On success `note` says when the pages were read again.
+    std::shared_ptr<uint8_t> open(ThreadPool& pool, std::string& note) const;
     // Repacks every matrix into a new cache file: a temporary file in the same folder, synced, then
     // renamed. False with `why` set on failure, leaving no file behind.
     bool write(ThreadPool& pool, std::string& why) const;
@@ -50,6 +50,8 @@ public:
     static void prune(const std::string& dir, const std::string& keep);
 
 private:
+    bool verify(const uint8_t* data, const std::vector<uint64_t>& sums, ThreadPool& pool) const;
+
     std::string dir_, path_, manifest_, source_path_;
     const MappedFile& file_;
     std::vector<Tensor*> matrices_;

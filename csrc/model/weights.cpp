@@ -194,6 +194,7 @@ RepackReport Weights::repack(const MappedFile& file, ThreadPool& pool, const std
             }
         }
         if (repacked) {
+            if (rep.weights == "cache") rep.note = why;
             rep.cache_path = cache.path();
             for (size_t i = 0; i < todo.size(); i++) offsets.push_back(cache.offset(i));
             rep.bytes = cache.data_bytes();
