@@ -11,6 +11,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PHI2CPU_SHARED", REPO.parent / "shared"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_store(tmp_path_factory) -> Path:
+    """Every test (and the processes it starts) keeps its model store, repack caches included, in a
+    temporary folder instead of the user's ~/.cache/phi2cpu."""
+    root = tmp_path_factory.mktemp("phi2cpu-home")
+    saved = {k: os.environ.get(k) for k in ("PHI2CPU_HOME", "PHI2CPU_REPACK_CACHE")}
+    os.environ["PHI2CPU_HOME"] = str(root)
+    os.environ.pop("PHI2CPU_REPACK_CACHE", None)
+    yield root
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"test asset {path} is not present (set PHI2CPU_SHARED to the shared/ folder)")

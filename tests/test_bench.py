@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from phi2cpu import _core
 from phi2cpu.bench import engines, quality, report, speed
 from phi2cpu.bench.bandwidth import decode_ceiling, read_bandwidth
 from phi2cpu.bench.run import _threads, main
@@ -35,7 +36,7 @@ def test_quick_run_on_a_tiny_model(tmp_path, tiny_config, phi2_dir, capsys):
     out = tmp_path / "out"
     argv = ["--quick", "--shared", str(phi2_dir.parent), "--config", str(tiny_config),
             "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
-            "--sections", "bandwidth,speed", "--formats", "Q8_0,Q4_0", "--engines", "phi2cpu,llama.cpp",
+            "--sections", "bandwidth,load,speed", "--formats", "Q8_0,Q4_0", "--engines", "phi2cpu,llama.cpp",
             "--pp", "16", "--tg", "4", "--threads", "1", "--bandwidth-mib", "16",
             "--results-md", str(tmp_path / "RESULTS.md")]
     assert main(argv) == 0
@@ -54,9 +55,19 @@ def test_quick_run_on_a_tiny_model(tmp_path, tiny_config, phi2_dir, capsys):
     samples = res["bandwidth"]["samples"]["1"]
     assert len(samples) == 3 and res["bandwidth"]["gbs"]["1"] == max(samples)
     assert {r["format"] for r in res["ceiling"]} == {"Q8_0", "Q4_0"}
+    loads = {(c["engine"], c["format"]): c for c in res["load"]}
+    for f in ("Q8_0", "Q4_0"):
+        c = loads[("phi2cpu", f)]
+        assert c["status"] == "ok", c["reason"]
+        assert len(c["load_s"]) == len(c["ready_s"]) == 2 and c["first_load_s"] > 0 and c["peak_rss"] > 0
+        assert all(r >= x > 0 for r, x in zip(c["ready_s"], c["load_s"]))
+        # the first load writes the repack cache (in the test session's store); the counted ones map it
+        if _core.isa()[0] != "scalar":
+            assert c["first_weights"] == "cache-written" and c["weights"] == "cache"
+        assert loads[("llama.cpp", f)]["status"] in ("ok", "skipped")
     md = (out / "results.md").read_text()
     assert md == (tmp_path / "RESULTS.md").read_text()
-    assert "## Speed" in md and "## Decode ceiling" in md and res["environment"]["cpu"] in md
+    assert "## Speed" in md and "## Load" in md and "## Decode ceiling" in md and res["environment"]["cpu"] in md
     if res["plots"]:
         assert all((out / p.split("/")[-1]).stat().st_size > 0 for p in res["plots"])
     assert "## Speed" in capsys.readouterr().out
@@ -139,7 +150,7 @@ def synthetic_results() -> dict:
         "environment": {"date": "2024-01-01 00:00 UTC", "cpu": "Test CPU", "cpu_flags": ["avx2"], "logical_cpus": 2,
                         "cores": 2, "mem_total": 8 << 30, "os": "Linux", "python": "3.11", "phi2cpu_isa": "avx2",
                         "phi2cpu_isa_reason": "test", "git_commit": "abc123", "numpy": "2", "versions": {}},
-        "config": {"quick": False, "validate_tokens": 32,
+        "config": {"quick": False, "validate_tokens": 32, "load_trials": 5, "load_ctx": 2048,
                    "workload": {"pp": 512, "tg": 128, "tg_prompt": 16, "runs": 3}},
         "skipped_engines": {"hf-bf16": "python package 'torch' is not installed"},
         "models": {"hf_checkpoint": "phi2-random-x", "speed_params": 2_779_683_840},
@@ -158,6 +169,18 @@ def synthetic_results() -> dict:
             {**cell, "engine": "hf-bf16", "format": "F16", "threads": 2, "status": "skipped",
              "reason": "python package 'torch' is not installed", "pp": None, "tg": None, "load_s": None,
              "peak_rss": None},
+        ],
+        "load": [
+            {"engine": "phi2cpu", "format": "Q4_0", "threads": 2, "status": "ok", "reason": "", "first_load_s": 6.5,
+             "first_weights": "cache-written", "weights": "cache", "load_s": [0.4, 0.5, 0.6],
+             "ready_s": [0.5, 0.6, 0.9], "peak_rss": 3 << 29, "load": _summary([0.4, 0.5, 0.6]),
+             "ready": _summary([0.5, 0.6, 0.9])},
+            {"engine": "llama.cpp", "format": "Q4_0", "threads": 2, "status": "ok", "reason": "", "first_load_s": 2.0,
+             "first_weights": "", "weights": "", "load_s": [1.0, 1.5, 2.0], "ready_s": [1.2, 1.8, 4.0],
+             "peak_rss": 7 << 29, "load": _summary([1.0, 1.5, 2.0]), "ready": _summary([1.2, 1.8, 4.0])},
+            {"engine": "llama.cpp", "format": "Q8_0", "threads": 2, "status": "skipped", "reason": "not installed",
+             "first_load_s": None, "first_weights": "", "weights": "", "load_s": [], "ready_s": [],
+             "peak_rss": None, "load": None, "ready": None},
         ],
         "bandwidth": {"gbs": {"1": 10.0, "2": 20.0}, "buffer_bytes": 1 << 30, "passes": 5},
         "ceiling": [{"format": "Q4_0", "bytes_per_token": 1_600_000_000, "bandwidth_gbs": 20.0, "threads": 2,
@@ -181,6 +204,11 @@ def test_report_rendering():
     assert "12.50 | 6.50 (52%)" in md
     assert "8.7000" in md and "1.000e-03" in md and "90.0%" in md
     assert "`abc123`" in md and "Test CPU" in md
+    # the load table: phi2cpu and llama.cpp side by side, with llama.cpp ÷ phi2cpu medians
+    assert "## Load" in md and "counted trials: cache (cache:" in md
+    assert "| phi2cpu | Q4_0 | 2 | 0.50 (0.40–0.60) | 0.60 (0.50–0.90) |  | 6.50 (cache-written) | 1.50 GiB |" in md
+    assert "| llama.cpp | Q4_0 | 2 | 1.50 (1.00–2.00) | 1.80 (1.20–4.00) | 3.00× / 3.00× | 2.00 | 3.50 GiB |" in md
+    assert "| llama.cpp | Q8_0 | 2 | skipped (not installed) |" in md
 
 
 def test_plots_are_written(tmp_path):

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -10,6 +11,7 @@
 #include "kernels/dispatch.h"
 #include "model/errors.h"
 #include "model/model.h"
+#include "model/repack_cache.h"
 #include "quant/traits.h"
 
 namespace py = pybind11;
@@ -62,6 +64,28 @@ py::array_t<float> dequantize(py::array_t<uint8_t, py::array::c_style | py::arra
     return out;
 }
 
+// n GGUF strings (u64 length, UTF-8 bytes) from byte `pos` of buf -> (list of str, end position), or
+// (None, -1) when they run past the end. A vocabulary is 100k of them: too many for a Python loop.
+py::tuple gguf_strings(const py::buffer& buf, size_t pos, uint64_t n) {
+    const py::buffer_info info = buf.request();
+    const auto* p = static_cast<const uint8_t*>(info.ptr);
+    const size_t size = size_t(info.size * info.itemsize);
+    if (n > size / 8) return py::make_tuple(py::none(), -1);  // each string takes 8 bytes at least
+    py::list out(n);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t len = 0;
+        if (pos > size || size - pos < 8) return py::make_tuple(py::none(), -1);
+        std::memcpy(&len, p + pos, 8);
+        pos += 8;
+        if (len > size - pos) return py::make_tuple(py::none(), -1);
+        PyObject* s = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(p + pos), py::ssize_t(len), nullptr);
+        if (!s) throw py::error_already_set();
+        PyList_SET_ITEM(out.ptr(), py::ssize_t(i), s);
+        pos += len;
+    }
+    return py::make_tuple(out, py::int_(pos));
+}
+
 Config config_from_dict(const py::dict& d) {
     auto get = [&](const char* key) -> py::object {
         if (!d.contains(key)) throw std::invalid_argument(std::string("config is missing ") + key);
@@ -81,7 +105,7 @@ Config config_from_dict(const py::dict& d) {
 }
 
 std::unique_ptr<Model> make_model(const std::string& path, const py::dict& config, const py::list& tensors,
-                                  int n_ctx, int n_threads) {
+                                  int n_ctx, int n_threads, const std::string& repack_cache) {
     const Config cfg = config_from_dict(config);
     std::vector<TensorEntry> entries;
     for (const auto& item : tensors) {
@@ -95,7 +119,7 @@ std::unique_ptr<Model> make_model(const std::string& path, const py::dict& confi
     }
     py::gil_scoped_release release;
     try {
-        return std::make_unique<Model>(path, cfg, entries, n_ctx, n_threads);
+        return std::make_unique<Model>(path, cfg, entries, n_ctx, n_threads, repack_cache);
     } catch (const std::system_error& e) {  // the thread pool could not start its workers
         throw SetupError(std::string(e.what()) + " (fewer --threads may fit this process's limits)");
     }
@@ -171,14 +195,24 @@ PYBIND11_MODULE(_core, m) {
     py::register_exception<ContextError>(m, "ContextError", errors.attr("ContextFullError"));
     py::register_exception<SetupError>(m, "SetupError", errors.attr("Phi2Error"));
 
+    m.def("gguf_strings", &gguf_strings, py::arg("buf"), py::arg("pos"), py::arg("n"),
+          "n GGUF strings from byte pos of buf: (list of str, end position), or (None, -1) past the end.");
+
+    m.def("prune_repack_cache", [](const std::string& dir) {
+              py::gil_scoped_release release;
+              RepackCache::prune(dir, "");
+          }, py::arg("dir"),
+          "Delete the repack caches in dir whose model file is gone or changed, and dead writers' temporary files.");
+
     m.def("isa", [] { return py::make_tuple(kernels().isa, kernels().reason); },
           "The kernel path in use and why it was chosen.");
     m.def("available_isas", &available_isas, "Kernel paths this build has and this CPU runs.");
 
     py::class_<Model>(m, "Model")
         .def(py::init(&make_model), py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_ctx"),
-             py::arg("n_threads"),
-             "Map a GGUF file. tensors: [(name, ggml_type, numpy_shape, absolute_offset)].")
+             py::arg("n_threads"), py::arg("repack_cache") = "",
+             "Map a GGUF file. tensors: [(name, ggml_type, numpy_shape, absolute_offset)]. repack_cache: "
+             "the folder of repack cache files (\"\": repack into memory).")
         .def("forward", &forward, py::arg("tokens"), py::arg("all_logits") = false,
              "Append tokens to the KV cache; float32 logits (n or 1, n_vocab).")
         .def("forward_hidden", &forward_hidden, py::arg("tokens"), py::arg("layers"), py::arg("logits") = false,
@@ -190,5 +224,16 @@ PYBIND11_MODULE(_core, m) {
         .def("truncate", &Model::truncate, py::arg("n"))
         .def_property_readonly("n_past", &Model::n_past)
         .def_property_readonly("n_ctx", &Model::n_ctx)
-        .def_property_readonly("n_threads", &Model::n_threads);
+        .def_property_readonly("n_threads", &Model::n_threads)
+        .def_property_readonly("repack_report", [](const Model& m) {
+            const RepackReport& r = m.repack_report();
+            py::dict d;
+            d["weights"] = r.weights;
+            d["cache_path"] = r.cache_path;
+            d["note"] = r.note;
+            d["bytes"] = r.bytes;
+            d["huge_bytes"] = r.huge_bytes;
+            return d;
+        }, "How the load placed the repacked matrices: weights (file | memory | cache | cache-written), "
+           "cache_path, note (why no cache was used), bytes, huge_bytes (on huge pages; -1 unknown).");
 }

@@ -23,6 +23,10 @@
 
 namespace phi2cpu {
 
+// The version of the layouts below; a repack cache (model/repack_cache.h) written for another
+// version is not used. Raise it with every change to what a repack writes.
+constexpr int kRepackLayoutVersion = 1;
+
 // dst rows (n_rows rows of n elements, row_bytes apart in both) from src rows; src and dst must not overlap.
 using repack_fn = void (*)(int64_t n, int64_t n_rows, const void* src, void* dst);
 

@@ -16,7 +16,7 @@ constexpr int kMaxBatch = 256;  // tokens per internal batch: bounds activation 
 }  // namespace
 
 Model::Model(const std::string& path, const Config& cfg, const std::vector<TensorEntry>& entries, int n_ctx,
-             int n_threads)
+             int n_threads, const std::string& cache_dir)
     : cfg_(cfg),
       file_(path),
       w_(Weights::bind(file_, cfg, entries)),
@@ -24,7 +24,7 @@ Model::Model(const std::string& path, const Config& cfg, const std::vector<Tenso
       pool_(n_threads) {
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
     kernels();  // choose the kernel path now, so a bad PHI2CPU_ISA fails at load
-    w_.repack(file_, pool_);
+    repack_ = w_.repack(file_, pool_, cache_dir);
 }
 
 void Model::truncate(int n) {

@@ -14,8 +14,9 @@ namespace phi2cpu {
 
 class Model {
 public:
+    // cache_dir: where repack caches are kept ("" repacks into memory on every load).
     Model(const std::string& path, const Config& cfg, const std::vector<TensorEntry>& entries, int n_ctx,
-          int n_threads);
+          int n_threads, const std::string& cache_dir = "");
 
     // Appends n tokens at positions n_past()..n_past()+n-1 to the cache and writes float32 logits:
     // (n, n_vocab) when all_logits, else (1, n_vocab) for the last token. Throws ContextError when the
@@ -37,6 +38,7 @@ public:
     int n_ctx() const { return kv_.n_ctx; }
     int n_threads() const { return pool_.size(); }
     const Config& config() const { return cfg_; }
+    const RepackReport& repack_report() const { return repack_; }
 
 private:
     // Where forward_batch copies residual snapshots: rows [offset, offset+n) of each (n_total, n_embd) slab.
@@ -54,6 +56,7 @@ private:
     Weights w_;
     KVCache kv_;
     ThreadPool pool_;
+    RepackReport repack_;
 
     // activations for one batch of at most kMaxBatch tokens
     std::vector<float> x_, h_, qkv_, att_, ff_, tmp_;

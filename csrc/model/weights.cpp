@@ -13,6 +13,8 @@
 
 #include "kernels/dispatch.h"
 #include "model/errors.h"
+#include "model/pages.h"
+#include "model/repack_cache.h"
 
 namespace phi2cpu {
 
@@ -25,6 +27,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
         throw FileError(path + ": empty or unreadable file");
     }
     size_ = size_t(st.st_size);
+    id_ = Identity::of(st);
     addr_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     ::close(fd);
     if (addr_ == MAP_FAILED) {
@@ -33,11 +36,16 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     }
 }
 
-void MappedFile::release(const void* p, size_t n) const {
-    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
-    const uintptr_t lo = (uintptr_t(p) + page - 1) / page * page, hi = (uintptr_t(p) + n) / page * page;
-    if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+MappedFile::Identity MappedFile::Identity::of(const struct ::stat& st) {
+#ifdef __APPLE__
+    const struct timespec& m = st.st_mtimespec;
+#else
+    const struct timespec& m = st.st_mtim;
+#endif
+    return {uint64_t(st.st_dev), uint64_t(st.st_ino), uint64_t(st.st_size), int64_t(m.tv_sec) * 1000000000 + m.tv_nsec};
 }
+
+void MappedFile::release(const void* p, size_t n) const { drop_pages(p, n); }
 
 MappedFile::~MappedFile() {
     if (addr_) ::munmap(addr_, size_);
@@ -98,18 +106,20 @@ private:
     std::map<std::string, const TensorEntry*> by_name_;
 };
 
-// One buffer for all repacked matrices, asking for transparent huge pages: decoding streams every
-// weight once per token, and with 4 KiB pages the TLB misses cost a fifth of the 2-thread GEMV
-// speed. One buffer wastes at most one partial huge page, not one per matrix.
-uint8_t* alloc_huge(size_t bytes) {
-    constexpr size_t kHuge = size_t(2) << 20;
-    const size_t size = (bytes + kHuge - 1) / kHuge * kHuge;
-    void* p = std::aligned_alloc(kHuge, size);
-    if (!p) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-    ::madvise(p, size, MADV_HUGEPAGE);  // a hint: without THP the pages stay small
-#endif
-    return static_cast<uint8_t*>(p);
+// A cache mapped on small pages (its filesystem keeps 4 KiB page-cache pages) would cost decoding
+// the TLB misses the huge pages avoid: copy it to huge-page memory then, when the OS has THP.
+void copy_if_small_pages(std::shared_ptr<uint8_t>& repacked, ThreadPool& pool, RepackReport& rep) {
+    const int64_t huge = huge_page_bytes(repacked.get());
+    if (huge < 0 || size_t(huge) >= rep.bytes / 2 || !anon_huge_pages_possible()) return;
+    std::shared_ptr<uint8_t> copy = alloc_huge(rep.bytes);
+    const uint8_t* src = repacked.get();
+    pool.parallel_for(int64_t((rep.bytes + kHugePage - 1) / kHugePage), 1, [&](int64_t c0, int64_t c1) {
+        const size_t lo = size_t(c0) * kHugePage, hi = std::min(rep.bytes, size_t(c1) * kHugePage);
+        std::memcpy(copy.get() + lo, src + lo, hi - lo);
+        drop_pages(src + lo, hi - lo);  // so the copy does not double the resident size
+    });
+    repacked = copy;
+    rep.note = "the cache's pages are not huge pages here: copied to huge-page memory";
 }
 
 }  // namespace
@@ -150,7 +160,15 @@ Weights Weights::bind(const MappedFile& file, const Config& c, const std::vector
     return w;
 }
 
-void Weights::repack(const MappedFile& file, ThreadPool& pool) {
+void repack_matrix(const Tensor& t, uint8_t* dst, const MappedFile& file, ThreadPool& pool) {
+    const repack_fn fn = kernels().repack_for(t.tt->type);
+    pool.parallel_for(t.rows, 64, [&](int64_t r0, int64_t r1) {  // 64 rows: whole 4-row groups
+        fn(t.cols, r1 - r0, t.data + size_t(r0) * t.row_bytes, dst + size_t(r0) * t.row_bytes);
+    });
+    file.release(t.data, size_t(t.rows) * t.row_bytes);
+}
+
+RepackReport Weights::repack(const MappedFile& file, ThreadPool& pool, const std::string& cache_dir) {
     const Kernels& k = kernels();
     std::vector<Tensor*> todo;
     for (LayerWeights& L : layers)
@@ -158,22 +176,46 @@ void Weights::repack(const MappedFile& file, ThreadPool& pool) {
     todo.push_back(&output_w);
     todo.erase(std::remove_if(todo.begin(), todo.end(), [&](Tensor* t) { return !*t || !k.repack_for(t->tt->type); }),
                todo.end());
-    auto padded = [](const Tensor& t) { return (size_t(t.rows) * t.row_bytes + 63) / 64 * 64; };
-    size_t total = 0;
-    for (const Tensor* t : todo) total += padded(*t);
-    if (total == 0) return;
-    uint8_t* dst = alloc_huge(total);
-    repacked.reset(dst, std::free);
-    for (Tensor* t : todo) {
-        const repack_fn fn = k.repack_for(t->tt->type);
-        const uint8_t* src = t->data;
-        pool.parallel_for(t->rows, 64, [&](int64_t r0, int64_t r1) {
-            fn(t->cols, r1 - r0, src + size_t(r0) * t->row_bytes, dst + size_t(r0) * t->row_bytes);
-        });
-        file.release(src, size_t(t->rows) * t->row_bytes);
-        t->data = dst;
-        dst += padded(*t);
+    RepackReport rep;
+    if (todo.empty()) return rep;
+    // One buffer for all matrices (or one cache mapping): at most one partial huge page is wasted.
+    std::vector<size_t> offsets;
+    if (!cache_dir.empty()) {
+        const RepackCache cache(cache_dir, file, todo);
+        std::string why;
+        repacked = cache.open(pool, why);
+        rep.weights = "cache";
+        if (!repacked) {
+            rep.weights = "cache-written";
+            rep.note = why;  // why it is written: none yet, or the old one was not valid
+            if (cache.write(pool, why)) {
+                repacked = cache.open(pool, why);
+                RepackCache::prune(cache_dir, cache.path());
+            }
+        }
+        if (repacked) {
+            if (rep.weights == "cache") rep.note = why;
+            rep.cache_path = cache.path();
+            for (size_t i = 0; i < todo.size(); i++) offsets.push_back(cache.offset(i));
+            rep.bytes = cache.data_bytes();
+            copy_if_small_pages(repacked, pool, rep);
+        } else {
+            rep.note = why;
+        }
     }
+    if (!repacked) {
+        rep.weights = "memory";
+        rep.bytes = 0;
+        for (const Tensor* t : todo) {
+            offsets.push_back(rep.bytes);
+            rep.bytes += round_up(size_t(t->rows) * t->row_bytes, 64);
+        }
+        repacked = alloc_huge(rep.bytes);
+        for (size_t i = 0; i < todo.size(); i++) repack_matrix(*todo[i], repacked.get() + offsets[i], file, pool);
+    }
+    for (size_t i = 0; i < todo.size(); i++) todo[i]->data = repacked.get() + offsets[i];
+    rep.huge_bytes = huge_page_bytes(repacked.get());
+    return rep;
 }
 
 }  // namespace phi2cpu

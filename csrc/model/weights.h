@@ -1,6 +1,7 @@
 // The model file mapped into memory and typed views of its tensors. Matrices are read in place,
-// unless the kernel path repacks their type at load (Kernels::repack_for): then they move to owned
-// memory in the kernels' layout and the file pages they came from are released.
+// unless the kernel path repacks their type at load (Kernels::repack_for): then they are read from a
+// repack cache file (model/repack_cache.h) or move to owned memory in the kernels' layout, and the
+// file pages they came from are released.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +13,8 @@
 #include "kernels/threadpool.h"
 #include "model/config.h"
 #include "quant/traits.h"
+
+struct stat;
 
 namespace phi2cpu {
 
@@ -43,6 +46,13 @@ public:
     const uint8_t* data() const { return static_cast<const uint8_t*>(addr_); }
     size_t size() const { return size_; }
     const std::string& path() const { return path_; }
+    // What the file was when it was mapped: a repack cache is valid only for this exact file.
+    struct Identity {
+        uint64_t dev = 0, ino = 0, size = 0;
+        int64_t mtime_ns = 0;
+        static Identity of(const struct ::stat& st);
+    };
+    const Identity& identity() const { return id_; }
     // Drops the resident pages lying wholly inside [p, p + n) (a later read maps them in again).
     void release(const void* p, size_t n) const;
 
@@ -50,6 +60,7 @@ private:
     std::string path_;
     void* addr_ = nullptr;
     size_t size_ = 0;
+    Identity id_;
 };
 
 // Matrices stay in the mapped file (or move to owned memory when repacked); norms and biases are
@@ -66,18 +77,36 @@ struct LayerWeights {
     Tensor down_w; Vec down_b;        // (n_embd, n_ff), (n_embd)
 };
 
+// Writes matrix t (read from file) in its type's repacked layout (Kernels::repack_for) to dst, in
+// parallel, then releases the file pages it came from.
+void repack_matrix(const Tensor& t, uint8_t* dst, const MappedFile& file, ThreadPool& pool);
+
+// How Weights::repack placed the matrices.
+struct RepackReport {
+    std::string weights = "file";  // "file": read in place (nothing to repack); "memory": repacked into
+                                   // owned memory; "cache": mapped from a valid repack cache;
+                                   // "cache-written": repacked into a new cache file, then mapped
+    std::string cache_path;        // the cache file used, or "" when none
+    std::string note;              // why the cache was not used or was (re)written, or that it was
+                                   // copied to owned memory; "" when a valid cache served as it is
+    size_t bytes = 0;              // repacked bytes
+    int64_t huge_bytes = -1;       // of those, bytes on huge pages (-1: the OS does not say)
+};
+
 struct Weights {
     Tensor token_embd;                // (n_vocab, n_embd)
     std::vector<LayerWeights> layers; // n_layer
     Vec output_norm_w, output_norm_b; // (n_embd)
     Tensor output_w; Vec output_b;    // (n_vocab, n_embd), (n_vocab)
-    std::shared_ptr<uint8_t> repacked;  // owned storage of the repacked matrices, one buffer
+    std::shared_ptr<uint8_t> repacked;  // the repacked matrices: one owned buffer, or a cache mapping
 
     // Resolves every tensor Phi-2 needs, checking type, shape and bounds; throws FileError.
     static Weights bind(const MappedFile& file, const Config& cfg, const std::vector<TensorEntry>& entries);
     // Moves every matrix whose type the kernel path repacks (all but token_embd, which is read by
-    // row for lookups) into that layout, releasing the file pages behind it.
-    void repack(const MappedFile& file, ThreadPool& pool);
+    // row for lookups) into that layout, releasing the file pages behind it. With a cache folder, the
+    // matrices come from a valid cache file there, or one is written; any failure to read or write
+    // the cache falls back to repacking into owned memory.
+    RepackReport repack(const MappedFile& file, ThreadPool& pool, const std::string& cache_dir = "");
 };
 
 }  // namespace phi2cpu

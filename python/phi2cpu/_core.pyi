@@ -16,6 +16,12 @@ def quantize(x: npt.ArrayLike, type: int) -> npt.NDArray[np.uint8]:
 def dequantize(data: npt.ArrayLike, type: int, n: int) -> npt.NDArray[np.float32]:
     """Dequantize GGUF block bytes to float32 rows of length n."""
 
+def gguf_strings(buf: Any, pos: int, n: int) -> Tuple[Optional[List[str]], int]:
+    """n GGUF strings from byte pos of buf: (list of str, end position), or (None, -1) past the end."""
+
+def prune_repack_cache(dir: str) -> None:
+    """Delete the repack caches in dir whose model file is gone or changed, and dead writers' temporary files."""
+
 def isa() -> Tuple[str, str]:
     """The kernel path in use and why it was chosen."""
 
@@ -26,8 +32,9 @@ class Model:
     """A mapped GGUF file, its KV cache and a thread pool."""
 
     def __init__(self, path: str, config: Dict[str, Any], tensors: List[Tuple[str, int, Sequence[int], int]],
-                 n_ctx: int, n_threads: int) -> None:
-        """tensors: (name, ggml_type, numpy_shape, absolute_offset) for every tensor in the file."""
+                 n_ctx: int, n_threads: int, repack_cache: str = "") -> None:
+        """tensors: (name, ggml_type, numpy_shape, absolute_offset) for every tensor in the file;
+        repack_cache: the folder of repack cache files ("" repacks into memory)."""
 
     def forward(self, tokens: npt.ArrayLike, all_logits: bool = False) -> npt.NDArray[np.float32]:
         """Append tokens to the KV cache; float32 logits (n or 1, n_vocab)."""
@@ -53,3 +60,6 @@ class Model:
     def n_ctx(self) -> int: ...
     @property
     def n_threads(self) -> int: ...
+    @property
+    def repack_report(self) -> Dict[str, Any]:
+        """weights (file | memory | cache | cache-written), cache_path, note, bytes, huge_bytes."""

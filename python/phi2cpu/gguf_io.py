@@ -2,7 +2,7 @@
 
 Written with the `gguf` package's streaming writer. Read by the small header parser below:
 `gguf.GGUFReader` builds numpy views per vocabulary string and takes seconds on Phi-2's
-100k tokens + merges. Besides llama.cpp's keys we store the exact tokenizer.json text
+100k tokens + merges (the engine decodes those string arrays in one call). Besides llama.cpp's keys we store the exact tokenizer.json text
 (`phi2cpu.tokenizer_json`) and the quantization recipe (`phi2cpu.quant_recipe`)."""
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import TokenType
 
+from . import _core
 from .atomic import no_space_left, replace_durably, temp_path
 from .checkpoint import expected_gguf_shapes
 from .config import ARCH, PhiConfig
@@ -231,7 +232,6 @@ def _expected(config: PhiConfig, tensors: dict[str, TensorInfo]) -> dict[str, tu
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
-_U64 = struct.Struct("<Q")
 
 # What a header may declare, checked before anything is allocated or looped over, so that parsing
 # any header costs at most a small multiple of the file's size and well under a second. Each limit
@@ -271,17 +271,12 @@ class _Cursor:
         return s
 
     def strings(self, count: int) -> list[str]:
-        """`count` strings: string() inlined, the one loop a vocabulary runs 100k times."""
-        buf, pos, end, out = self.buf, self.pos, len(self.buf), []
-        unpack = _U64.unpack_from
-        for _ in range(count):
-            (n,) = unpack(buf, pos)
-            pos += 8
-            if n > end - pos:
-                raise struct.error(f"string of {n} bytes runs past the end of the file")
-            out.append(str(buf[pos:pos + n], "utf-8"))
-            pos += n
-        self.pos = pos
+        """`count` strings, decoded by the engine in one call: a vocabulary is 100k of them, and a
+        Python loop over them was 80% of the header parse (0.10 s -> 0.02 s on Phi-2)."""
+        out, end = _core.gguf_strings(self.buf, self.pos, count)
+        if end < 0:
+            raise struct.error(f"array of {count} strings runs past the end of the file")
+        self.pos = end
         return out
 
     def value(self, vtype: int, key: str, depth: int = 0) -> Any:

@@ -15,6 +15,7 @@ from .config import PhiConfig
 from .errors import ContextFullError, ModelFileError, Phi2Error
 from .atomic import replace_durably, temp_path
 from .gguf_io import ModelFile, read_model_file
+from .repack_cache import CacheArg, cache_dir
 from .state_file import read_state_arrays
 from .tokenizer import Tokenizer
 
@@ -52,7 +53,8 @@ class Completion:
 class Model:
     """A loaded Phi-2 model. Create it with :func:`phi2cpu.load`."""
 
-    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None, n_ctx: int = 2048):
+    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None, n_ctx: int = 2048,
+                 repack_cache: CacheArg = None):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or not 1 <= threads <= MAX_THREADS):
             raise Phi2Error(f"threads must be an integer in 1..{MAX_THREADS}, got {threads!r}")
@@ -71,8 +73,18 @@ class Model:
             else Tokenizer.from_gguf_vocab(self.file.tokens, self.file.merges, self.file.token_types)
         )
         tensors = [(t.name, t.ggml_type, list(t.shape), t.offset) for t in self.file.tensors.values()]
-        self._engine = _core.Model(self.path, self.config.as_dict(), tensors, n_ctx, threads or default_threads())
+        folder = cache_dir(repack_cache)
+        self._engine = _core.Model(self.path, self.config.as_dict(), tensors, n_ctx, threads or default_threads(),
+                                   str(folder) if folder else "")
         self._tokens: List[int] = []  # the ids whose keys and values are in the cache, in order
+
+    @property
+    def repack_report(self) -> dict:
+        """How the load placed the matrices the kernels repack: ``weights`` is "file" (none to repack),
+        "memory" (repacked on this load), "cache" (mapped from the repack cache) or "cache-written"
+        (repacked into a new cache file); also ``cache_path``, ``note`` (why no cache was used),
+        ``bytes`` and ``huge_bytes`` (of those on huge pages, -1 when the OS does not say)."""
+        return self._engine.repack_report
 
     # --- cache-level API -------------------------------------------------------------------
     @property

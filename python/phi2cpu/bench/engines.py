@@ -2,6 +2,7 @@
 
 Each engine holds one loaded model and a KV cache:
     load(path, threads, n_ctx, all_logits)   path: a GGUF file, or an HF checkpoint dir for torch
+    load_info() -> dict                       what the engine says about its load (may be empty)
     reset()                                   empty the cache
     eval(ids) -> (n_vocab,) float32           append ids, logits of the last one
     eval_all(ids) -> (len(ids), n_vocab)      append ids, logits of every one
@@ -69,6 +70,9 @@ class Phi2cpuEngine:
 
         self.model = phi2cpu.load(path, threads=threads, n_ctx=n_ctx)
 
+    def load_info(self) -> dict:
+        return {"weights": self.model.repack_report["weights"]}
+
     def reset(self) -> None:
         self.model.reset()
 
@@ -96,6 +100,9 @@ class LlamaCppEngine:
         except (ValueError, RuntimeError) as e:
             raise RuntimeError(f"llama.cpp rejected {path}: {e}; its log says: {_llama_load_log(args)}") from None
         self.n_vocab = self.llm.n_vocab()
+
+    def load_info(self) -> dict:
+        return {}
 
     def reset(self) -> None:
         self.llm.reset()
@@ -161,6 +168,9 @@ class TorchEngine:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dtype).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.cache = None
+
+    def load_info(self) -> dict:
+        return {}
 
     def reset(self) -> None:
         self.cache = None

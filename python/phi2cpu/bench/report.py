@@ -79,6 +79,58 @@ def speed_table(res: dict) -> list[str]:
     return _table(header, rows)
 
 
+def fmt_seconds(s: Optional[dict]) -> str:
+    if not s:
+        return "–"
+    return f"{s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f})"
+
+
+def load_ratio(cells: list[dict], peer: dict, which: str) -> Optional[float]:
+    """peer median / phi2cpu median for the same format and threads (above 1: phi2cpu is faster)."""
+    ours = next((c for c in cells if c["engine"] == PHI2CPU and c["format"] == peer["format"]
+                 and c["threads"] == peer["threads"] and c["status"] == "ok"), None)
+    if ours is None or peer["engine"] == PHI2CPU or peer["status"] != "ok":
+        return None
+    return peer[which]["median"] / ours[which]["median"]
+
+
+def load_table(res: dict) -> list[str]:
+    cells = sorted(res.get("load", []), key=_order)
+    rows = []
+    for c in cells:
+        if c["status"] != "ok":
+            rows.append([c["engine"], c["format"], c["threads"], f"{c['status']} ({_short(c['reason'])})",
+                         "", "", "", ""])
+            continue
+        rl, rr = load_ratio(cells, c, "load"), load_ratio(cells, c, "ready")
+        first = fmt_float(c.get("first_load_s"), 2)
+        if c.get("first_weights"):
+            first += f" ({c['first_weights']})"
+        rows.append([c["engine"], c["format"], c["threads"], fmt_seconds(c["load"]), fmt_seconds(c["ready"]),
+                     "" if rl is None else f"{rl:.2f}× / {rr:.2f}×", first, fmt_bytes(c.get("peak_rss"))])
+    return _table(["engine", "format", "threads", "load s: median (min–max)",
+                   "ready s (load + first token): median (min–max)", "peer ÷ phi2cpu (load / ready)",
+                   "first load s", "peak RSS"], rows)
+
+
+def load_section(res: dict) -> list[str]:
+    cfg = res["config"]
+    cells = res.get("load", [])
+    ours = sorted({c["weights"] for c in cells if c["engine"] == PHI2CPU and c.get("weights")})
+    lines = ["## Load", "",
+             f"Time from the load call to a model that can decode: a fresh process per trial, the file read "
+             f"through first so it is in the page cache, context {cfg.get('load_ctx', '?')}, "
+             f"{cfg.get('load_trials', '?')} counted trials per engine and format, engines alternating; median "
+             f"(min–max). Load is `phi2cpu.load` (header, tokenizer, weights) or `llama_cpp.Llama(...)`; ready "
+             f"adds the first token's forward, where work an engine defers (faulting in mapped pages) shows. "
+             f"Ratio above 1 means phi2cpu is faster. First load is each engine's untimed first load in this "
+             f"run; phi2cpu repacks its matrices for this CPU's kernels then and writes them to its repack cache "
+             f"when there is none yet (cache-written). Where phi2cpu's matrices came from in the counted trials: "
+             f"{', '.join(ours) if ours else '–'} (cache: mapped from the repack cache; memory: repacked on "
+             f"every load; file: read in place).", ""]
+    return lines + load_table(res) + [""]
+
+
 def fmt_float(x: Optional[float], digits: int) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
@@ -166,6 +218,8 @@ def render_markdown(res: dict) -> str:
         lines += validation_table(res) + [""]
     if res.get("speed"):
         lines += speed_section(res)
+    if res.get("load"):
+        lines += load_section(res)
     lines += other_sections(res)
     return "\n".join(lines)
 

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import assets, quality, report, speed
+from . import assets, load, quality, report, speed
 from .bandwidth import DEFAULT_BYTES, decode_ceiling, read_bandwidth, weight_bytes_per_token
 from .engines import ALL_ENGINES, HF_FP32, LLAMA_CPP, PHI2CPU, missing_reason, uses_gguf
 
-SECTIONS = ("validate", "ppl", "kl", "bandwidth", "speed")
+SECTIONS = ("validate", "ppl", "kl", "bandwidth", "load", "speed")
 DEFAULT_FORMATS = ("F16", "Q8_0", "Q4_0")
 
 
@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--engines", type=_csv(ALL_ENGINES), help=f"default {','.join(ALL_ENGINES)}")
     ap.add_argument("--sections", type=_csv(SECTIONS), help=f"default {','.join(SECTIONS)}")
     ap.add_argument("--runs", type=int, help="counted runs per engine (default 3)")
+    ap.add_argument("--load-trials", type=int, help="counted fresh-process loads per engine and format "
+                                                    "(default 5, --quick 2)")
     ap.add_argument("--pp", type=int, help="prompt tokens (default 512)")
     ap.add_argument("--tg", type=int, help="generated tokens (default 128)")
     ap.add_argument("--tg-prompt", type=int, default=16, help="prompt before generation (default 16)")
@@ -84,8 +86,9 @@ def resolve(args: argparse.Namespace, cores: int) -> argparse.Namespace:
     args.formats = pick(args.formats, list(DEFAULT_FORMATS), ["Q4_0"])
     args.threads = pick(args.threads, list(range(1, cores + 1)), [cores])
     args.engines = pick(args.engines, list(ALL_ENGINES), [PHI2CPU, LLAMA_CPP])
-    args.sections = pick(args.sections, list(SECTIONS), ["validate", "ppl", "bandwidth", "speed"])
+    args.sections = pick(args.sections, list(SECTIONS), ["validate", "ppl", "bandwidth", "load", "speed"])
     args.runs = pick(args.runs, 3, 3)
+    args.load_trials = pick(args.load_trials, 5, 2)
     args.pp = pick(args.pp, 512, 64)
     args.tg = pick(args.tg, 128, 16)
     args.ppl_windows = pick(args.ppl_windows, 8, 1)
@@ -119,6 +122,7 @@ class Bench:
         a = self.args
         return {"quick": a.quick, "formats": a.formats, "threads": a.threads, "engines": a.engines,
                 "sections": a.sections, "budget_min": a.budget_min, "validate_tokens": a.validate_tokens,
+                "load_trials": a.load_trials, "load_ctx": load.N_CTX,
                 "workload": dataclasses.asdict(self.workload())}
 
     def workload(self) -> speed.Workload:
@@ -207,6 +211,24 @@ class Bench:
         samples.append(read_bandwidth(threads, bw["buffer_bytes"], bw["passes"]))
         bw["gbs"][str(threads)] = max(samples)
 
+    def load_times(self) -> None:
+        """Fresh-process load times of the GGUF engines, at the most threads (before the speed
+        section, so phi2cpu's repack cache is written before any speed cell loads)."""
+        _, files = self.speed_files()
+        t = max(self.args.threads)
+        runner = load.LoadRunner(self.args.load_trials, self.log, self.worker_log)
+        cells: list[load.LoadCell] = []
+        for f in sorted(self.args.formats, key=lambda f: assets.BYTES_PER_PARAM[f]):
+            group = [load.LoadCell(e, f, t) for e in self.args.engines if uses_gguf(e)]
+            for c in group:
+                if c.engine in self.skipped:
+                    c.status, c.reason = "skipped", self.skipped[c.engine]
+            self.log(f"load: {f}, {t} thread{'s' if t > 1 else ''}: "
+                     f"{' / '.join(c.engine for c in group if c.status == 'pending')}")
+            runner.run(group, str(files[f]))
+            cells += group
+            self.res["load"] = [load.cell_dict(c) for c in cells]
+
     def speed(self) -> None:
         ckpt, files = self.speed_files()
         from ..checkpoint import HFCheckpoint
@@ -269,7 +291,7 @@ class Bench:
         for e, why in self.skipped.items():
             self.log(f"{e}: skipped ({why})")
         steps = {"validate": self.validate, "ppl": self.perplexity, "kl": self.kl,
-                 "bandwidth": self.bandwidth, "speed": self.speed}
+                 "bandwidth": self.bandwidth, "load": self.load_times, "speed": self.speed}
         sections = {}
         for name in SECTIONS:  # validation always comes before any timing
             if name in self.args.sections:
@@ -308,7 +330,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     args = resolve(args, default_threads())
-    for name in ("runs", "pp", "tg", "tg_prompt", "ppl_window", "validate_tokens", "bandwidth_mib"):
+    for name in ("runs", "load_trials", "pp", "tg", "tg_prompt", "ppl_window", "validate_tokens", "bandwidth_mib"):
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2

@@ -4,7 +4,8 @@ Every measurement runs in a fresh child so that its load time and peak RSS belon
 and format alone. The parent keeps several children loaded and alternates between them.
 
 Requests are objects with "cmd"; replies are {"ok": true, ...} or {"ok": false, "error": "..."}:
-    load      path, threads, n_ctx, all_logits  -> load_s
+    load      path, threads, n_ctx, all_logits  -> load_s (phi2cpu also: weights, where its matrices came from)
+    first                                       -> s (one token through a fresh cache)
     pp        ids                               -> s (fresh cache, one call)
     tg        prompt, n                         -> s (n single-token steps after the prompt), tokens
     greedy    ids, n                            -> tokens, margins (top-2 logit gap per step), top (first step's top 5)
@@ -30,6 +31,7 @@ import numpy as np
 from .engines import make_engine
 
 N_TOKENIZER_VOCAB = 50295  # ids past the tokenizer's never win the argmax
+FIRST_TOKEN = 50256        # <|endoftext|>: the token `first` runs
 CALL_TIMEOUT_S = 3600.0
 
 
@@ -50,7 +52,13 @@ class Server:
     def load(self, path: str, threads: int, n_ctx: int, all_logits: bool = False) -> dict:
         t0 = time.perf_counter()
         self.engine.load(path, threads, n_ctx, all_logits)
-        return {"load_s": time.perf_counter() - t0}
+        return {"load_s": time.perf_counter() - t0, **self.engine.load_info()}
+
+    def first(self) -> dict:
+        self.engine.reset()
+        t0 = time.perf_counter()
+        self.engine.eval([FIRST_TOKEN])
+        return {"s": time.perf_counter() - t0}
 
     def pp(self, ids: Sequence[int]) -> dict:
         self.engine.reset()
@@ -109,7 +117,7 @@ class Server:
         cmd = req.pop("cmd")
         if cmd == "quit":
             return {"ok": True, "peak_rss": peak_rss_bytes()}
-        if cmd not in ("load", "pp", "tg", "greedy", "tokenize", "logits", "nll"):
+        if cmd not in ("load", "first", "pp", "tg", "greedy", "tokenize", "logits", "nll"):
             return {"ok": False, "error": f"unknown command {cmd!r}"}
         return {"ok": True, **getattr(self, cmd)(**req)}
 
