@@ -189,6 +189,17 @@ def test_run_info_perplexity_take_a_name(stocked, tmp_path):
     one_line_error(cli("info", "phi-2:q4_0", env=stocked), "phi2cpu pull")
 
 
+def test_rm_deletes_the_models_repack_cache(stocked, home):
+    m = phi2cpu.load("phi-2:q8_0", threads=1, n_ctx=64)
+    assert m.repack_report["weights"] == "cache-written", m.repack_report
+    caches = sorted((home / "repack").glob("*.rpk"))
+    assert len(caches) == 1
+    del m
+    r = cli("rm", "phi-2:q8_0", env=stocked)
+    assert r.returncode == 0, r.stderr
+    assert not caches[0].exists()
+
+
 def test_serve_takes_a_name_and_serves_it_under_that_name(stocked):
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")

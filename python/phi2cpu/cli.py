@@ -672,6 +672,9 @@ def _cmd_rm(args: argparse.Namespace) -> int:
     for name in args.names:
         entry = remove(name)
         print(f"deleted {entry.name} ({_fmt_bytes(entry.size)})")
+    from .repack_cache import prune
+
+    prune()  # the deleted models' repack caches
     return 0
 
 

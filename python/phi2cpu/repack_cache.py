@@ -10,16 +10,10 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+from . import store
+
 OFF = ("0", "off", "no", "false")
 CacheArg = Union[bool, str, os.PathLike, None]
-
-
-def store_root() -> Path:
-    """The model store: $PHI2CPU_HOME, else $XDG_CACHE_HOME/phi2cpu, else ~/.cache/phi2cpu."""
-    if os.environ.get("PHI2CPU_HOME"):
-        return Path(os.environ["PHI2CPU_HOME"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "phi2cpu"
 
 
 def cache_dir(repack_cache: CacheArg = None) -> Optional[Path]:
@@ -35,7 +29,7 @@ def cache_dir(repack_cache: CacheArg = None) -> Optional[Path]:
             return Path(env).expanduser()
     if repack_cache is None or repack_cache is True:
         try:
-            return store_root() / "repack"
+            return store.root() / "repack"
         except RuntimeError:  # no home folder to put it in
             return None
     return Path(repack_cache).expanduser()
