@@ -3,7 +3,6 @@ chat, streaming, bad requests, client disconnects and a burst of concurrent clie
 from __future__ import annotations
 
 import json
-import queue
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ openai = pytest.importorskip("openai", reason="these tests drive the server with
 import phi2cpu  # noqa: E402
 from phi2cpu import cli  # noqa: E402
 from phi2cpu.server import chat_prompt  # noqa: E402
+from serve_process import start_serve  # noqa: E402
 
 NAME = "phi2-mini-code.q8_0"  # the bundled model's file name without .gguf
 CTX = 2048
@@ -45,24 +45,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server():
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "phi2cpu", "serve", "--port", "0", "--threads", "1", "--ctx-size", str(CTX),
-         "--log-level", "warning"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    url, seen, deadline = None, [], time.monotonic() + 60
-    while url is None and time.monotonic() < deadline and proc.poll() is None:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        seen.append(line)
-        if line.startswith("phi2cpu: serving ") and " at http://" in line:
-            url = line.split(" at ", 1)[1].split()[0].removesuffix("/v1")
-    if url is None:
-        proc.kill()
-        pytest.fail("the server did not start:\n" + "".join(seen))
+    proc, url = start_serve("--threads", "1", "--ctx-size", str(CTX))
     yield Server(proc, url)
     proc.terminate()
     try:

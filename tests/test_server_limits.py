@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import queue
 import random
 import socket
 import string
 import subprocess
-import sys
 import threading
 import time
 
@@ -21,6 +19,7 @@ pytest.importorskip("uvicorn", reason="the server needs uvicorn: pip install \"p
 
 import phi2cpu  # noqa: E402
 from phi2cpu.server_limits import DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth  # noqa: E402
+from serve_process import start_serve  # noqa: E402
 
 CTX = 2048
 READ_TIMEOUT = 2.0  # seconds; the default is 20, shortened so the slow-client tests end quickly
@@ -62,24 +61,9 @@ class Server:
 
 
 def _start(*options: str) -> Server:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "phi2cpu", "serve", "--port", "0", "--threads", "1", "--ctx-size", str(CTX),
-         "--read-timeout", str(READ_TIMEOUT), "--log-level", "warning", *options],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    url, seen, deadline = None, [], time.monotonic() + 60
-    while url is None and time.monotonic() < deadline and proc.poll() is None:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        seen.append(line)
-        if line.startswith("phi2cpu: serving ") and " at http://" in line:
-            url = line.split(" at http://", 1)[1].split()[0].removesuffix("/v1")
-    if url is None:
-        proc.kill()
-        pytest.fail("the server did not start:\n" + "".join(seen))
+    proc, url = start_serve("--threads", "1", "--ctx-size", str(CTX), "--read-timeout", str(READ_TIMEOUT),
+                            *options)
+    url = url.removeprefix("http://")
     host, port = url.rsplit(":", 1)
     return Server(proc, host, int(port))
 

@@ -1,0 +1,33 @@
+"""A real `phi2cpu serve` in a subprocess on a free loopback port, for the server tests."""
+from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+
+def start_serve(*options: str) -> tuple[subprocess.Popen, str]:
+    """Start `phi2cpu serve --port 0 ...options` and wait for its "serving ... at URL" line:
+    the process and its base URL (http://HOST:PORT, without /v1). Fails the test if it never comes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phi2cpu", "serve", "--port", "0", "--log-level", "warning", *options],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    url, seen, deadline = None, [], time.monotonic() + 60
+    while url is None and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if line.startswith("phi2cpu: serving ") and " at http://" in line:
+            url = line.split(" at ", 1)[1].split()[0].removesuffix("/v1")
+    if url is None:
+        proc.kill()
+        pytest.fail("the server did not start:\n" + "".join(seen))
+    return proc, url
