@@ -94,19 +94,7 @@ def fresh_server():
 
 def _read_response(s: socket.socket, limit_s: float) -> bytes:
     """Everything the server sends until it closes the connection (or `limit_s` passes)."""
-    s.settimeout(0.2)
-    out, deadline = b"", time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except socket.timeout:
-            continue
-        except ConnectionResetError:
-            break
-        if not chunk:
-            return out
-        out += chunk
-    return out
+    return _closed_within(s, limit_s)[1]
 
 
 def _closed_within(s: socket.socket, limit_s: float) -> tuple:
