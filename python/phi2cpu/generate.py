@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, List, Optional, Sequence, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -32,6 +32,8 @@ class GenerationStats:
     stop_reason: str = ""
     token_ids: List[int] = field(default_factory=list)         # sampled ids, end-of-text excluded
     token_logprobs: List[float] = field(default_factory=list)  # log p(id) under the model's own logits
+    # per sampled id, the `top_logprobs` most likely (id, log p) at its position, most likely first
+    top_logprobs: List[List[Tuple[int, float]]] = field(default_factory=list)
 
     @property
     def finish_reason(self) -> str:
@@ -89,20 +91,27 @@ def generate_tokens(
     max_tokens: int = 128,
     stats: Optional[GenerationStats] = None,
     reuse_prefix: bool = False,
+    top_logprobs: int = 0,
+    prefilled: Optional[np.ndarray] = None,
 ) -> Iterator[int]:
     """Yields sampled token ids after prefilling `ids` (end-of-text is not yielded; it ends the
     stream). Stops after max_tokens or when the context window is full. Arguments are checked
     before the first token is requested.
 
     The cache is emptied first, unless `reuse_prefix`: then the longest prefix of `ids` already in
-    the model's cache is kept and only the rest is processed (how chat avoids re-reading history)."""
+    the model's cache is kept and only the rest is processed (how chat avoids re-reading history).
+    `prefilled` says the cache already holds exactly `ids` and these are the last one's logits (a
+    prompt evaluated once, sampled several times). `top_logprobs` > 0 records that many
+    alternatives per sampled token in `stats.top_logprobs`."""
     sampler = Sampler(params, n_valid=min(model.tokenizer.n_vocab, model.config.n_vocab))
     requested = _check_max_tokens(max_tokens)
     ids = list(ids)
     budget = _fit_context(model, len(ids), requested)
     st = stats if stats is not None else GenerationStats()
     st.prompt_tokens = len(ids)
-    return _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix)
+    if prefilled is not None and model.tokens != ids:
+        raise SamplingError("prefilled logits need the model's cache to hold exactly the prompt")
+    return _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix, top_logprobs, prefilled)
 
 
 def _keep_cached_prefix(model, ids: List[int]) -> int:
@@ -124,16 +133,33 @@ def token_logprob(logits: np.ndarray, token: int) -> float:
     return float(x[token] - m - math.log(np.exp(x - m).sum()))
 
 
-def _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix) -> Iterator[int]:
+def top_token_logprobs(logits: np.ndarray, k: int, n_valid: int) -> List[Tuple[int, float]]:
+    """The k most likely ids below n_valid with their log p under a float64 log-softmax of all the
+    logits, most likely first (ties by id)."""
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    m = x.max()
+    log_sum = math.log(np.exp(x - m).sum())
+    valid = x[:n_valid]
+    k = min(k, valid.size)
+    top = np.argpartition(-valid, k - 1)[:k]
+    top = top[np.lexsort((top, -valid[top]))]
+    return [(int(i), float(valid[i] - m - log_sum)) for i in top]  # as token_logprob computes it
+
+
+def _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix, n_top=0, prefilled=None
+                ) -> Iterator[int]:
     eos = model.tokenizer.eos_id
     t = time.perf_counter()
-    if reuse_prefix:
-        start = _keep_cached_prefix(model, ids)
+    if prefilled is not None:
+        start, logits = len(ids), prefilled
     else:
-        model.reset()
-        start = 0
+        if reuse_prefix:
+            start = _keep_cached_prefix(model, ids)
+        else:
+            model.reset()
+            start = 0
+        logits = model.eval(ids[start:])
     st.prompt_evaluated = len(ids) - start
-    logits = model.eval(ids[start:])
     st.prompt_seconds = time.perf_counter() - t
     st.stop_reason = STOP_MAX_TOKENS if budget == requested else STOP_CONTEXT
     history = list(ids)
@@ -151,6 +177,8 @@ def _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix) -> Ite
         history.append(tok)
         st.token_ids.append(tok)
         st.token_logprobs.append(token_logprob(logits, tok))
+        if n_top:
+            st.top_logprobs.append(top_token_logprobs(logits, n_top, sampler.n_valid))
         yield tok
 
 
