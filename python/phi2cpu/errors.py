@@ -17,6 +17,10 @@ class SamplingError(Phi2Error, ValueError):
     """An invalid sampling or generation parameter."""
 
 
+class GrammarError(Phi2Error, ValueError):
+    """A JSON schema, grammar or chat template that cannot be used, or an output it cannot constrain."""
+
+
 class DownloadError(Phi2Error):
     """Getting a model from the hub failed: not found, unreachable, cut short, or not the bytes it should be."""
 

@@ -13,6 +13,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import ContextFullError, SamplingError
+from .grammar import Constraint, constraint_from
 from .sampling import Sampler, SamplingParams, _is_int, sampling_params
 from .tokenizer import StreamDecoder, check_text
 
@@ -93,6 +94,7 @@ def generate_tokens(
     reuse_prefix: bool = False,
     top_logprobs: int = 0,
     prefilled: Optional[np.ndarray] = None,
+    constraint: Optional[Constraint] = None,
 ) -> Iterator[int]:
     """Yields sampled token ids after prefilling `ids` (end-of-text is not yielded; it ends the
     stream). Stops after max_tokens or when the context window is full. Arguments are checked
@@ -102,7 +104,9 @@ def generate_tokens(
     the model's cache is kept and only the rest is processed (how chat avoids re-reading history).
     `prefilled` says the cache already holds exactly `ids` and these are the last one's logits (a
     prompt evaluated once, sampled several times). `top_logprobs` > 0 records that many
-    alternatives per sampled token in `stats.top_logprobs`."""
+    alternatives per sampled token in `stats.top_logprobs`. With a `constraint` (a
+    :class:`phi2cpu.grammar.Constraint`) only tokens that keep the output valid are sampled, and
+    generation ends (as at end-of-text) once the output is complete; log-probs stay the model's own."""
     sampler = Sampler(params, n_valid=min(model.tokenizer.n_vocab, model.config.n_vocab))
     requested = _check_max_tokens(max_tokens)
     ids = list(ids)
@@ -111,7 +115,9 @@ def generate_tokens(
     st.prompt_tokens = len(ids)
     if prefilled is not None and model.tokens != ids:
         raise SamplingError("prefilled logits need the model's cache to hold exactly the prompt")
-    return _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix, top_logprobs, prefilled)
+    matcher = constraint.matcher(model.tokenizer, sampler.n_valid) if constraint is not None else None
+    return _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix, top_logprobs, prefilled,
+                       matcher)
 
 
 def _keep_cached_prefix(model, ids: List[int]) -> int:
@@ -146,8 +152,8 @@ def top_token_logprobs(logits: np.ndarray, k: int, n_valid: int) -> List[Tuple[i
     return [(int(i), float(valid[i] - m - log_sum)) for i in top]  # as token_logprob computes it
 
 
-def _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix, n_top=0, prefilled=None
-                ) -> Iterator[int]:
+def _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix, n_top=0, prefilled=None,
+                matcher=None) -> Iterator[int]:
     eos = model.tokenizer.eos_id
     t = time.perf_counter()
     if prefilled is not None:
@@ -168,7 +174,7 @@ def _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix, n_top=
         t = time.perf_counter()
         if tok is not None:
             logits = model.eval([tok])
-        tok = sampler.sample(logits, history)
+        tok = sampler.sample(logits if matcher is None else matcher.masked(logits), history)
         st.generated_tokens += 1
         st.gen_seconds += time.perf_counter() - t
         if tok == eos:
@@ -179,6 +185,12 @@ def _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix, n_top=
         st.token_logprobs.append(token_logprob(logits, tok))
         if n_top:
             st.top_logprobs.append(top_token_logprobs(logits, n_top, sampler.n_valid))
+        if matcher is not None:
+            matcher.consume(tok)
+            if matcher.done:  # nothing but end-of-text may follow: stop without another forward pass
+                st.stop_reason = STOP_EOS
+                yield tok
+                return
         yield tok
 
 
@@ -249,6 +261,8 @@ def generate(
     stop: Optional[List[str]] = None,
     stream: bool = False,
     reuse_prefix: bool = False,
+    json_schema: Any = None,
+    grammar: Optional[str] = None,
     **sampling: Any,
 ) -> Union[str, TextStream]:
     """Continue `prompt` with up to `max_tokens` tokens.
@@ -264,11 +278,18 @@ def generate(
     arguments and ContextFullError when the prompt leaves no room to generate, both before any
     model work. Returns the text, or with stream=True an iterator of text pieces whose `.stats`
     (a GenerationStats, with the sampled ids and their log-probs) is complete once it is exhausted.
+
+    `json_schema` (a dict or its JSON text) makes the output JSON valid against it; `grammar` (a
+    llama.cpp GBNF text) makes it match that grammar (see :mod:`phi2cpu.grammar`; GrammarError for
+    a bad one, before any model work). The output is complete when generation ends with
+    `stats.finish_reason` "stop"; "length" means max_tokens or the context cut it short.
     """
     params = sampling_params(**sampling)
     _check_max_tokens(max_tokens)
     stops = _check_stop(stop)
+    constraint = constraint_from(json_schema, grammar)
     stats = GenerationStats()
-    tokens = generate_tokens(model, prompt_ids(model, prompt), params, max_tokens, stats, reuse_prefix)
+    tokens = generate_tokens(model, prompt_ids(model, prompt), params, max_tokens, stats, reuse_prefix,
+                             constraint=constraint)
     pieces = TextStream(model, tokens, stops, stats)
     return pieces if stream else "".join(pieces)

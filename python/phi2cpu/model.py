@@ -248,22 +248,26 @@ class Model:
         return self.eval(ids, all_logits=True)
 
     def generate(self, prompt: str, max_tokens: int = 128, *, stop: Optional[Sequence[str]] = None,
-                 stream: bool = False, reuse_prefix: bool = False, **sampling: Any
-                 ) -> Union[str, Iterator[str]]:
+                 stream: bool = False, reuse_prefix: bool = False, json_schema: Any = None,
+                 grammar: Optional[str] = None, **sampling: Any) -> Union[str, Iterator[str]]:
         """Continue ``prompt``: the text, or an iterator of text pieces when ``stream`` is true.
         ``sampling`` takes the SamplingParams fields (temperature, top_k, top_p, min_p, seed,
         repeat_penalty, presence_penalty, frequency_penalty, penalty_last_n, logit_bias);
-        temperature=0 is greedy. See :func:`phi2cpu.generate.generate`."""
+        temperature=0 is greedy. ``json_schema`` (a dict or JSON text) or ``grammar`` (GBNF text)
+        constrains the output to match it. See :func:`phi2cpu.generate.generate`."""
         from .generate import generate
 
         return generate(self, prompt, max_tokens=max_tokens, stop=list(stop) if stop else None,
-                        stream=stream, reuse_prefix=reuse_prefix, **sampling)
+                        stream=stream, reuse_prefix=reuse_prefix, json_schema=json_schema, grammar=grammar,
+                        **sampling)
 
     def complete(self, prompt: str, max_tokens: int = 128, *, stop: Optional[Sequence[str]] = None,
-                 reuse_prefix: bool = False, **sampling: Any) -> Completion:
+                 reuse_prefix: bool = False, json_schema: Any = None, grammar: Optional[str] = None,
+                 **sampling: Any) -> Completion:
         """Like :meth:`generate`, returning the text with the sampled token ids, their log-probs
         and why generation ended."""
-        pieces = self.generate(prompt, max_tokens, stop=stop, stream=True, reuse_prefix=reuse_prefix, **sampling)
+        pieces = self.generate(prompt, max_tokens, stop=stop, stream=True, reuse_prefix=reuse_prefix,
+                               json_schema=json_schema, grammar=grammar, **sampling)
         text = "".join(pieces)
         st = pieces.stats
         return Completion(text, list(st.token_ids), list(st.token_logprobs), st.finish_reason, st)
