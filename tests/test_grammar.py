@@ -131,3 +131,59 @@ def test_bad_constraints_are_clear_errors_before_model_work(model, kwargs, messa
     with pytest.raises(GrammarError, match=message):
         model.generate("x", 10, **kwargs)
     assert model.n_past == 0
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "phi2cpu", "run", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_json_schema_file(tmp_path):
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps(SCHEMA))
+    r = _cli("def main():", "--json-schema", str(schema), "-n", "200", "-s", "1", "--temp", "1")
+    assert r.returncode == 0, r.stderr
+    jsonschema.validate(json.loads(r.stdout), SCHEMA)
+
+
+def test_cli_grammar_file_and_incomplete_note(tmp_path):
+    g = tmp_path / "yes.gbnf"
+    g.write_text('root ::= "answer: " ("yes" | "no") "."\n')
+    r = _cli("x", "--grammar-file", str(g), "-n", "20", "-s", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout in ("answer: yes.", "answer: no.")
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps(SCHEMA))
+    r = _cli("x", "--json-schema", str(schema), "-n", "3")
+    assert r.returncode == 0, r.stderr
+    assert "phi2cpu: note: the output is incomplete" in r.stderr
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, ["missing.json", "No such file"]),
+    ("{oops", ["bad.json", "not valid JSON"]),
+    ('{"type": "strnig"}', ["bad.json", "invalid JSON schema"]),
+    (b"\xff\xfe", ["bad.json", "not valid UTF-8"]),
+])
+def test_cli_bad_schema_file_is_one_error_line(tmp_path, content, words):
+    path = tmp_path / ("missing.json" if content is None else "bad.json")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    r = _cli("x", "--json-schema", str(path))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("phi2cpu: error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_cli_schema_and_grammar_together_refused(tmp_path):
+    (tmp_path / "s.json").write_text("{}")
+    (tmp_path / "g.gbnf").write_text('root ::= "a"')
+    r = _cli("x", "--json-schema", str(tmp_path / "s.json"), "--grammar-file", str(tmp_path / "g.gbnf"))
+    assert r.returncode == 1 and "not both" in r.stderr

@@ -157,6 +157,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _sampling_args(run)
     run.add_argument("--stop", action="append", default=None, metavar="STR",
                      help="stop before this text (repeatable; not printed)")
+    run.add_argument("--json-schema", default=None, metavar="FILE",
+                     help="only generate JSON valid against the JSON schema in FILE")
+    run.add_argument("--grammar-file", default=None, metavar="FILE",
+                     help="only generate text matching the llama.cpp GBNF grammar in FILE (its root rule)")
     _escape_arg(run, "PROMPT and --stop")
     _output_args(run)
     _engine_args(run, ctx=True)
@@ -437,9 +441,27 @@ def _timing_lines(model, load_s: Optional[float], st) -> list:
     ]
 
 
+def _constraint(args: argparse.Namespace):
+    """The grammar.Constraint of --json-schema / --grammar-file, or None; errors name the file."""
+    from . import grammar
+    from .errors import GrammarError
+
+    if args.json_schema is not None and args.grammar_file is not None:
+        raise Phi2Error("give --json-schema or --grammar-file, not both")
+    path = args.json_schema if args.json_schema is not None else args.grammar_file
+    if path is None:
+        return None
+    text = _read_text_file(path)
+    try:
+        return grammar.json_schema(text) if args.json_schema is not None else grammar.gbnf(text)
+    except GrammarError as e:
+        raise GrammarError(f"{path}: {e}") from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args)
     fmt = get_format(args.format)
+    constraint = _constraint(args)
     stop = [_arg_text(args, s, "--stop") for s in args.stop or []] + list(fmt.stop)
     sampling = _sampling_options(args)
     if args.max_tokens < 1 and args.max_tokens != -1:
@@ -448,7 +470,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # -1 (llama-cli's "no limit"): generation stops at end-of-text or when the context is full
     max_tokens = model.n_ctx if args.max_tokens == -1 else args.max_tokens
     pieces = generate(model, fmt.wrap(prompt), max_tokens=max_tokens, stop=stop or None, stream=True,
-                      **sampling)
+                      json_schema=constraint, **sampling)
     last = ""
     for piece in pieces:
         _write(piece)
@@ -461,6 +483,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if st.stop_reason == STOP_CONTEXT:
         print(f"phi2cpu: note: stopped because the context ({model.n_ctx} tokens) is full",
               file=sys.stderr)
+    if constraint is not None and st.finish_reason == "length":
+        print(f"phi2cpu: note: the output is incomplete: generation stopped at the token limit before "
+              f"{'the JSON' if args.json_schema is not None else 'the grammar'} was complete", file=sys.stderr)
     print("\n".join(_timing_lines(model, load_s, st)) if args.verbose else st.summary(), file=sys.stderr)
     return 0
 

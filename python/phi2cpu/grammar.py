@@ -102,8 +102,9 @@ def constraint_from(json_schema_: Any = None, grammar: Optional[str] = None) -> 
     """The constraint for generate()'s ``json_schema`` / ``grammar`` arguments (at most one)."""
     if json_schema_ is not None and grammar is not None:
         raise GrammarError("give json_schema or grammar, not both")
-    if isinstance(json_schema_, Constraint):
-        return json_schema_
+    for given in (json_schema_, grammar):
+        if isinstance(given, Constraint):
+            return given
     if json_schema_ is not None:
         return json_schema(json_schema_)
     if grammar is not None:
