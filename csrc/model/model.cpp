@@ -6,6 +6,7 @@
 
 #include "kernels/dispatch.h"
 #include "model/errors.h"
+#include "model/fault_guard.h"
 #include "model/matmul.h"
 
 namespace phi2cpu {
@@ -25,6 +26,14 @@ Model::Model(const std::string& path, const Config& cfg, const std::vector<Tenso
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
     kernels();  // choose the kernel path now, so a bad PHI2CPU_ISA fails at load
     repack_ = w_.repack(file_, pool_, cache_dir);
+    check_files();
+}
+
+void Model::check_files() const {
+    std::string why = file_.changed();
+    if (why.empty() && mapping_faulted(w_.repacked.get()))
+        why = repack_.cache_path + ": the repack cache shrank while in use: load the model again";
+    if (!why.empty()) throw FileError(why);
 }
 
 void Model::truncate(int n) {
@@ -84,6 +93,7 @@ void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits
         if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
             throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (0.." +
                                         std::to_string(cfg_.n_vocab - 1) + ")");
+    check_files();
     for (int done = 0; done < n;) {
         const int m = std::min(kMaxBatch, n - done);
         const bool last = done + m == n;
@@ -91,6 +101,7 @@ void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits
         HiddenOut h;
         if (hidden_layers && hidden) h = HiddenOut{hidden_layers, hidden, n, done};
         forward_batch(tokens + done, m, all_logits, out, h);
+        check_files();
         done += m;
     }
 }

@@ -39,6 +39,10 @@ public:
     int n_threads() const { return pool_.size(); }
     const Config& config() const { return cfg_; }
     const RepackReport& repack_report() const { return repack_; }
+    // Throws FileError once the model file or its repack cache changed under the mapping (see
+    // model/fault_guard.h); forward calls this before and after each batch, so no result computed
+    // from a vanished page is returned. The model stays unusable after that: load it again.
+    void check_files() const;
 
 private:
     // Where forward_batch copies residual snapshots: rows [offset, offset+n) of each (n_total, n_embd) slab.

@@ -1,5 +1,7 @@
 #include "model/pages.h"
 
+#include "model/fault_guard.h"
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -44,7 +46,11 @@ std::shared_ptr<uint8_t> map_file_huge(int fd, uint64_t offset, size_t bytes) {
 #ifdef MADV_HUGEPAGE
     ::madvise(p, len, MADV_HUGEPAGE);  // pages read in from disk come as 2 MiB folios
 #endif
-    return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p), [len](uint8_t* q) { ::munmap(q, len); });
+    guard_mapping(p, len);
+    return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p), [len](uint8_t* q) {
+        unguard_mapping(q);
+        ::munmap(q, len);
+    });
 }
 
 void drop_pages(const void* p, size_t n) {

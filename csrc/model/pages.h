@@ -20,7 +20,8 @@ std::shared_ptr<uint8_t> alloc_huge(size_t bytes);
 
 // Maps `bytes` of the open file fd from `offset` (a multiple of 2 MiB) read-only at a 2 MiB-aligned
 // address, asking for huge pages, so that 2 MiB page-cache folios map as huge pages; the file may be
-// closed afterwards. Returns nullptr when mmap fails.
+// closed afterwards. The mapping is guarded against a shrinking file (model/fault_guard.h). Returns
+// nullptr when mmap fails.
 std::shared_ptr<uint8_t> map_file_huge(int fd, uint64_t offset, size_t bytes);
 
 // Drops the resident pages lying wholly inside [p, p + n) of a file mapping (a later read maps them

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "kernels/dispatch.h"
+#include "model/fault_guard.h"
 #include "model/pages.h"
 
 namespace phi2cpu {
@@ -324,6 +325,11 @@ bool RepackCache::write(ThreadPool& pool, std::string& why) const {
     if (!pwrite_all(f.fd, reinterpret_cast<const uint8_t*>(header.data()), header.size(), 0))
         return fail("cannot write " + tmp);
     if (::fsync(f.fd) != 0) return fail("cannot sync " + tmp);
+    if (mapping_faulted(file_.data())) {
+        why = file_.path() + " shrank while being repacked";
+        ::unlink(tmp.c_str());
+        return false;
+    }
     if (::rename(tmp.c_str(), path_.c_str()) != 0) return fail("cannot rename " + tmp);
     Fd d;
     d.fd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -13,27 +13,41 @@
 
 #include "kernels/dispatch.h"
 #include "model/errors.h"
+#include "model/fault_guard.h"
 #include "model/pages.h"
 #include "model/repack_cache.h"
 
 namespace phi2cpu {
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
-    const int fd = ::open(path.c_str(), O_RDONLY);
-    if (fd < 0) throw FileError(path + ": cannot open: " + std::strerror(errno));
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) throw FileError(path + ": cannot open: " + std::strerror(errno));
     struct stat st;
-    if (::fstat(fd, &st) != 0 || st.st_size <= 0) {
-        ::close(fd);
+    if (::fstat(fd_, &st) != 0 || st.st_size <= 0) {
+        ::close(fd_);
         throw FileError(path + ": empty or unreadable file");
     }
     size_ = size_t(st.st_size);
     id_ = Identity::of(st);
-    addr_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    ::close(fd);
+    addr_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
     if (addr_ == MAP_FAILED) {
+        const int err = errno;
+        ::close(fd_);
         addr_ = nullptr;
-        throw FileError(path + ": mmap failed: " + std::strerror(errno));
+        throw FileError(path + ": mmap failed: " + std::strerror(err));
     }
+    guard_mapping(addr_, size_);
+}
+
+std::string MappedFile::changed() const {
+    struct stat st;
+    if (::fstat(fd_, &st) != 0) return path_ + ": cannot stat the file in use: " + std::strerror(errno);
+    const Identity now = Identity::of(st);
+    if (mapping_faulted(addr_) || now.size < id_.size)
+        return path_ + ": the file shrank while in use (truncated?): load it again";
+    if (now.size != id_.size || now.mtime_ns != id_.mtime_ns)
+        return path_ + ": the file was modified in place while in use: load it again";
+    return "";
 }
 
 MappedFile::Identity MappedFile::Identity::of(const struct ::stat& st) {
@@ -48,7 +62,9 @@ MappedFile::Identity MappedFile::Identity::of(const struct ::stat& st) {
 void MappedFile::release(const void* p, size_t n) const { drop_pages(p, n); }
 
 MappedFile::~MappedFile() {
+    unguard_mapping(addr_);
     if (addr_) ::munmap(addr_, size_);
+    ::close(fd_);
 }
 
 namespace {
@@ -111,6 +127,7 @@ private:
 void copy_if_small_pages(std::shared_ptr<uint8_t>& repacked, ThreadPool& pool, RepackReport& rep) {
     const int64_t huge = huge_page_bytes(repacked.get());
     if (huge < 0 || size_t(huge) >= rep.bytes / 2 || !anon_huge_pages_possible()) return;
+    const std::shared_ptr<uint8_t> cache = repacked;
     std::shared_ptr<uint8_t> copy = alloc_huge(rep.bytes);
     const uint8_t* src = repacked.get();
     pool.parallel_for(int64_t((rep.bytes + kHugePage - 1) / kHugePage), 1, [&](int64_t c0, int64_t c1) {
@@ -118,6 +135,7 @@ void copy_if_small_pages(std::shared_ptr<uint8_t>& repacked, ThreadPool& pool, R
         std::memcpy(copy.get() + lo, src + lo, hi - lo);
         drop_pages(src + lo, hi - lo);  // so the copy does not double the resident size
     });
+    if (mapping_faulted(cache.get())) throw FileError(rep.cache_path + ": the repack cache shrank while being read");
     repacked = copy;
     rep.note = "the cache's pages are not huge pages here: copied to huge-page memory";
 }

@@ -55,9 +55,14 @@ public:
     const Identity& identity() const { return id_; }
     // Drops the resident pages lying wholly inside [p, p + n) (a later read maps them in again).
     void release(const void* p, size_t n) const;
+    // "" while the file is as it was mapped; else why its mapped bytes can no longer be trusted (a
+    // read found a page gone, or the file's size or modification time changed: truncated or
+    // rewritten in place). Replacing the file by a rename leaves this mapping intact.
+    std::string changed() const;
 
 private:
     std::string path_;
+    int fd_ = -1;  // kept open: fstat tells whether the mapped file changed
     void* addr_ = nullptr;
     size_t size_ = 0;
     Identity id_;
