@@ -43,10 +43,11 @@ to stderr."""
 SERVE_EXAMPLES = """\
 examples:
   phi2cpu serve                                   # bundled demo model on 127.0.0.1:8000
-  phi2cpu serve phi-2.q4_0.gguf --host 0.0.0.0 --port 8080 --threads 8
+  PHI2CPU_API_KEY=secret phi2cpu serve phi-2.q4_0.gguf --host 0.0.0.0 --port 8080 --threads 8
+  phi2cpu serve phi-2:q4_0 --alias phi-2 --cors-origins http://localhost:3000 --temp 0.7
 
 Requests run one at a time on the model, in arrival order; each starts from an empty cache.
-Point any OpenAI client at http://HOST:PORT/v1 (the API key is not checked)."""
+Point any OpenAI client at http://HOST:PORT/v1 (with --api-key, pass the key as the client's api_key)."""
 
 CHAT_EXAMPLES = """\
 examples:
@@ -219,8 +220,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     srv = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                          formatter_class=fmt, usage="phi2cpu serve [options] [MODEL | -m MODEL]",
-                         description="Serve MODEL at /v1/completions, /v1/chat/completions, /v1/models "
-                                     "and /health (needs `pip install \"phi2cpu[server]\"`).",
+                         description="Serve MODEL at /v1/completions, /v1/chat/completions, /v1/models, "
+                                     "/tokenize, /detokenize, /metrics and /health, described at /docs (needs "
+                                     "`pip install \"phi2cpu[server]\"`).",
                          epilog=SERVE_EXAMPLES)
     srv.add_argument("model", nargs="?", metavar="MODEL",
                      help="GGUF model file, e.g. phi-2.q4_0.gguf; default: the bundled demo model")
@@ -228,8 +230,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, metavar="N",
                      help="TCP port; 0 picks a free one (default: 8000)")
-    srv.add_argument("--model-name", default=None, metavar="NAME",
-                     help="model id clients pass as `model` (default: the file name without .gguf)")
+    srv.add_argument("--alias", "--model-name", dest="aliases", action="append", default=None, metavar="NAME",
+                     help="the model's id, and the only `model` requests may name (repeatable: more names; the "
+                          "first is the id /v1/models lists). Default: the store or file name is the id and any "
+                          "`model` is accepted, since one model is served and clients often send a name of "
+                          "their own (gpt-3.5-turbo)")
+    srv.add_argument("--api-key", default=None, metavar="KEY",
+                     help="require `Authorization: Bearer KEY` on /v1, /tokenize, /detokenize and /metrics "
+                          "(default: $PHI2CPU_API_KEY, else none)")
+    srv.add_argument("--cors-origins", default=None, metavar="ORIGINS",
+                     help="comma-separated browser origins allowed to call the API, or * for any (default: none)")
+    d = SamplingParams()
+    for flags, kind, name, what in (
+            (("--temperature", "--temp"), float, "temperature", "temperature"),
+            (("--top-k",), int, "top_k", "top-k"), (("--top-p",), float, "top_p", "top-p"),
+            (("--min-p",), float, "min_p", "min-p"), (("--repeat-penalty",), float, "repeat_penalty", "repeat penalty")):
+        srv.add_argument(*flags, type=kind, default=getattr(d, name), dest=name, metavar="X",
+                         help=f"the {what} of requests that do not set it (default: {getattr(d, name)}, as run)")
     srv.add_argument("--max-queue", type=_positive_int, default=64, metavar="N",
                      help="requests allowed to wait for the model before answering 503 (default: 64)")
     srv.add_argument("--max-body-bytes", type=_positive_int, default=limits.DEFAULT_MAX_BODY_BYTES, metavar="N",
@@ -509,6 +526,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise Phi2Error(f"serve needs {e.name}: pip install \"phi2cpu[server]\"") from None
@@ -518,10 +536,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise Phi2Error(f"--port must be in 0..65535, got {args.port}")
     from .store import name_of
 
+    defaults = sampling_params(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                               min_p=args.min_p, repeat_penalty=args.repeat_penalty)
+    api_key = args.api_key if args.api_key is not None else os.environ.get("PHI2CPU_API_KEY") or None
+    if args.api_key == "":
+        raise Phi2Error("--api-key must not be empty")
+    origins = [o.strip() for o in args.cors_origins.split(",") if o.strip()] if args.cors_origins else None
     path = _model_path(args)
     model = _load(path, args.threads, args.ctx)
-    name = args.model_name or name_of(path) or os.path.basename(path)
-    if name.endswith(".gguf") and not args.model_name:
+    name = args.aliases[0] if args.aliases else (name_of(path) or os.path.basename(path))
+    if name.endswith(".gguf") and not args.aliases:
         name = name[: -len(".gguf")]
 
     def listening(url: str) -> None:
@@ -530,7 +554,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     serve(model, name, host=args.host, port=args.port, log_level=args.log_level,
           max_queue=args.max_queue, on_listen=listening, max_body_bytes=args.max_body_bytes,
-          read_timeout=args.read_timeout)
+          read_timeout=args.read_timeout, aliases=args.aliases, defaults=defaults, api_key=api_key,
+          cors_origins=origins)
     return 0
 
 
