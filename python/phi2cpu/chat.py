@@ -1,7 +1,7 @@
 """A chat whose history stays in the KV cache: each turn processes only the new text.
 
-The conversation is kept as Phi-2's chat transcript (`Alice: ...\\nBob: ...`, see prompts.py).
-Every turn generates from the whole transcript with ``reuse_prefix``, so the part already in the
+The conversation is rendered by a chat template (chat_template.py): Phi-2's `Alice: ...\\nBob: ...`
+transcript unless the model file or the caller names another. Every turn generates from the whole transcript with ``reuse_prefix``, so the part already in the
 cache (the earlier turns and the model's own replies) is not processed again. When the transcript
 no longer fits, the oldest turns are dropped and what is left is processed once.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any, List, Optional, Sequence, Tuple
 
 from .errors import ContextFullError, Phi2Error, SamplingError
+from .chat_template import ChatTemplate, for_model
 from .generate import TextStream, generate
-from .prompts import FORMATS, chat_transcript
 from .sampling import sampling_params
 
 
@@ -20,11 +20,12 @@ class ChatSession:
     the stream's consumer, or ``ask``) stores what was shown, which may be cut short by Ctrl-C."""
 
     def __init__(self, model, system: str = "", max_tokens: int = 256, stop: Sequence[str] = (),
-                 **sampling: Any):
+                 template: Optional[ChatTemplate] = None, **sampling: Any):
         self.model = model
         self.system = system
         self.max_tokens = max_tokens
-        self.stop = list(FORMATS["chat"].stop) + [s for s in stop if s not in FORMATS["chat"].stop]
+        self.template = template if template is not None else for_model(model)
+        self.stop = list(self.template.stop) + [s for s in stop if s not in self.template.stop]
         self.sampling = sampling
         sampling_params(**sampling)  # bad values fail now, not at the first turn
         self.turns: List[Tuple[str, str]] = []
@@ -36,13 +37,22 @@ class ChatSession:
         """Room kept free for the reply when deciding what history fits."""
         return min(self.max_tokens, self.model.n_ctx // 2)
 
+    def transcript(self, turns: Sequence[Tuple[str, str]]) -> str:
+        """The prompt for `turns` ((user, reply) pairs; the last reply "" for the turn being answered)."""
+        messages = [{"role": "system", "content": self.system}] if self.system.strip() else []
+        for i, (user, reply) in enumerate(turns):
+            messages.append({"role": "user", "content": user})
+            if i < len(turns) - 1 or reply:
+                messages.append({"role": "assistant", "content": reply})
+        return self.template.render(messages)
+
     def _fit(self, user: str) -> Tuple[str, int]:
         """The transcript for the new turn and how many old turns had to go to make it fit."""
         limit = self.model.n_ctx - self._reserve()
         turns = self.turns + [(user, "")]
         dropped = 0
         while True:
-            text = chat_transcript(turns, self.system)
+            text = self.transcript(turns)
             if len(self.model.tokenize(text)) <= limit:
                 return text, dropped
             if len(turns) == 1:

@@ -170,7 +170,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     chat = sub.add_parser(
         "chat", help="talk with a model; the history stays in the KV cache", formatter_class=fmt,
         usage="phi2cpu chat [options] [MODEL | -m MODEL]",
-        description="An interactive chat in Phi-2's format (Alice: ... / Bob: ...). Each turn processes "
+        description="An interactive chat, in Phi-2's format (Alice: ... / Bob: ...) unless --chat-template or "
+                    "the model file names another. Each turn processes "
                     "only the new text: the history stays in the KV cache. When the context is full, "
                     "the oldest turns are dropped (with a note) and the rest is processed once.",
         epilog=CHAT_EXAMPLES,
@@ -185,6 +186,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _sampling_args(chat)
     chat.add_argument("--stop", action="append", default=None, metavar="STR",
                       help="also stop a reply before this text (repeatable)")
+    _chat_template_arg(chat)
     _escape_arg(chat, "--system and --stop")
     _output_args(chat)
     _engine_args(chat, ctx=True)
@@ -295,6 +297,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                    add_help=False)
     return top, {"run": run, "chat": chat, "info": info, "perplexity": ppl, "serve": srv, "pull": pull,
                  "list": lst, "rm": rm}
+
+
+def _chat_template_arg(p: argparse.ArgumentParser) -> None:
+    from .chat_template import BUILTINS
+
+    p.add_argument("--chat-template", default=None, metavar="FILE|NAME",
+                   help="how messages become the prompt: a Jinja2 template file (or a tokenizer_config.json), "
+                        f"or a built-in: {', '.join(BUILTINS)} (default: the model file's "
+                        "tokenizer.chat_template when it has one, else phi2, the Alice:/Bob: chat format of "
+                        "Phi-2's model card)")
 
 
 def _model_opt(p: argparse.ArgumentParser) -> None:
@@ -510,12 +522,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .chat import ChatSession
     from .chat_repl import run_chat
+    from .chat_template import for_model, load as load_template
 
     stop = [_arg_text(args, s, "--stop") for s in args.stop or []]
     system = _arg_text(args, args.system, "--system")
     sampling = _sampling_options(args)
+    template = load_template(args.chat_template) if args.chat_template is not None else None
     model, load_s = _load_timed(args)
-    session = ChatSession(model, system=system, max_tokens=args.max_tokens, stop=stop, **sampling)
+    session = ChatSession(model, system=system, max_tokens=args.max_tokens, stop=stop,
+                          template=template or for_model(model), **sampling)
     from .store import name_of
 
     title = f"phi2cpu chat: {name_of(model.path) or os.path.basename(model.path)}, context {model.n_ctx} tokens."

@@ -18,7 +18,11 @@ class SamplingError(Phi2Error, ValueError):
 
 
 class GrammarError(Phi2Error, ValueError):
-    """A JSON schema, grammar or chat template that cannot be used, or an output it cannot constrain."""
+    """A JSON schema or grammar that cannot be used, or an output it cannot constrain."""
+
+
+class TemplateError(Phi2Error, ValueError):
+    """A chat template that cannot be read, compiled or rendered for the given messages."""
 
 
 class DownloadError(Phi2Error):
