@@ -6,16 +6,18 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Optional
 
 import pytest
 
 
-def start_serve(*options: str) -> tuple[subprocess.Popen, str]:
-    """Start `phi2cpu serve --port 0 ...options` and wait for its "serving ... at URL" line:
-    the process and its base URL (http://HOST:PORT, without /v1). Fails the test if it never comes."""
+def start_serve(*options: str, env: Optional[dict] = None) -> tuple[subprocess.Popen, str]:
+    """Start `phi2cpu serve --port 0 ...options` (in `env`, default this process's) and wait for
+    its "serving ... at URL" line: the process and its base URL (http://HOST:PORT, without /v1).
+    Fails the test if it never comes."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "phi2cpu", "serve", "--port", "0", "--log-level", "warning", *options],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     url, seen, deadline = None, [], time.monotonic() + 60
