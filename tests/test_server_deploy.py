@@ -88,8 +88,29 @@ def test_every_route_but_health_needs_the_key(keyed, headers, method, path):
 
 def test_health_and_docs_need_no_key(keyed):
     assert _request(keyed + "/health")[0] == 200
+    status, _, html = _request(keyed + "/docs")
+    assert status == 200 and "swagger" in html.lower()
     status, _, doc = _request(keyed + "/openapi.json")
-    assert status == 200 and "CompletionRequest" in doc["components"]["schemas"]
+    assert status == 200
+
+
+def test_openapi_shows_every_field(plain):
+    from phi2cpu.server_models import ChatCompletionRequest, ChatMessage, CompletionRequest
+
+    _, _, doc = _request(plain + "/openapi.json")
+    schemas = doc["components"]["schemas"]
+    for model in (CompletionRequest, ChatCompletionRequest, ChatMessage):
+        fields = {f.alias or name for name, f in model.model_fields.items()}
+        assert set(schemas[model.__name__]["properties"]) == fields
+    assert {"logprobs", "echo", "n", "best_of", "n_predict", "mirostat", "grammar"} <= fields_of(schemas, "CompletionRequest")
+    assert {"top_logprobs", "response_format", "max_completion_tokens"} <= fields_of(schemas, "ChatCompletionRequest")
+    ops = doc["paths"]["/v1/chat/completions"]["post"]
+    assert ops["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletionRequest")
+    assert "422" not in ops["responses"] and "400" in ops["responses"]
+
+
+def fields_of(schemas: dict, name: str) -> set:
+    return set(schemas[name]["properties"])
 
 
 def test_openai_client_with_the_key(keyed):
@@ -240,10 +261,10 @@ def test_metrics_count_requests_tokens_and_latencies(plain):
     ("/v1/completions", {"xtc_probability": 0.5}, "xtc_probability"),
     ("/v1/completions", {"n_probs": 3}, "n_probs"),
     ("/v1/completions", {"samplers": ["top_k"]}, "samplers"),
-    ("/v1/completions", {"grammar": "root ::= \"x\""}, "grammar"),
+    ("/v1/completions", {"grammar": "root ::= undefined_rule"}, "grammar"),
     ("/v1/completions", {"suffix": "return x"}, "suffix"),
     ("/v1/completions", {"some_new_field": 1}, "some_new_field"),
-    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_schema"}}, "response_format"),
     ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
     ("/v1/chat/completions", {"modalities": ["text", "audio"]}, "modalities"),
