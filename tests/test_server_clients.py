@@ -52,7 +52,8 @@ def local():
 def test_async_client_and_its_streams_equal_the_sync_answers(server, client):
     kw = dict(model=NAME, messages=MESSAGES, max_tokens=20, temperature=0)
     sync_chat = client.chat.completions.create(**kw).choices[0].message.content
-    sync_text = client.completions.create(model=NAME, prompt="def mean(xs):", max_tokens=20, temperature=0).choices[0].text
+    sync_text = client.completions.create(model=NAME, prompt="def mean(xs):", max_tokens=20,
+                                          temperature=0).choices[0].text
 
     async def run():
         a = openai.AsyncOpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=120)

@@ -102,7 +102,8 @@ def test_openapi_shows_every_field(plain):
     for model in (CompletionRequest, ChatCompletionRequest, ChatMessage):
         fields = {f.alias or name for name, f in model.model_fields.items()}
         assert set(schemas[model.__name__]["properties"]) == fields
-    assert {"logprobs", "echo", "n", "best_of", "n_predict", "mirostat", "grammar"} <= fields_of(schemas, "CompletionRequest")
+    assert {"logprobs", "echo", "n", "best_of", "n_predict", "mirostat", "grammar"} <= \
+        fields_of(schemas, "CompletionRequest")
     assert {"top_logprobs", "response_format", "max_completion_tokens"} <= fields_of(schemas, "ChatCompletionRequest")
     ops = doc["paths"]["/v1/chat/completions"]["post"]
     assert ops["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletionRequest")

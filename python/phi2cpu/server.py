@@ -109,7 +109,8 @@ def create_app(model, model_name: str, max_queue: int = 64, max_body_bytes: int 
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"],
                            allow_headers=["*"], allow_credentials=False)
-    app.add_middleware(CountRequests, metrics=metrics, endpoints=[getattr(r, "path", "") for r in public.routes + protected.routes])
+    app.add_middleware(CountRequests, metrics=metrics,
+                       endpoints=[getattr(r, "path", "") for r in public.routes + protected.routes])
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:

@@ -367,7 +367,6 @@ async def respond(st: ServerState, request: Request, prep: Prepared, chat: bool)
                 raise APIError(500, _error_message(event.error))
     finally:
         watcher.cancel()
-    total = len(job.prompts) * job.n
     order = _best(job, ends, prep.n)
     used = _usage(sum(e.prompt_tokens for e in ends.values()), sum(e.completion_tokens for e in ends.values()))
     tok = st.model.tokenizer
@@ -382,7 +381,6 @@ async def respond(st: ServerState, request: Request, prep: Prepared, chat: bool)
                                 logprobs=completion_logprobs(tok, lps[i], [_base_offset(job, i)]) if want_lp else None,
                                 finish_reason=ends[i].finish_reason if i in ends else "length")
                for out, i in enumerate(order)]
-    assert len(order) <= total
     return CompletionResponse(**head, choices=choices, usage=used)
 
 
