@@ -135,6 +135,10 @@ def test_echo_returns_the_prompts_logprobs_equal_to_token_logprobs(client, local
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
     assert lp.token_logprobs[1:] == local.token_logprobs(prompt).tolist()  # the same numbers, exactly
     assert lp.text_offset[0] == 0 and r.usage.completion_tokens == 0
+    r = client.completions.create(model=NAME, prompt=prompt, max_tokens=0, echo=True, logprobs=20)
+    lp = r.choices[0].logprobs
+    assert all(top[tok] == own for tok, own, top in zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:])
+               if tok in top) and sum(tok in top for tok, top in zip(lp.tokens[1:], lp.top_logprobs[1:])) > 5
     # echo with generation: the prompt, then what greedy decoding gives
     r = client.completions.create(model=NAME, prompt=prompt, max_tokens=8, echo=True, temperature=0)
     assert r.choices[0].text == prompt + local.generate(prompt, 8, temperature=0)

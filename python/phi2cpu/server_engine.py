@@ -185,8 +185,10 @@ class Engine:
         lp = -window_nll(logits, ids)
         k = job.logprobs
         out = [TokenLogprob(ids[0], None)]
-        out += [TokenLogprob(ids[t], float(lp[t - 1]), top_token_logprobs(logits[t - 1], k, self.n_valid) if k else [])
-                for t in range(1, len(ids))]
+        for t in range(1, len(ids)):
+            own = float(lp[t - 1])  # the prompt token among the alternatives shows this same number
+            top = top_token_logprobs(logits[t - 1], k, self.n_valid) if k else []
+            out.append(TokenLogprob(ids[t], own, [(i, own if i == ids[t] else v) for i, v in top]))
         return out, logits[-1].copy()
 
     def _timed(self, tokens: Iterator[int], job: Job) -> Iterator[int]:
