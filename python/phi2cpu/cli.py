@@ -249,6 +249,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             (("--min-p",), float, "min_p", "min-p"), (("--repeat-penalty",), float, "repeat_penalty", "repeat penalty")):
         srv.add_argument(*flags, type=kind, default=getattr(d, name), dest=name, metavar="X",
                          help=f"the {what} of requests that do not set it (default: {getattr(d, name)}, as run)")
+    _chat_template_arg(srv)
     srv.add_argument("--max-queue", type=_positive_int, default=64, metavar="N",
                      help="requests allowed to wait for the model before answering 503 (default: 64)")
     srv.add_argument("--max-body-bytes", type=_positive_int, default=limits.DEFAULT_MAX_BODY_BYTES, metavar="N",
@@ -557,20 +558,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.api_key == "":
         raise Phi2Error("--api-key must not be empty")
     origins = [o.strip() for o in args.cors_origins.split(",") if o.strip()] if args.cors_origins else None
+    from .chat_template import for_model, load as load_template
+
+    template = load_template(args.chat_template) if args.chat_template is not None else None
     path = _model_path(args)
     model = _load(path, args.threads, args.ctx)
+    template = template or for_model(model)
     name = args.aliases[0] if args.aliases else (name_of(path) or os.path.basename(path))
     if name.endswith(".gguf") and not args.aliases:
         name = name[: -len(".gguf")]
 
     def listening(url: str) -> None:
         print(f"phi2cpu: serving {name} at {url}/v1 (context {model.n_ctx} tokens, "
-              f"{model.threads} threads); Ctrl-C stops", file=sys.stderr, flush=True)
+              f"{model.threads} threads, chat template {template.name}); Ctrl-C stops",
+              file=sys.stderr, flush=True)
 
     serve(model, name, host=args.host, port=args.port, log_level=args.log_level,
           max_queue=args.max_queue, on_listen=listening, max_body_bytes=args.max_body_bytes,
           read_timeout=args.read_timeout, aliases=args.aliases, defaults=defaults, api_key=api_key,
-          cors_origins=origins)
+          cors_origins=origins, chat_template=template)
     return 0
 
 

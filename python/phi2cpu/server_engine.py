@@ -19,6 +19,7 @@ from typing import AsyncIterator, Callable, Iterator, List, Optional, Tuple, Uni
 import numpy as np
 
 from .generate import STOP_STRING, GenerationStats, TextStream, generate_tokens, top_token_logprobs
+from .grammar import Constraint
 from .perplexity import window_nll
 from .sampling import SamplingParams
 from .server_errors import APIError
@@ -70,6 +71,7 @@ class Job:
     prompt_texts: Optional[List[str]] = None  # per prompt, its text (for echo and text offsets)
     echo: bool = False                   # send each prompt's text (and log-probs) before its choices
     logprobs: Optional[int] = None       # None: no log-probs; k: those of the tokens and k alternatives each
+    constraint: Optional[Constraint] = None  # a JSON schema or grammar every choice must match
     cancel: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.perf_counter)
     first_token_at: Optional[float] = None
@@ -221,7 +223,7 @@ class Engine:
             params = replace(params, seed=(params.seed + j) % (MAX_SEED + 1))
         stats = GenerationStats()
         tokens = generate_tokens(model, ids, params, job.max_tokens, stats, top_logprobs=job.logprobs or 0,
-                                 prefilled=last)
+                                 prefilled=last, constraint=job.constraint)
         stream = TextStream(model, _until_cancelled(self._timed(tokens, job), job.cancel), job.stops, stats)
         aligner = _LogprobAligner(model.tokenizer, stats, job.logprobs is not None)
         started = not job.lstrip

@@ -72,9 +72,10 @@ class GenerationFields(Strict):
     cache_prompt: Optional[bool] = Field(None, description="accepted; every request starts from an empty cache, "
                                                             "which gives the same tokens")
     id_slot: Optional[int] = Field(None, ge=-1, le=0, description="one slot: -1 or 0")
-    grammar: Optional[str] = Field(None, description="a GBNF grammar (not supported yet: refused)")
-    json_schema: Optional[Dict[str, Any]] = Field(None, description="llama.cpp's schema constraint "
-                                                                    "(not supported yet: refused)")
+    grammar: Optional[str] = Field(None, description="a llama.cpp GBNF grammar the output must match (its root "
+                                                    "rule)")
+    json_schema: Optional[Dict[str, Any]] = Field(None, description="llama.cpp's field: a JSON schema the output "
+                                                                    "must be valid against")
     # llama.cpp samplers: accepted only at the value that turns each off (NEUTRAL)
     mirostat: Optional[int] = Field(None, ge=0, le=2, description="only 0")
     mirostat_tau: Optional[float] = Field(None, description="unused: mirostat is off")
@@ -110,13 +111,6 @@ class GenerationFields(Strict):
         if v is not None and v != off:
             raise invalid(f"{info.field_name} {short(v)} is not supported: this server has no such sampler or "
                           f"option (only {short(off)}, which turns it off)")
-        return v
-
-    @field_validator("grammar", "json_schema")
-    @classmethod
-    def _no_constraints_yet(cls, v: Any, info) -> Any:
-        if v not in (None, "", {}):
-            raise invalid(f"{info.field_name} is not supported yet")
         return v
 
     @field_validator("stop", mode="plain", json_schema_input_type=Optional[Union[str, List[str]]])
@@ -243,26 +237,30 @@ class ChatMessage(Strict):
 
 class JsonSchemaFormat(Strict):
     name: str
-    schema_: Optional[Dict[str, Any]] = Field(None, alias="schema")
+    schema_: Optional[Dict[str, Any]] = Field(None, alias="schema", description="the output must be valid "
+                                                                                "against it (absent: any object)")
     description: Optional[str] = None
-    strict: Optional[bool] = None
+    strict: Optional[bool] = Field(None, description="accepted: the schema is always enforced")
 
 
 class ResponseFormat(Strict):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: Optional[JsonSchemaFormat] = None
+    json_schema: Optional[JsonSchemaFormat] = Field(None, description='required with "type": "json_schema"')
 
 
 class ChatCompletionRequest(GenerationFields):
     """POST /v1/chat/completions."""
 
-    messages: List[ChatMessage] = Field(..., description="rendered in Phi-2's Alice: / Bob: chat format")
+    messages: List[ChatMessage] = Field(..., description="rendered by the chat template (`serve --chat-template`; "
+                                                         "default: the model file's, else Phi-2's Alice: / Bob: "
+                                                         "format); a final assistant message is continued")
     max_tokens: Optional[int] = Field(None, ge=1, le=MAX_INT, description="default: until the reply ends")
     max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_INT, description="OpenAI's newer max_tokens")
     logprobs: Optional[bool] = Field(None, description="log-probs of the sampled tokens")
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="alternatives per token; "
                                                                                     "needs logprobs")
-    response_format: Optional[ResponseFormat] = Field(None, description='only {"type": "text"} for now')
+    response_format: Optional[ResponseFormat] = Field(None, description='"json_object": the reply is one JSON '
+                                                      'object; "json_schema": JSON valid against its schema')
     tools: Optional[List[Dict[str, Any]]] = Field(None, description="only null or []")
     tool_choice: Optional[Union[str, Dict[str, Any]]] = Field(None, description='only "none" or "auto" without tools')
     functions: Optional[List[Dict[str, Any]]] = Field(None, description="only null or []")
@@ -287,9 +285,9 @@ class ChatCompletionRequest(GenerationFields):
 
     @field_validator("response_format")
     @classmethod
-    def _text_only(cls, v: Optional[ResponseFormat]) -> Optional[ResponseFormat]:
-        if v is not None and v.type != "text":
-            raise invalid(f'response_format {short(v.type)} is not supported yet (only {{"type": "text"}})')
+    def _schema_given(cls, v: Optional[ResponseFormat]) -> Optional[ResponseFormat]:
+        if v is not None and v.type == "json_schema" and v.json_schema is None:
+            raise invalid('response_format with "type": "json_schema" needs a "json_schema" object')
         return v
 
     @field_validator("tools", "functions")

@@ -21,8 +21,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from .errors import Phi2Error
-from .prompts import get_format, messages_prompt
+from . import grammar
+from .chat_template import ChatTemplate, builtin as builtin_template
+from .errors import GrammarError, Phi2Error, TemplateError
 from .sampling import SAMPLING_OPTIONS, SamplingParams
 from .server_engine import EndEvent, Engine, ErrorEvent, Job, TextEvent, TokenLogprob
 from .server_errors import APIError, bad, from_validation, short
@@ -50,6 +51,7 @@ class ServerState:
     created: int
     n_vocab: int
     max_prompt_bytes: int                # a prompt of more bytes cannot fit the context
+    chat_template: Optional[ChatTemplate] = None  # None: Phi-2's Alice: / Bob: format
 
 
 def get_state(request: Request) -> ServerState:
@@ -163,6 +165,34 @@ def check_length(st: ServerState, ids: List[int], param: str) -> None:
                   code="context_length_exceeded")
 
 
+def constraint(st: ServerState, req: GenerationFields) -> Optional[grammar.Constraint]:
+    """The output constraint of `response_format` (chat), llama.cpp's `json_schema` or `grammar`
+    (at most one), compiled and checked against the tokenizer here, before the job is queued."""
+    given = [(name, getattr(req, name, None)) for name in ("response_format", "json_schema", "grammar")]
+    given = [(name, v) for name, v in given
+             if v is not None and not (name == "response_format" and v.type == "text")
+             and not (name == "grammar" and v == "")]  # llama.cpp's clients send "" for none
+    if not given:
+        return None
+    if len(given) > 1:
+        raise bad(f"give one of response_format, json_schema and grammar, not {' and '.join(n for n, _ in given)}",
+                  given[1][0])
+    name, v = given[0]
+    try:
+        if name == "grammar":
+            c = grammar.gbnf(v)
+        elif name == "json_schema":
+            c = grammar.json_schema(v)
+        elif v.type == "json_schema" and v.json_schema.schema_ is not None:
+            c = grammar.json_schema(v.json_schema.schema_)
+        else:
+            c = grammar.json_object()
+        c.matcher(st.model.tokenizer, st.n_vocab)
+    except GrammarError as e:
+        raise bad(str(e), name) from None
+    return c
+
+
 def _choices(n_prompts: int, n: int, param: str) -> None:
     if n_prompts * n > MAX_CHOICES:
         raise bad(f"{n_prompts} prompts x {param} {n} is more than the {MAX_CHOICES} choices one request may ask "
@@ -211,14 +241,14 @@ def completion_job(st: ServerState, raw: bytes) -> Prepared:
         prompts.append(ids)
     stops = [_text(s, "stop") for s in req.stop or []]
     job = Job(prompts, params, max_tokens, stops, n=sampled, prompt_texts=echo, echo=bool(req.echo),
-              logprobs=req.logprobs)
+              logprobs=req.logprobs, constraint=constraint(st, req))
     return Prepared(job, stream, include_usage, n)
 
 
-def chat_prompt(messages: Any) -> Tuple[str, List[str]]:
-    """Phi-2's chat prompt for OpenAI-style `messages` (dicts or ChatMessage; :func:`phi2cpu.prompts.
-    messages_prompt`: system text first, then the model card's two-speaker turns, ending with the
-    reply's cue) and the stop strings that cut off a turn the model invents for the user."""
+def chat_prompt(messages: Any, template: Optional[ChatTemplate] = None) -> Tuple[str, List[str]]:
+    """The prompt `template` (default: Phi-2's Alice: / Bob: format) renders for OpenAI-style
+    `messages` (dicts or ChatMessage), ending with the reply's cue or inside a final assistant
+    message, which is continued; and the stop strings that end the template's turn."""
     if not (isinstance(messages, list) and messages):
         raise bad("messages must be a non-empty list", "messages")
     plain = []
@@ -231,11 +261,12 @@ def chat_prompt(messages: Any) -> Tuple[str, List[str]]:
                                        for err in e.errors(include_url=False)]) from None
         content = _text(msg.content, f"messages[{i}].content")
         plain.append({"role": "system" if msg.role == "developer" else msg.role, "content": content})
+    template = template or builtin_template("phi2")
     try:
-        prompt = messages_prompt(plain)
-    except Phi2Error as e:
+        prompt = template.render(plain)
+    except TemplateError as e:
         raise bad(str(e), "messages") from None
-    return prompt, list(get_format("chat").stop)
+    return prompt, list(template.stop)
 
 
 def chat_job(st: ServerState, raw: bytes) -> Prepared:
@@ -253,12 +284,14 @@ def chat_job(st: ServerState, raw: bytes) -> Prepared:
     n = 1 if req.n is None else req.n
     _choices(1, n, "n")
     stops = [_text(s, "stop") for s in req.stop or []]
-    prompt, chat_stops = chat_prompt(req.messages)
+    prompt, chat_stops = chat_prompt(req.messages, st.chat_template)
     ids = token_ids(st, prompt, "messages")
     check_length(st, ids, "messages")
-    # no limit given: until the reply ends or the context is full
-    job = Job([ids], params, max_tokens or st.model.n_ctx, stops + chat_stops, n=n, lstrip=True,
-              logprobs=(req.top_logprobs or 0) if req.logprobs else None)
+    c = constraint(st, req)
+    # no limit given: until the reply ends or the context is full. A constraint decides itself where
+    # the reply ends and what it begins with: no turn stops, no stripping
+    job = Job([ids], params, max_tokens or st.model.n_ctx, stops + (chat_stops if c is None else []), n=n,
+              lstrip=c is None, logprobs=(req.top_logprobs or 0) if req.logprobs else None, constraint=c)
     return Prepared(job, stream, include_usage, n)
 
 
@@ -487,7 +520,8 @@ async def completions(request: Request, st: ServerState = Depends(get_state)):
 @protected.post("/v1/chat/completions", response_model=ChatCompletionResponse,
                 openapi_extra=body_schema(ChatCompletionRequest), responses={200: {"content": SSE}})
 async def chat_completions(request: Request, st: ServerState = Depends(get_state)):
-    """OpenAI's chat completions, in Phi-2's chat format."""
+    """OpenAI's chat completions: messages rendered by the chat template; structured output through
+    response_format, json_schema or grammar."""
     return await respond(st, request, await prepare(st, request, chat_job), chat=True)
 
 
