@@ -6,10 +6,11 @@ log-probs and n choices), ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /t
 ``/openapi.json`` describing every field.
 
 The app is built the FastAPI way: the request and response bodies are pydantic models
-(:mod:`phi2cpu.server_models`), the routes sit on APIRouters (:mod:`phi2cpu.server_routes`), and
-the engine (:mod:`phi2cpu.server_engine`) and settings live in ``app.state.server``. One model
-has one KV cache, so requests run one at a time in arrival order, each from an empty cache; the
-event loop only relays text, and a client that disconnects cancels its job.
+(:mod:`phi2cpu.server_models`), requests become jobs in :mod:`phi2cpu.server_requests`, the
+routes sit on APIRouters (:mod:`phi2cpu.server_routes`), and the engine
+(:mod:`phi2cpu.server_engine`) and settings live in ``app.state.server``. One model has one KV
+cache, so requests run one at a time in arrival order, each from an empty cache; the event loop
+only relays text, and a client that disconnects cancels its job.
 
 Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: invalid fields
 are 400 (``param`` names the field, as ``messages[0].content``), a missing or wrong API key is 401,
@@ -42,7 +43,8 @@ from .server_errors import APIError, error_body, from_validation
 from .server_limits import (DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT, MAX_HEAD_BYTES, RequestLimits,
                             fix_mmap_threshold, reserve_kv_cache, timed_h11_protocol)
 from .server_metrics import CountRequests, Metrics
-from .server_routes import BODY_MODELS, ServerState, chat_prompt, protected, public  # noqa: F401
+from .server_requests import ServerState, chat_prompt  # noqa: F401  (chat_prompt: for users of the module)
+from .server_routes import BODY_MODELS, protected, public
 
 TOKENIZER_WORD_CACHE = 1000   # words; the library's 10,000 kept ~25 MB after prompts of random words
 
