@@ -43,7 +43,8 @@ def test_default_is_phi2_chat_format_identical_to_the_transcript_rules():
 
 
 def test_other_builtins():
-    assert ct.builtin("phi2-qa").render(HI) == "Be brief.\nInstruct: Hi\nOutput: Hello!\nInstruct: How are you?\nOutput:"
+    assert ct.builtin("phi2-qa").render(HI) == (
+        "Be brief.\nInstruct: Hi\nOutput: Hello!\nInstruct: How are you?\nOutput:")
     assert ct.builtin("chatml").render(HI) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
         "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nHow are you?<|im_end|>\n"
@@ -60,7 +61,8 @@ def test_final_assistant_message_is_continued(name, expected):
     msgs = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "The answer is "}]
     assert ct.builtin(name).render(msgs) == expected
     # an empty final assistant message is a fresh reply
-    assert ct.builtin(name).render(msgs[:1] + [{"role": "assistant", "content": ""}]) == ct.builtin(name).render(msgs[:1])
+    fresh = msgs[:1] + [{"role": "assistant", "content": ""}]
+    assert ct.builtin(name).render(fresh) == ct.builtin(name).render(msgs[:1])
 
 
 @pytest.mark.parametrize("source, message", [
@@ -144,3 +146,35 @@ def test_chat_cli_chat_template_flag(tmp_path):
     r = subprocess.run([sys.executable, "-m", "phi2cpu", "chat", "--chat-template", str(tmp_path / "nope.jinja")],
                        input="", capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.startswith("phi2cpu: error: --chat-template") and "not a file" in r.stderr
+
+
+def test_gguf_bos_and_eos_tokens_are_the_files_own(tmp_path):
+    spec = tiny_spec().set("tokenizer.chat_template", STRING, "{{ bos_token }}|{{ eos_token }}")
+    path = spec.set("tokenizer.ggml.eos_token_id", 4, 259).write(tmp_path / "eos.gguf")  # 259: "llo"
+    assert ct.for_model(phi2cpu.load(path, n_ctx=64)).render(HI) == "<|endoftext|>|llo"
+
+
+TINY_CKPT = {"model_type": "phi", "architectures": ["PhiForCausalLM"], "hidden_size": 160, "num_attention_heads": 2,
+             "num_hidden_layers": 2, "intermediate_size": 320, "vocab_size": 51200, "partial_rotary_factor": 0.4}
+
+
+def test_quantize_stores_the_checkpoints_chat_template(tmp_path, phi2_dir):
+    """As llama.cpp's converter: tokenizer_config.json's chat_template (or chat_template.jinja) goes
+    into the GGUF, and a GGUF-to-GGUF conversion keeps it."""
+    from phi2cpu.checkpoint import write_random_checkpoint
+    from phi2cpu.quantize import quantize
+
+    ck = write_random_checkpoint(tmp_path / "ck", TINY_CKPT, seed=1, tokenizer_dir=phi2_dir)
+    (ck / "tokenizer_config.json").write_text(json.dumps({"chat_template": ct.CHATML, "eos_token": "<|im_end|>"}))
+    quantize(ck, tmp_path / "a.gguf", "f32", progress=False)
+    m = phi2cpu.load(tmp_path / "a.gguf", n_ctx=64)
+    assert ct.for_model(m).render(HI) == ct.builtin("chatml").render(HI)
+    quantize(tmp_path / "a.gguf", tmp_path / "b.gguf", "q8_0", progress=False)
+    assert phi2cpu.load(tmp_path / "b.gguf", n_ctx=64).file.kv["tokenizer.chat_template"] == ct.CHATML
+    (ck / "chat_template.jinja").write_text(ct.PHI2_QA)  # transformers' newer place for it wins
+    quantize(ck, tmp_path / "c.gguf", "f32", progress=False)
+    assert ct.for_model(phi2cpu.load(tmp_path / "c.gguf", n_ctx=64)).render(HI) == ct.builtin("phi2-qa").render(HI)
+    (ck / "chat_template.jinja").unlink()
+    (ck / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    quantize(ck, tmp_path / "d.gguf", "f32", progress=False)
+    assert "tokenizer.chat_template" not in phi2cpu.load(tmp_path / "d.gguf", n_ctx=64).file.kv

@@ -206,5 +206,14 @@ def for_model(model, spec: Optional[str] = None) -> ChatTemplate:
     kv = getattr(getattr(model, "file", None), "kv", None) or {}
     source = kv.get(GGUF_KEY)
     if isinstance(source, str) and source.strip():
-        return ChatTemplate.from_source(source, f"{GGUF_KEY} of {Path(model.path).name}")
+        bos, eos = (_token_text(model, kv.get(f"tokenizer.ggml.{k}_token_id")) for k in ("bos", "eos"))
+        return ChatTemplate.from_source(source, f"{GGUF_KEY} of {Path(model.path).name}", bos_token=bos,
+                                        eos_token=eos)
     return builtin(DEFAULT)
+
+
+def _token_text(model, token_id: Any) -> str:
+    """The text of the file's bos/eos token (a fine-tune may have its own), else <|endoftext|>."""
+    if isinstance(token_id, int) and 0 <= token_id < model.tokenizer.n_vocab:
+        return model.tokenizer.decode([token_id])
+    return PHI2_EOS

@@ -15,7 +15,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import gguf
 import numpy as np
@@ -112,14 +112,16 @@ TensorData = Union[np.ndarray, Callable[[], np.ndarray]]
 def write_gguf(out_path: str | Path, config: PhiConfig,
                tensors: Iterable[tuple[str, TensorData, int, tuple[int, ...]]],
                tokenizer: Union[str, Path, Vocab, None], file_type: int, recipe: dict[str, Any],
-               name: str = "phi-2", phi2cpu_keys: bool = True) -> Path:
+               name: str = "phi-2", phi2cpu_keys: bool = True, chat_template: Optional[str] = None) -> Path:
     """Write a phi2 GGUF. `tensors` yields (name, data, ggml_type, numpy_shape); data is the
     tensor's bytes (uint8 blocks, or an f32/f16 array for F32/F16), or a zero-argument callable
     returning them, called one tensor at a time while writing. `tokenizer` is a tokenizer.json
     path/directory/text or a Vocab. With `phi2cpu_keys` false neither the recipe nor the
     tokenizer.json text is stored: the file holds only llama.cpp's keys, as its converter writes
-    them. Writes to a temporary file, fsyncs it and renames it on success; on any failure
-    (Ctrl-C, a full disk) the temporary file is removed and `out_path` is left as it was."""
+    them. `chat_template` (a Jinja2 chat template) is stored as tokenizer.chat_template, as
+    llama.cpp's converter stores a checkpoint's. Writes to a temporary file, fsyncs it and renames
+    it on success; on any failure (Ctrl-C, a full disk) the temporary file is removed and
+    `out_path` is left as it was."""
     out = Path(out_path)
     plan = list(tensors)
     tmp = temp_path(out)
@@ -143,6 +145,8 @@ def write_gguf(out_path: str | Path, config: PhiConfig,
             w.add_add_bos_token(False)
             if vocab.tokenizer_json and phi2cpu_keys:
                 w.add_string(KEY_TOKENIZER_JSON, vocab.tokenizer_json)
+        if chat_template:
+            w.add_chat_template(chat_template)
         if phi2cpu_keys:
             w.add_string(KEY_RECIPE, json.dumps(recipe, sort_keys=True))
         for tname, _, ttype, shape in plan:

@@ -15,11 +15,12 @@ Works one tensor at a time (load, quantize, write, drop), so memory stays near o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -135,6 +136,28 @@ def _hf_source(path: Path):
     return ck.config, tok, ck.tensor_names(), ck.load
 
 
+def chat_template_of(src: Path) -> Optional[str]:
+    """The chat template a source carries: a GGUF's tokenizer.chat_template, or a checkpoint folder's
+    chat_template.jinja or tokenizer_config.json "chat_template" (its "default" one when named)."""
+    if _is_gguf(src):
+        t = read_model_file(src).kv.get("tokenizer.chat_template")
+        return t if isinstance(t, str) and t else None
+    jinja, cfg = src / "chat_template.jinja", src / "tokenizer_config.json"
+    try:
+        if jinja.is_file():
+            return jinja.read_text(encoding="utf-8") or None
+        if not cfg.is_file():
+            return None
+        t = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+    except UnicodeDecodeError as e:
+        raise ModelFileError(f"{jinja if jinja.is_file() else cfg}: not valid UTF-8 (offset {e.start})") from None
+    except (json.JSONDecodeError, AttributeError, RecursionError) as e:
+        raise ModelFileError(f"{cfg}: not a JSON object ({e})") from None
+    if isinstance(t, list):  # named templates
+        t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
+    return t if isinstance(t, str) and t else None
+
+
 def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bool = True,
              allow_requantize: bool = False) -> dict[str, Any]:
     """Convert `src` (HF checkpoint dir or phi2 GGUF) to a GGUF at `out`. Returns a summary.
@@ -153,6 +176,7 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
     _check_source(src, out, allow_requantize)
     t0 = time.perf_counter()
     config, tokenizer, names, load = _gguf_source(src) if _is_gguf(src) else _hf_source(src)
+    template = chat_template_of(src)
     shapes = expected_gguf_shapes(config)
     recipe = recipe_for(qtype)
     bar = tqdm(total=len(names), desc=f"quantize {qtype}", unit="tensor", disable=None if progress else True)
@@ -169,7 +193,8 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
             for n in names]
     try:
         with sigterm_raises():  # a terminated run removes its temporary file too
-            write_gguf(out, config, plan, tokenizer, int(FILE_TYPES[qtype]), recipe, name=_model_name(src))
+            write_gguf(out, config, plan, tokenizer, int(FILE_TYPES[qtype]), recipe, name=_model_name(src),
+                       chat_template=template)
     finally:
         bar.close()
     return {"src": str(src), "out": str(out), "qtype": qtype, "n_tensors": len(plan),
