@@ -187,8 +187,8 @@ def main() -> None:
             makers.append(fn())
         except ImportError as e:
             print(f"{name}: not installed ({e})")
-    rows = ["| library | grammar | tokenizer setup | compile | mask+consume per token, median (min-max) | "
-            "", "|---|---|---|---|---|"]
+    rows = ["| library | grammar | tokenizer setup | compile | mask+consume per token, median (min-max) |",
+            "|---|---|---|---|---|"]
     for label, setup, cases in makers:
         for gname, make in cases.items():
             tokens = tokenizer.encode(docs[gname])

@@ -178,3 +178,15 @@ def test_quantize_stores_the_checkpoints_chat_template(tmp_path, phi2_dir):
     (ck / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
     quantize(ck, tmp_path / "d.gguf", "f32", progress=False)
     assert "tokenizer.chat_template" not in phi2cpu.load(tmp_path / "d.gguf", n_ctx=64).file.kv
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_bad_chat_template_is_one_error_line_before_loading(tmp_path, command):
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% if %}")
+    r = subprocess.run([sys.executable, "-m", "phi2cpu", command, "--chat-template", str(bad), "--port", "0"]
+                       if command == "serve" else [sys.executable, "-m", "phi2cpu", command, "--chat-template",
+                                                   str(bad)], input="", capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"phi2cpu: error: chat template {bad}: line 1"), lines
