@@ -123,6 +123,9 @@ def test_constraint_leaves_logprobs_the_models_own(model):
     ({"json_schema": [1, 2]}, "must be an object or a boolean"),
     ({"json_schema": False}, "admits no output"),
     ({"grammar": "root ::= undefined_rule"}, "invalid grammar"),
+    ({"grammar": 'root ::= root "a"'}, "cannot follow the gbnf constraint"),   # no finite output
+    ({"json_schema": {"$ref": "#"}}, "cannot follow the json_schema constraint"),
+    ({"json_schema": {"not": {"type": "string"}}}, "Unimplemented keys"),
     ({"grammar": "  "}, "empty"),
     ({"json_schema": {}, "grammar": 'root ::= "a"'}, "not both"),
 ])

@@ -146,6 +146,7 @@ def test_llama_cpp_grammar_and_json_schema_fields(server):
     ("/v1/completions", {"grammar": "root ::= (", "json_schema": None}, "grammar", "invalid grammar"),
     ("/v1/completions", {"json_schema": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}},
      "json_schema", "invalid JSON schema"),
+    ("/v1/completions", {"json_schema": {"$ref": "#"}}, "json_schema", "cannot follow"),
 ])
 def test_bad_constraints_are_400(server, path, fields, param, words):
     body = {"prompt": "x"} if path == "/v1/completions" else {"messages": ASK}

@@ -124,22 +124,32 @@ def _llg_tokenizer(tokenizer, n_vocab: int):
 
 
 class TokenMatcher:
-    """One generation's progress through a constraint: which ids may come next."""
+    """One generation's progress through a constraint: which ids may come next. The first mask is
+    computed at once, so a grammar that admits no output at all fails here, before any model work."""
 
     def __init__(self, constraint: Constraint, tokenizer, n_vocab: int):
         llg = _llguidance()
         self.constraint = constraint
         self.n_vocab = n_vocab
         self._m = llg.LLMatcher(_llg_tokenizer(tokenizer, n_vocab), constraint.grammar, log_level=0)
-        if self._m.is_error():
-            raise GrammarError(f"cannot use the {constraint.kind} constraint: {self._m.get_error()}")
+        self._check("cannot use")
         self._bits = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
+        self._next: Optional[np.ndarray] = None
+        self._next = self.allowed()
+        if not self._next.any():
+            raise GrammarError(f"the {constraint.kind} constraint admits no output")
+
+    def _check(self, what: str) -> None:
+        if self._m.is_error():  # llguidance's first line says why; a parser state dump follows
+            detail = (self._m.get_error().strip().splitlines() or ["failed"])[0]
+            raise GrammarError(f"{what} the {self.constraint.kind} constraint: {detail}")
 
     def allowed(self) -> np.ndarray:
         """Boolean (n_vocab,): the ids that keep the output valid (end-of-text once it is complete)."""
+        if self._next is not None:
+            return self._next
         self._m.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
-        if self._m.is_error():
-            raise GrammarError(f"the {self.constraint.kind} constraint failed: {self._m.get_error()}")
+        self._check("cannot follow")
         return np.unpackbits(self._bits.view(np.uint8), count=self.n_vocab, bitorder="little").view(bool)
 
     def masked(self, logits: np.ndarray) -> np.ndarray:
@@ -148,8 +158,10 @@ class TokenMatcher:
                         np.float32(-np.inf))
 
     def consume(self, token: int) -> None:
+        self._next = None
         if not self._m.consume_token(int(token)):
-            raise GrammarError(f"token {token} breaks the {self.constraint.kind} constraint: {self._m.get_error()}")
+            self._check(f"token {token} breaks")
+            raise GrammarError(f"token {token} breaks the {self.constraint.kind} constraint")
 
     @property
     def done(self) -> bool:
