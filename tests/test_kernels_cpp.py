@@ -1,6 +1,7 @@
 """The dependency-free C++ kernel tests (csrc/tests), built with CMake and run here: natively,
 under AddressSanitizer + UBSan, and cross-compiled for aarch64 under qemu so the NEON path is
-exercised without an ARM machine."""
+exercised without an ARM machine; and the fuzz corpus of model files replayed through the Python
+module built with the same sanitizers."""
 from __future__ import annotations
 
 import os
@@ -50,9 +51,35 @@ def test_kernels_native(tmp_path):
         assert "scalar" in out
 
 
-def test_kernels_sanitizers(tmp_path):
+@pytest.fixture(scope="module")
+def sanitized_build(tmp_path_factory) -> Path:
+    """One sanitizer build folder: the kernel tests build the engine library there, and the corpus
+    replay adds only the Python module on top of it."""
+    return tmp_path_factory.mktemp("asan")
+
+
+def test_kernels_sanitizers(sanitized_build):
     _need("cmake", "c++")
-    _build_and_run(tmp_path / "asan", ["-DCMAKE_BUILD_TYPE=Debug", f"-DCMAKE_CXX_FLAGS={SANITIZE}"], [])
+    _build_and_run(sanitized_build, ["-DCMAKE_BUILD_TYPE=Debug", f"-DCMAKE_CXX_FLAGS={SANITIZE}"], [])
+
+
+def test_model_file_corpus_under_sanitizers(sanitized_build):
+    """tools/asan_replay.sh: every hostile GGUF and state file the tests generate, and 10 s of random
+    mutations per target, loaded through the engine built with ASan + UBSan; any report fails."""
+    _need("cmake", "c++")
+    try:
+        import pybind11  # noqa: F401  (the replay builds the Python module against it)
+    except ImportError:
+        pytest.skip("pybind11 is not installed in this environment")
+    r = subprocess.run(["bash", str(REPO / "tools" / "asan_replay.sh"), "10"], capture_output=True, text=True,
+                       timeout=1500, env={**os.environ, "PHI2CPU_ASAN_BUILD": str(sanitized_build),
+                                          "PHI2CPU_SANITIZE_FLAGS": SANITIZE})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-6000:]
+    assert "ERROR: AddressSanitizer" not in out and "runtime error:" not in out, out[-6000:]
+    for target in ("gguf", "state"):  # both corpora were replayed and mutated, not skipped
+        assert re.search(rf"^{target}: replayed [1-9]\d* files", out, re.M), out[-6000:]
+        assert re.search(rf"^{target}: [1-9]\d* inputs in", out, re.M), out[-6000:]
 
 
 def test_kernels_aarch64_neon_under_qemu(tmp_path):

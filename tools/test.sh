@@ -3,7 +3,8 @@
 # fresh virtual environments, so nothing installed beforehand is tested by mistake:
 #  1. build the sdist, then a wheel from that sdist, repaired by auditwheel into a manylinux wheel;
 #  2. with a compiler: install the sdist, import it, run the bundled demo, and build and run the
-#     C++ kernel tests (csrc/tests: native ISAs, ASan/UBSan, aarch64 under qemu);
+#     C++ kernel tests (csrc/tests: native ISAs, ASan/UBSan, aarch64 under qemu) and the model-file
+#     fuzz corpus replayed through the module built under ASan/UBSan;
 #  3. without one (tools/without_compilers.sh): install the wheel, binary packages only, and run the
 #     whole suite against that installed package, never this checkout's python/.
 # Needs python3 with venv, a C++ compiler, make and the package index; test assets in ../shared (or
@@ -51,8 +52,9 @@ python3 -c 'import os, sys; print(f"wheel: {os.path.basename(sys.argv[1])}, {os.
 
 step "2. with a compiler: install the sdist, run the demo and the C++ kernel tests"
 venv "$work/sdist-venv"
-# cmake: the kernel tests configure csrc/ themselves (the sdist build got its own, isolated)
-"$work/sdist-venv/bin/pip" install --quiet "$sdist" pytest cmake
+# cmake, pybind11: the kernel tests configure csrc/ themselves (the sdist build got its own,
+# isolated), and build the Python module under ASan + UBSan for the corpus replay
+"$work/sdist-venv/bin/pip" install --quiet "$sdist" pytest cmake pybind11
 (cd "$work" && "$work/sdist-venv/bin/python" -c 'import phi2cpu, phi2cpu._core; print("installed:", phi2cpu.__file__)')
 (cd "$work" && "$work/sdist-venv/bin/phi2cpu" run "def fib(n):" --max-tokens 8 && echo)
 set +e
