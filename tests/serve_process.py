@@ -33,3 +33,13 @@ def start_serve(*options: str, env: Optional[dict] = None) -> tuple[subprocess.P
         proc.kill()
         pytest.fail("the server did not start:\n" + "".join(seen))
     return proc, url
+
+
+def stop_serve(proc: subprocess.Popen) -> None:
+    """SIGTERM the server and wait for it; fails the test if it does not stop."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the server did not stop on SIGTERM")

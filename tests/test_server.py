@@ -20,7 +20,7 @@ openai = pytest.importorskip("openai", reason="these tests drive the server with
 import phi2cpu  # noqa: E402
 from phi2cpu import cli  # noqa: E402
 from phi2cpu.server import chat_prompt  # noqa: E402
-from serve_process import start_serve  # noqa: E402
+from serve_process import start_serve, stop_serve  # noqa: E402
 
 NAME = "phi2-mini-code.q8_0"  # the bundled model's file name without .gguf
 CTX = 2048
@@ -47,12 +47,7 @@ class Server:
 def server():
     proc, url = start_serve("--threads", "1", "--ctx-size", str(CTX))
     yield Server(proc, url)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("the server did not stop on SIGTERM")
+    stop_serve(proc)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import subprocess
 
 import pytest
 
@@ -18,7 +17,7 @@ import numpy as np  # noqa: E402
 
 import phi2cpu  # noqa: E402
 from phi2cpu.server import chat_prompt  # noqa: E402
-from serve_process import start_serve  # noqa: E402
+from serve_process import start_serve, stop_serve  # noqa: E402
 
 NAME = "phi2-mini-code.q8_0"
 CTX = 1024
@@ -29,12 +28,7 @@ MESSAGES = [{"role": "user", "content": "Write a function that reverses a string
 def server():
     proc, url = start_serve("--threads", "1", "--ctx-size", str(CTX))
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("the server did not stop on SIGTERM")
+    stop_serve(proc)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import urllib.error
 import urllib.request
 
@@ -17,7 +16,7 @@ prom_parser = pytest.importorskip("prometheus_client.parser", reason="pip instal
 openai = pytest.importorskip("openai", reason="these tests drive the server with the openai client")
 
 import phi2cpu  # noqa: E402
-from serve_process import start_serve  # noqa: E402
+from serve_process import start_serve, stop_serve  # noqa: E402
 
 KEY = "s3cret-key"
 CTX = 512
@@ -40,29 +39,20 @@ def _request(url: str, method: str = "GET", body: object = None, headers: dict =
         return status, hdrs, payload.decode()
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("the server did not stop on SIGTERM")
-
-
 @pytest.fixture(scope="module")
 def keyed():
     """A server with a key, two aliases, CORS for one origin and a greedy default temperature."""
     proc, url = start_serve("--threads", "1", "--ctx-size", str(CTX), "--api-key", KEY, "--alias", "phi-2",
                             "--alias", "demo", "--cors-origins", ORIGIN, "--temp", "0")
     yield url
-    _stop(proc)
+    stop_serve(proc)
 
 
 @pytest.fixture(scope="module")
 def plain():
     proc, url = start_serve("--threads", "1", "--ctx-size", str(CTX))
     yield url
-    _stop(proc)
+    stop_serve(proc)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +121,7 @@ def test_key_from_the_environment():
         assert _request(url + "/v1/models")[0] == 401
         assert _request(url + "/v1/models", headers=AUTH)[0] == 200
     finally:
-        _stop(proc)
+        stop_serve(proc)
 
 
 def test_binding_beyond_loopback_without_a_key_warns(monkeypatch, capsys, local):

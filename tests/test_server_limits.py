@@ -19,7 +19,7 @@ pytest.importorskip("uvicorn", reason="the server needs uvicorn: pip install \"p
 
 import phi2cpu  # noqa: E402
 from phi2cpu.server_limits import DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth  # noqa: E402
-from serve_process import start_serve  # noqa: E402
+from serve_process import start_serve, stop_serve  # noqa: E402
 
 CTX = 2048
 READ_TIMEOUT = 2.0  # seconds; the default is 20, shortened so the slow-client tests end quickly
@@ -68,20 +68,11 @@ def _start(*options: str) -> Server:
     return Server(proc, host, int(port))
 
 
-def _stop(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        pytest.fail("the server did not stop on SIGTERM")
-
-
 @pytest.fixture(scope="module")
 def server():
     s = _start()
     yield s
-    _stop(s)
+    stop_serve(s.proc)
 
 
 @pytest.fixture
@@ -89,7 +80,7 @@ def fresh_server():
     """A server of its own, so its idle memory is not what earlier tests left behind."""
     s = _start()
     yield s
-    _stop(s)
+    stop_serve(s.proc)
 
 
 def _read_response(s: socket.socket, limit_s: float) -> bytes:
@@ -201,7 +192,7 @@ def test_max_body_bytes_option():
         status, body = server.post(raw=raw[:-1] + b' }')
         assert status == 413 and "at most 1000" in body["error"]["message"]
     finally:
-        _stop(server)
+        stop_serve(server.proc)
 
 
 # --- JSON depth ---------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ about two minutes (a small context keeps each generation short; examples are der
 a run is repeatable)."""
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
@@ -16,7 +15,7 @@ schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathe
 
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
-from serve_process import start_serve  # noqa: E402
+from serve_process import start_serve, stop_serve  # noqa: E402
 
 BUDGET_S = 110        # for both modes together; the examples left when it is spent are skipped
 EXAMPLES = 400        # per mode, over all operations
@@ -27,12 +26,7 @@ REQUEST_TIMEOUT = 30  # a response slower than this is a hang (the slowest valid
 def server():
     proc, url = start_serve("--threads", "1", "--ctx-size", "32", "--max-queue", "4")
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("the server did not stop on SIGTERM")
+    stop_serve(proc)
 
 
 def test_schemathesis_finds_no_server_error_and_no_hang(server):
