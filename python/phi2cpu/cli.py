@@ -262,6 +262,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _engine_args(srv, ctx=False)
     srv.add_argument("-c", "--ctx-size", "--ctx", dest="ctx", type=_positive_int, default=2048, metavar="N",
                      help="context window in tokens per request, prompt included (default: 2048)")
+    srv.add_argument("--ray", action="store_true",
+                     help="serve through Ray Serve on a Ray cluster ($RAY_ADDRESS, else one started here), each "
+                          "replica one engine of --threads threads (default 1 with --ray; needs "
+                          "`pip install \"phi2cpu[ray]\"`; MODEL must resolve on every node)")
+    srv.add_argument("--replicas", type=_positive_int, default=None, metavar="N",
+                     help="with --ray: engine replicas (default: 1); the lower bound with --max-replicas")
+    srv.add_argument("--max-replicas", type=_positive_int, default=None, metavar="N",
+                     help="with --ray: autoscale between --replicas and N replicas by load")
+    srv.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="with --ray: the cluster to join (default: $RAY_ADDRESS, else start one)")
     srv.set_defaults(func=_cmd_serve)
 
     pull = sub.add_parser("pull", help="download a model from the Hugging Face Hub into the model store",
@@ -562,6 +572,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     template = load_template(args.chat_template) if args.chat_template is not None else None
     path = _model_path(args)
+    if args.ray or args.replicas or args.max_replicas or args.ray_address:
+        try:
+            from .ray.serving import serve_from_cli
+        except ImportError as e:
+            raise Phi2Error(str(e)) from None
+        return serve_from_cli(args, path, defaults=defaults, api_key=api_key, origins=origins)
     model = _load(path, args.threads, args.ctx)
     template = template or for_model(model)
     name = args.aliases[0] if args.aliases else (name_of(path) or os.path.basename(path))
