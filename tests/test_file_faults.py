@@ -126,3 +126,35 @@ def test_truncated_repack_cache_raises(mini, tmp_path):
     out = child(mini["q4_0"], tmp_path, "cache-truncate", cache=str(tmp_path / "cache"))
     assert out[0].startswith("ERROR ") and "repack cache shrank while in use" in out[0], out
     assert out[1].startswith("AGAIN ERROR"), out
+
+
+SERVER_CHILD = textwrap.dedent("""
+    import os, sys
+    import phi2cpu
+    from fastapi.testclient import TestClient
+    from phi2cpu.server import create_app
+    path = sys.argv[1]
+    with TestClient(create_app(phi2cpu.load(path, threads=1, n_ctx=64), "mini")) as c:
+        body = {"prompt": "def f(x):", "max_tokens": 2}
+        print(c.get("/health").status_code, c.post("/v1/completions", json=body).status_code)
+        os.truncate(path, 4096)
+        r = c.post("/v1/completions", json=body)
+        print(r.status_code, r.json()["error"]["message"])
+        h = c.get("/health")
+        print(h.status_code, h.json()["status"], h.json()["error"])
+""")
+
+
+def test_server_reports_the_changed_file(mini, tmp_path):
+    """The server lives on: the request gets the error, and /health turns 503 so an orchestrator
+    restarts it."""
+    pytest.importorskip("fastapi", reason="the server needs fastapi: pip install \"phi2cpu[server]\"")
+    pytest.importorskip("httpx", reason="fastapi's TestClient needs httpx")
+    local = tmp_path / "mini.gguf"
+    local.write_bytes(mini["f16"].read_bytes())
+    r = subprocess.run([sys.executable, "-c", SERVER_CHILD, str(local)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout.splitlines()
+    assert out[0] == "200 200", out
+    assert out[1].startswith("500 ") and "shrank while in use" in out[1], out
+    assert out[2].startswith("503 error ") and "shrank while in use" in out[2], out

@@ -222,6 +222,8 @@ PYBIND11_MODULE(_core, m) {
         .def("set_state", &set_state, py::arg("k"), py::arg("v"), "Replace the KV cache with get_state's arrays.")
         .def("reset", &Model::reset)
         .def("truncate", &Model::truncate, py::arg("n"))
+        .def("check_files", &Model::check_files,
+             "Raises FileError once the model file or its repack cache changed under the mapping.")
         .def_property_readonly("n_past", &Model::n_past)
         .def_property_readonly("n_ctx", &Model::n_ctx)
         .def_property_readonly("n_threads", &Model::n_threads)

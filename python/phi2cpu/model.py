@@ -86,6 +86,12 @@ class Model:
         ``bytes`` and ``huge_bytes`` (of those on huge pages, -1 when the OS does not say)."""
         return self._engine.repack_report
 
+    def check_files(self) -> None:
+        """Raise ModelFileError if the model file (or its repack cache) was truncated or rewritten in
+        place since the load; every forward call checks this itself. A file replaced by a rename
+        does not count: the loaded model keeps the old file's bytes."""
+        self._engine.check_files()
+
     # --- cache-level API -------------------------------------------------------------------
     @property
     def n_ctx(self) -> int:

@@ -428,10 +428,11 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "error"] = "ok"
     model: str
     requests_running: int
     requests_waiting: int
+    error: Optional[str] = None  # with status "error" (HTTP 503): why the model cannot serve
 
 
 class ErrorDetail(BaseModel):

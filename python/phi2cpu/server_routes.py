@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
-from .errors import Phi2Error
+from .errors import ModelFileError, Phi2Error
 from .server_engine import EndEvent, ErrorEvent, Job, TextEvent, TokenLogprob
 from .server_errors import APIError, bad, short
 from .server_models import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
@@ -251,10 +251,17 @@ async def _stream_chat(st: ServerState, head: dict, prep: Prepared) -> AsyncIter
 SSE = {"text/event-stream": {"schema": {"type": "string"}, "description": "with stream: true"}}
 
 
-@public.get("/health", response_model=Health)
-async def health(st: ServerState = Depends(get_state)) -> Health:
-    """Liveness and load: answers while a generation runs."""
-    return Health(model=st.model_name, requests_running=st.engine.running, requests_waiting=st.engine.waiting)
+@public.get("/health", response_model=Health, responses={503: {"model": Health}})
+async def health(st: ServerState = Depends(get_state)) -> Any:
+    """Liveness and load: answers while a generation runs. 503 with status "error" once the model
+    file was truncated or rewritten under the running server (it must be restarted)."""
+    h = Health(model=st.model_name, requests_running=st.engine.running, requests_waiting=st.engine.waiting)
+    try:
+        st.model.check_files()
+    except ModelFileError as e:
+        h.status, h.error = "error", str(e)
+        return Response(h.model_dump_json(), status_code=503, media_type="application/json")
+    return h
 
 
 def _card(st: ServerState) -> ModelCard:
