@@ -190,3 +190,30 @@ def test_bad_chat_template_is_one_error_line_before_loading(tmp_path, command):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert lines[0].startswith(f"phi2cpu: error: chat template {bad}: line 1"), lines
+
+
+def test_pull_brings_a_fine_tunes_chat_template(tmp_path, phi2_dir):
+    """`phi2cpu pull` of a ChatML fine-tune: its tokenizer_config.json is fetched with the weights and
+    the converted model renders ChatML; a repository without the file pulls as before."""
+    import os
+
+    from fake_hub import FakeHub
+    from phi2cpu.checkpoint import write_random_checkpoint
+
+    ck = write_random_checkpoint(tmp_path / "ck", TINY_CKPT, seed=2, shards=1, tokenizer_dir=phi2_dir)
+    files = {n: ck / n for n in ("config.json", "tokenizer.json", "model.safetensors")}
+    with FakeHub() as hub:
+        hub.add_repo("someone/phi-2-chatml", {**files, "tokenizer_config.json": json.dumps(
+            {"chat_template": ct.CHATML, "eos_token": "<|im_end|>"}).encode()})
+        hub.add_repo("someone/phi-2-plain", files)
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        env = {**base, "HF_HOME": str(tmp_path / "hf"), "PHI2CPU_HOME": str(tmp_path / "store"),
+               "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
+        for repo, name in (("someone/phi-2-chatml", "chatml:f16"), ("someone/phi-2-plain", "plain:f16")):
+            r = subprocess.run([sys.executable, "-m", "phi2cpu", "pull", repo, "--type", "f16", "--name", name, "-q"],
+                               capture_output=True, text=True, env=env, timeout=300)
+            assert r.returncode == 0, r.stderr
+    store = tmp_path / "store" / "models"
+    chatml = phi2cpu.load(store / "chatml" / "f16.gguf", n_ctx=64)
+    assert ct.for_model(chatml).render(HI) == ct.builtin("chatml").render(HI)
+    assert ct.for_model(phi2cpu.load(store / "plain" / "f16.gguf", n_ctx=64)).name == "phi2"

@@ -28,6 +28,8 @@ from .errors import DownloadError, ModelFileError, Phi2Error
 
 DEFAULT_TYPE = "q4_0"
 CONFIG, TOKENIZER, INDEX, SINGLE = "config.json", "tokenizer.json", "model.safetensors.index.json", "model.safetensors"
+# fetched when the repository has them: where a checkpoint keeps its chat template
+CHAT_TEMPLATE_FILES = ("tokenizer_config.json", "chat_template.jinja")
 
 
 def _hf():
@@ -291,6 +293,7 @@ def _cached_checkpoint(hf, repo: str, revision: str, cache: Path, why: str) -> S
     index = _cached(hf, repo, INDEX, commit, cache)
     files = [CONFIG, TOKENIZER] + ([INDEX] + _shards(index, repo) if index else [SINGLE])
     missing = [f for f in files if _cached(hf, repo, f, commit, cache) is None]
+    files += [f for f in CHAT_TEMPLATE_FILES if _cached(hf, repo, f, commit, cache) is not None]
     if missing:
         raise DownloadError(f"{repo} is only partly in the HF cache ({config.parent} lacks {', '.join(missing)}), "
                             f"and {why}")
@@ -318,9 +321,11 @@ def _repo_tree(hf, repo: str, revision: str, endpoint: Optional[str]) -> tuple[s
 def fetch_checkpoint(repo: str, revision: str = "main", *, cache_dir: Optional[str] = None,
                      endpoint: Optional[str] = None, progress: bool = True,
                      say: Callable[[str], None] = lambda s: None) -> Snapshot:
-    """config.json, tokenizer.json and the safetensors weights (the index and its shards, or
-    model.safetensors) of `repo` in the HF cache, downloading only what is not there yet. Offline
-    (HF_HUB_OFFLINE) or with the hub unreachable, the cached snapshot is used as it is."""
+    """config.json, tokenizer.json, the safetensors weights (the index and its shards, or
+    model.safetensors) and, where the repository has them, the files that hold a chat template
+    (tokenizer_config.json, chat_template.jinja) of `repo` in the HF cache, downloading only what
+    is not there yet. Offline (HF_HUB_OFFLINE) or with the hub unreachable, the cached snapshot is
+    used as it is."""
     hf = _hf()
     cache = Path(cache_dir or hf.constants.HF_HUB_CACHE)
     if hf.is_offline_mode():
@@ -356,7 +361,7 @@ def fetch_checkpoint(repo: str, revision: str = "main", *, cache_dir: Optional[s
         with _hub_errors(rf.what):
             return Path(hf.hf_hub_download(repo, filename, revision=commit, cache_dir=cache, endpoint=endpoint))
 
-    files = [CONFIG, TOKENIZER]
+    files = [CONFIG, TOKENIZER] + [f for f in CHAT_TEMPLATE_FILES if f in tree]  # the small files first
     if INDEX in tree:
         shards = _shards(fetch(INDEX), repo)
         absent = [s for s in shards if s not in tree]
