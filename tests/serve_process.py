@@ -11,16 +11,16 @@ from typing import Optional
 import pytest
 
 
-def start_serve(*options: str, env: Optional[dict] = None) -> tuple[subprocess.Popen, str]:
+def start_serve(*options: str, env: Optional[dict] = None, timeout: float = 60) -> tuple[subprocess.Popen, str]:
     """Start `phi2cpu serve --port 0 ...options` (in `env`, default this process's) and wait for
     its "serving ... at URL" line: the process and its base URL (http://HOST:PORT, without /v1).
-    Fails the test if it never comes."""
+    Fails the test if it never comes within `timeout` seconds."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "phi2cpu", "serve", "--port", "0", "--log-level", "warning", *options],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    url, seen, deadline = None, [], time.monotonic() + 60
+    url, seen, deadline = None, [], time.monotonic() + timeout
     while url is None and time.monotonic() < deadline and proc.poll() is None:
         try:
             line = lines.get(timeout=0.5)
@@ -35,11 +35,11 @@ def start_serve(*options: str, env: Optional[dict] = None) -> tuple[subprocess.P
     return proc, url
 
 
-def stop_serve(proc: subprocess.Popen) -> None:
-    """SIGTERM the server and wait for it; fails the test if it does not stop."""
+def stop_serve(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM the server and wait for it; fails the test if it does not stop within `timeout` seconds."""
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("the server did not stop on SIGTERM")

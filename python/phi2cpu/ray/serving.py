@@ -33,6 +33,7 @@ DEPLOYMENT = "phi2cpu"   # the ingress; ENGINE is the engine replicas' deploymen
 ENGINE = "phi2cpu-engine"
 APP_NAME = "phi2cpu"
 REPLICA_HEADER = b"x-phi2cpu-replica"
+RETRIES_HEADER = b"x-phi2cpu-retries"  # on an answer that came from another replica after one was lost
 
 
 @dataclass(frozen=True)
@@ -178,14 +179,14 @@ class Ingress:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         forward = asyncio.create_task(self._forward({k: scope[k] for k in _COPIED if k in scope}, body, send))
-        watch = asyncio.create_task(self._until_disconnect(receive, more))
+        watch = asyncio.create_task(self._until_disconnect(receive))
         done, _ = await asyncio.wait({forward, watch}, return_when=asyncio.FIRST_COMPLETED)
         if forward not in done:
             forward.cancel()  # the client went away: the engine's request is cancelled with it
         watch.cancel()
         await asyncio.gather(forward, watch, return_exceptions=True)
 
-    async def _until_disconnect(self, receive, more: bool) -> None:
+    async def _until_disconnect(self, receive) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -195,15 +196,18 @@ class Ingress:
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         lost = None
-        for _ in range(self.retries + 1):
+        for attempt in range(self.retries + 1):
             started = streaming = False
             responses = self._handle().http.remote(scope, body)
             try:
                 async for message in responses:
                     if message["type"] == "http.response.start":
                         started = True
+                        headers = list(message.get("headers", []))
                         streaming = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
-                                        for k, v in message.get("headers", []))
+                                        for k, v in headers)
+                        if attempt:
+                            message = {**message, "headers": headers + [(RETRIES_HEADER, str(attempt).encode())]}
                     await send(message)
                 return
             except asyncio.CancelledError:
@@ -306,7 +310,8 @@ def app(args: Union[AppArgs, Dict[str, Any], None] = None):
     try:
         a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     except ValidationError as e:
-        raise Phi2Error(f"phi2cpu.ray:app: bad args: {e}") from None
+        why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise Phi2Error(f"phi2cpu.ray:app: bad args: {why}") from None
     return deployment(a.model, threads=a.threads, replicas=a.replicas, max_replicas=a.max_replicas,
                       target_ongoing_requests=a.target_ongoing_requests,
                       max_ongoing_requests=a.max_ongoing_requests, n_ctx=a.n_ctx, aliases=a.aliases,
