@@ -143,6 +143,9 @@ def test_chat_cli_chat_template_flag(tmp_path):
                         "-v"], input="hello there\n", capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"{want} tokens processed" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "phi2cpu", "chat", "--chat-template", "chatml"], input="/show\n",
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "(chat template chatml)" in r.stdout, r.stdout + r.stderr
     r = subprocess.run([sys.executable, "-m", "phi2cpu", "chat", "--chat-template", str(tmp_path / "nope.jinja")],
                        input="", capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.startswith("phi2cpu: error: --chat-template") and "not a file" in r.stderr

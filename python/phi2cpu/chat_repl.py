@@ -234,7 +234,7 @@ class ChatLoop:
             lines.append(f"  {name:<18}{shown}")
         lines.append(f"  {'system':<18}{s.system!r}" if s.system else f"  {'system':<18}(none)")
         lines.append(f"  {'stop':<18}{', '.join(repr(x) for x in s.stop)}")
-        lines.append(f"conversation:       {len(s.turns)} turn(s) (Phi-2 chat format: Alice: ... / Bob: ...)")
+        lines.append(f"conversation:       {len(s.turns)} turn(s) (chat template {s.template.name})")
         return lines
 
 
