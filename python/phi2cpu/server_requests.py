@@ -250,8 +250,12 @@ def chat_job(st: ServerState, raw: bytes) -> Prepared:
     ids = token_ids(st, prompt, "messages")
     check_length(st, ids, "messages")
     c = constraint(st, req)
+    last = req.messages[-1]
+    continued = last.role == "assistant" and bool(last.content.strip())
     # no limit given: until the reply ends or the context is full. A constraint decides itself where
-    # the reply ends and what it begins with: no turn stops, no stripping
+    # the reply ends and what it begins with: no turn stops, no stripping; nor is the continuation of
+    # an assistant message stripped (its first characters may be a newline and an indent)
     job = Job([ids], params, max_tokens or st.model.n_ctx, stops + (chat_stops if c is None else []), n=n,
-              lstrip=c is None, logprobs=(req.top_logprobs or 0) if req.logprobs else None, constraint=c)
+              lstrip=c is None and not continued, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+              constraint=c)
     return Prepared(job, stream, include_usage, n)
