@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import urllib.request
 from typing import List, Literal
 
@@ -23,7 +22,7 @@ import phi2cpu  # noqa: E402
 from phi2cpu import chat_template as ct  # noqa: E402
 
 from hostile_gguf import STRING, tiny_spec  # noqa: E402
-from serve_process import start_serve  # noqa: E402
+from serve_process import start_serve, stop_serve as _stop  # noqa: E402
 
 CTX = 512
 
@@ -39,14 +38,6 @@ class City(pydantic.BaseModel):
 
 SCHEMA = City.model_json_schema()
 ASK = [{"role": "user", "content": "Describe Paris as JSON."}]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.fixture(scope="module")
