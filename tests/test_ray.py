@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import http.client
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -66,7 +68,12 @@ def ray_serve(cluster):
                             "--ctx-size", str(CTX), "--port", str(_free_port()),
                             env={**os.environ, **RAY_ENV}, timeout=240)
     yield url
-    stop_serve(proc, timeout=90)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: Serve is shut down, the process exits 0
+    try:
+        assert proc.wait(timeout=90) == 0
+    except subprocess.TimeoutExpired:
+        stop_serve(proc, timeout=30)
+        pytest.fail("phi2cpu serve --ray did not stop on Ctrl-C")
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +198,34 @@ def test_killed_replica_its_requests_retried_and_it_recovers(ray_serve, local):
     answers = _burst(ray_serve, 8, 48)
     assert all(status == 200 for status, _, _ in answers)
     assert {h["x-phi2cpu-replica"] for _, h, _ in answers} == now
+
+
+def _completion_tokens(url: str, replica: str) -> float:
+    """The completion tokens `replica` has counted (/metrics is asked until that replica answers)."""
+    for _ in range(200):
+        with urllib.request.urlopen(url + "/metrics", timeout=60) as r:
+            if r.headers["x-phi2cpu-replica"] == replica:
+                text = r.read().decode()
+                return float(next(line.split()[1] for line in text.splitlines()
+                                  if line.startswith("phi2cpu_completion_tokens_total")))
+    pytest.fail(f"/metrics never came from replica {replica}")
+
+
+def test_a_client_that_goes_away_cancels_its_request(ray_serve):
+    host, port = ray_serve.removeprefix("http://").split(":")
+    before = {r: _completion_tokens(ray_serve, r) for r in _engine_replicas()}
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps({"model": "m", "prompt": "def fibonacci(n):", "stream": True,
+                                                        "max_tokens": 480, "temperature": 0}),
+                 {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    replica = r.getheader("x-phi2cpu-replica")
+    assert r.status == 200 and r.read1(64).startswith(b"data: ")
+    conn.close()  # gone after the first event
+    time.sleep(5)  # more than the whole stream takes here (1-4 s); a cancelled one counts no tokens
+    assert _completion_tokens(ray_serve, replica) == before[replica]
+    status, _, body = _post(ray_serve, "/v1/completions", {"model": "m", "prompt": "x", "max_tokens": 4})
+    assert status == 200
 
 
 # --- the ingress's retry rules, with a stand-in for the engine replicas ------------------------

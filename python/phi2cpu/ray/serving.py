@@ -334,8 +334,10 @@ def run(application, *, host: str = "127.0.0.1", port: int = 8000, address: Opti
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, logging_level="warning",
                  log_to_driver=False)
     stop = threading.Event()
+    saved = {}
     if blocking and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Ray's driver set-up replaces the SIGINT default
+            saved[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(application, name=APP_NAME, route_prefix="/")
@@ -345,13 +347,14 @@ def run(application, *, host: str = "127.0.0.1", port: int = 8000, address: Opti
             on_listen(url)
         if not blocking:
             return url
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
+        while not stop.wait(0.5):
             pass
     except BaseException:
         serve.shutdown()
         raise
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
     serve.shutdown()
     return url
 
@@ -376,7 +379,8 @@ def serve_from_cli(args, path, *, defaults: SamplingParams, api_key: Optional[st
     count = f"{replicas}..{args.max_replicas}" if args.max_replicas else str(replicas)
 
     def listening(url: str) -> None:
-        print(f"phi2cpu: serving {name} at {url}/v1 on Ray ({count} replicas of {threads} threads, context "
+        print(f"phi2cpu: serving {name} at {url}/v1 on Ray ({count} replicas of {threads} "
+              f"thread{'s' if threads > 1 else ''}, context "
               f"{args.ctx} tokens); Ctrl-C stops", file=sys.stderr, flush=True)
 
     run(application, host=args.host, port=args.port, address=args.ray_address, on_listen=listening)
