@@ -299,6 +299,16 @@ def test_ingress_retries_a_request_its_replica_lost_before_answering():
     assert sent[1:] == [body]
 
 
+def test_ingress_holds_an_answer_until_whole_so_a_cut_one_is_retried():
+    part = {"type": "http.response.body", "body": b'{"ok":', "more_body": True}
+    rest = {"type": "http.response.body", "body": b' 1}', "more_body": False}
+    engines = _Engines([_start(), part, ActorDiedError()], [_start(), part, rest])
+    sent = _relay(engines)
+    assert engines.calls == 2
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body", "http.response.body"]
+    assert sent[1:] == [part, rest] and (b"x-phi2cpu-retries", b"1") in sent[0]["headers"]
+
+
 def test_ingress_gives_a_clear_503_when_every_try_is_lost():
     sent = _relay(_Engines([ActorDiedError()], [ActorDiedError()], [ActorDiedError()]), retries=2)
     assert sent[0]["status"] == 503

@@ -149,8 +149,9 @@ def _error(status: int, message: str, code: str) -> List[Dict[str, Any]]:
 
 class Ingress:
     """The deployment's HTTP entry: forwards each request to an engine replica, and sends it to
-    another one when the replica is lost before answering (a request is answered once, whole, or
-    gets an error naming what happened; a stream cut by a lost replica ends with an error event)."""
+    another one when the replica is lost before its answer is out. An answer that is not a stream
+    is held until it is whole, so it is sent whole or retried; a stream is relayed as it comes, and
+    one cut by a lost replica ends with an error event. When every try is lost: a 503."""
 
     def __init__(self, retries: int, max_body_bytes: int):
         self.retries, self.max_body_bytes = retries, max_body_bytes
@@ -197,17 +198,21 @@ class Ingress:
 
         lost = None
         for attempt in range(self.retries + 1):
-            started = streaming = False
+            streaming, held = False, []  # an answer that is not a stream is held until it is whole
             responses = self._handle().http.remote(scope, body)
             try:
                 async for message in responses:
                     if message["type"] == "http.response.start":
-                        started = True
                         headers = list(message.get("headers", []))
                         streaming = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
                                         for k, v in headers)
                         if attempt:
                             message = {**message, "headers": headers + [(RETRIES_HEADER, str(attempt).encode())]}
+                    if streaming:
+                        await send(message)
+                    else:
+                        held.append(message)
+                for message in held:
                     await send(message)
                 return
             except asyncio.CancelledError:
@@ -215,11 +220,11 @@ class Ingress:
                 raise
             except (RayActorError, ActorUnavailableError) as e:
                 lost = e
-                if started:  # part of the answer is out: it cannot be sent again
+                if streaming:  # part of the answer is out: it cannot be sent again
                     note = {"error": {"message": f"the replica serving this request was lost: {_why(e)}",
                                       "type": "server_error", "param": None, "code": "replica_lost"}}
                     await send({"type": "http.response.body", "more_body": False,
-                                "body": f"data: {json.dumps(note)}\n\n".encode() if streaming else b""})
+                                "body": f"data: {json.dumps(note)}\n\n".encode()})
                     return
         for message in _error(503, f"the replica serving this request was lost, {self.retries + 1} times: "
                                    f"{_why(lost)}; retry later", "replica_lost"):
