@@ -374,6 +374,11 @@ def serve_from_cli(args, path, *, defaults: SamplingParams, api_key: Optional[st
     replicas = args.replicas or 1
     if args.max_replicas is not None and args.max_replicas < replicas:
         raise Phi2Error(f"--max-replicas ({args.max_replicas}) must be at least --replicas ({replicas})")
+    from phi2cpu.server_limits import DEFAULT_READ_TIMEOUT
+
+    if args.read_timeout != DEFAULT_READ_TIMEOUT:
+        print("phi2cpu: warning: --read-timeout has no effect with --ray: Serve's HTTP proxy reads the requests",
+              file=sys.stderr, flush=True)
     threads = args.threads or 1
     aliases = tuple(args.aliases or ())
     application = deployment(str(path), threads=threads, replicas=replicas, max_replicas=args.max_replicas,
