@@ -166,6 +166,10 @@ def test_requests_spread_over_both_replicas(ray_serve):
     assert all(status == 200 for status, _, _ in answers)
     assert {h["x-phi2cpu-replica"] for _, h, _ in answers} == replicas
     assert len({json.loads(b)["choices"][0]["text"] for _, _, b in answers}) == 1
+    engines = serve.get_deployment_handle(serving.ENGINE, app_name=serving.APP_NAME)
+    described = [engines.describe.remote().result(timeout_s=60) for _ in range(6)]
+    assert all(d["threads"] == 1 and d["n_ctx"] == CTX and d["replica"] in replicas for d in described)
+    assert {d["model"] for d in described} == {str(phi2cpu.default_model_path())}
 
 
 def test_killed_replica_its_requests_retried_and_it_recovers(ray_serve, local):
@@ -421,6 +425,34 @@ def test_config_examples_are_valid_serve_configs():
     cpus = int(service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
                ["resources"]["limits"]["cpu"])
     assert cpus % args["threads"] == 0  # whole replicas per worker pod
+
+
+def test_replicas_threads_and_autoscaling_bounds_reach_serve(tmp_path):
+    """`serve build` writes the options Serve would deploy with: one CPU per engine thread,
+    autoscaling bounds, none for the ingress."""
+    (tmp_path / "built_app.py").write_text(
+        "import phi2cpu.ray\n"
+        "scaled = phi2cpu.ray.deployment(None, threads=2, replicas=1, max_replicas=3, target_ongoing_requests=1.5)\n"
+        "fixed = phi2cpu.ray.app({'threads': 3, 'replicas': 4})\n")
+    serve_cli = Path(sys.executable).with_name("serve")
+    if not serve_cli.exists():
+        pytest.skip(f"Ray's serve command is not beside {sys.executable}")
+    built = {}
+    for name in ("scaled", "fixed"):
+        r = subprocess.run([str(serve_cli), "build", f"built_app:{name}", "-o", str(tmp_path / f"{name}.yaml")],
+                           cwd=tmp_path, env={**os.environ, **RAY_ENV, "PYTHONPATH": str(tmp_path)},
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr
+        (application,) = yaml.safe_load((tmp_path / f"{name}.yaml").read_text())["applications"]
+        built[name] = {d["name"]: d for d in application["deployments"]}
+    engine, ingress = built["scaled"][serving.ENGINE], built["scaled"][serving.DEPLOYMENT]
+    assert engine["autoscaling_config"] == {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 3,
+                                            "target_ongoing_requests": 1.5}
+    assert engine["ray_actor_options"] == {"num_cpus": 2.0} and engine["max_ongoing_requests"] == 4
+    assert ingress["ray_actor_options"] == {"num_cpus": 0.0} and ingress["num_replicas"] == 1
+    engine = built["fixed"][serving.ENGINE]
+    assert engine["num_replicas"] == 4 and engine["ray_actor_options"] == {"num_cpus": 3.0}
+    assert "autoscaling_config" not in engine
 
 
 def test_bad_arguments_are_clear_errors():

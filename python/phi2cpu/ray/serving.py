@@ -106,6 +106,12 @@ class EngineReplica:
     def __init__(self, settings: ReplicaSettings):
         self.app = build_replica_app(settings)
 
+    def describe(self) -> Dict[str, Any]:
+        """This replica's engine: its id, model file, threads and context."""
+        model = self.app.state.server.model
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "model": str(model.path),
+                "threads": model.threads, "n_ctx": model.n_ctx}
+
     async def http(self, scope: Dict[str, Any], body: bytes) -> AsyncIterator[Dict[str, Any]]:
         """Run one request through the app; yield its ASGI response messages. Cancelling the
         iteration (the client went away) cancels the request."""
