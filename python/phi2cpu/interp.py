@@ -208,6 +208,8 @@ class ActivationCache(dict):
 
     def stack(self, point: str) -> np.ndarray:
         """One point across the captured layers, in layer order: (n_layers_captured, ...)."""
+        if point == "ln_final" or point not in POINT_ID:
+            raise Phi2Error(f"stack takes a per-layer point ({', '.join(POINTS[:-1])}), got {point!r}")
         keys = sorted((k for k in self if k.split(".")[0] == point), key=lambda k: int(k.split(".")[1]))
         if not keys:
             raise Phi2Error(f"the cache holds no {point}.L activations")
