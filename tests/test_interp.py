@@ -2,11 +2,17 @@
 NumPy reference (the same interventions written out in NumPy) and against HF transformers."""
 from __future__ import annotations
 
+import io
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import phi2cpu
-from phi2cpu import interp, reference
+from phi2cpu import _core, interp, reference
 from phi2cpu.errors import Phi2Error
 from phi2cpu.quantize import quantize
 from tolerances import CAPTURE_REL, HF_CAPTURE_REL as HF_REL
@@ -61,6 +67,22 @@ def test_every_capture_matches_reference(model, ref, ids):
     assert cache.tokens == list(ids) and model.tokens == list(ids)
 
 
+def test_attention_probabilities_on_every_kernel_path(f32_path, ref, ids):
+    """Probabilities come from the scores each ISA's attention kernel leaves; every path must leave
+    them proportional to the softmax it used (scalar: normalised, SIMD: the exponentials)."""
+    code = ("import sys, json, numpy as np, phi2cpu;"
+            "m = phi2cpu.load(sys.argv[1], threads=2, repack_cache=False);"
+            "c = m.run_with_cache(json.loads(sys.argv[2]), names=['attn_probs.*'], logits=False);"
+            "np.save(sys.stdout.buffer, c.stack('attn_probs'))")
+    acts, _ = reference.reference_run(*ref, ids)
+    want = np.stack([acts[f"attn_probs.{i}"] for i in range(ref[0].n_layer)])
+    for isa in _core.available_isas().split(", "):
+        out = subprocess.run([sys.executable, "-c", code, str(f32_path), json.dumps([int(t) for t in ids])],
+                             env=dict(os.environ, PHI2CPU_ISA=isa), capture_output=True, check=True)
+        got = np.load(io.BytesIO(out.stdout))
+        assert rel(got, want) <= CAPTURE_REL, (isa, rel(got, want))
+
+
 def test_only_named_points_are_returned_and_math_is_unchanged(model, ids):
     plain = model.logits(ids)
     cache = model.run_with_cache(ids, names=["mlp_post.2", "attn_probs.-1", "resid_post.*"])
@@ -68,6 +90,8 @@ def test_only_named_points_are_returned_and_math_is_unchanged(model, ids):
     np.testing.assert_array_equal(cache.logits, plain)  # capturing copies; it changes no value
     assert model.run_with_cache(ids, names=["ln_final"], logits=False).logits is None
     np.testing.assert_array_equal(cache.stack("resid_post"), model.hidden_states(ids)[1:])
+    with pytest.raises(Phi2Error, match="per-layer point"):
+        cache.stack("ln_final")
 
 
 def test_capture_continues_an_existing_cache_shape(model, ids):
