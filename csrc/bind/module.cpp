@@ -142,25 +142,33 @@ py::array_t<float> forward(Model& m, py::array_t<int32_t, py::array::c_style | p
 }
 
 // Appends tokens like forward and returns (residual streams (len(layers), n, n_embd), logits (n, n_vocab) or
-// None).
+// None). Layer 0 is resid_pre.0 (the embeddings), l > 0 resid_post.(l-1).
 py::tuple forward_hidden(Model& m, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
                          const std::vector<int>& layers, bool want_logits) {
     if (tokens.ndim() != 1) throw std::invalid_argument("forward: tokens must be a 1-D sequence");
+    const Config& c = m.config();
     const int n = int(tokens.shape(0));
-    const int64_t d = m.config().n_embd;
-    py::array_t<float> hidden({py::ssize_t(layers.size()), py::ssize_t(n), py::ssize_t(d)});
+    py::array_t<float> hidden({py::ssize_t(layers.size()), py::ssize_t(n), py::ssize_t(c.n_embd)});
+    Hooks hooks(c);
+    for (size_t j = 0; j < layers.size(); j++) {
+        const int l = layers[j];
+        if (l < 0 || l > c.n_layer)
+            throw std::invalid_argument("hidden layer " + std::to_string(l) + " is outside 0.." +
+                                        std::to_string(c.n_layer));
+        float* dst = hidden.mutable_data() + j * size_t(n) * size_t(c.n_embd);
+        hooks.add_capture(l == 0 ? Capture{Point::ResidPre, 0, dst, n, 0} : Capture{Point::ResidPost, l - 1, dst, n, 0});
+    }
     py::object logits = py::none();
     float* lp = nullptr;
     if (want_logits) {
-        py::array_t<float> l({py::ssize_t(n), py::ssize_t(m.config().n_vocab)});
+        py::array_t<float> l({py::ssize_t(n), py::ssize_t(c.n_vocab)});
         lp = l.mutable_data();
         logits = l;
     }
     const int32_t* ids = tokens.data();
-    float* hp = hidden.mutable_data();
     {
         py::gil_scoped_release release;
-        m.forward(ids, n, true, lp, &layers, hp);
+        m.forward(ids, n, true, lp, &hooks);
     }
     return py::make_tuple(hidden, logits);
 }
@@ -196,7 +204,7 @@ py::tuple run_with_cache(Model& m, py::array_t<int32_t, py::array::c_style | py:
     const int32_t* ids = tokens.data();
     {
         py::gil_scoped_release release;
-        m.forward(ids, n, true, lp, nullptr, nullptr, &hooks, seq_lens ? &*seq_lens : nullptr);
+        m.forward(ids, n, true, lp, &hooks, seq_lens ? &*seq_lens : nullptr);
     }
     return py::make_tuple(arrays, logits);
 }

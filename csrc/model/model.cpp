@@ -62,22 +62,9 @@ void Model::write_state(int n, const float* k, const float* v) {
     kv_.n_past = n;
 }
 
-void Model::HiddenOut::capture(int index, const float* x, int n, int64_t d) const {
-    if (!layers) return;
-    for (size_t j = 0; j < layers->size(); j++)
-        if ((*layers)[j] == index)
-            std::copy(x, x + n * d, data + (j * size_t(n_total) + size_t(offset)) * size_t(d));
-}
-
-void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits,
-                    const std::vector<int>* hidden_layers, float* hidden, const Hooks* captures,
+void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits, const Hooks* captures,
                     const std::vector<int>* seq_lens) {
     if (n <= 0) throw std::invalid_argument("forward: no tokens");
-    if (hidden_layers)
-        for (int l : *hidden_layers)
-            if (l < 0 || l > cfg_.n_layer)
-                throw std::invalid_argument("hidden layer " + std::to_string(l) + " is outside 0.." +
-                                            std::to_string(cfg_.n_layer));
     if (n > kv_.n_ctx - kv_.n_past)
         throw ContextError("context full: " + std::to_string(kv_.n_past) + " cached + " + std::to_string(n) +
                            " new tokens exceed the context of " + std::to_string(kv_.n_ctx) + " tokens");
@@ -111,9 +98,7 @@ void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits
         const int m = std::min(kMaxBatch, n - done);
         const bool last = done + m == n;
         float* out = !logits ? nullptr : all_logits ? logits + size_t(done) * cfg_.n_vocab : (last ? logits : nullptr);
-        HiddenOut h;
-        if (hidden_layers && hidden) h = HiddenOut{hidden_layers, hidden, n, done};
-        forward_batch(tokens + done, m, all_logits, out, h, done);
+        forward_batch(tokens + done, m, all_logits, out, done);
         done += m;
     }
 }
@@ -132,8 +117,7 @@ void Model::unembed(const float* x, int n, bool norm, float* logits) {
 }
 
 // x = x + attn(LN(x)) + mlp(LN(x)) per layer; logits from the final LayerNorm.
-void Model::forward_batch(const int32_t* tokens, int n, bool all_logits, float* logits, const HiddenOut& hidden,
-                          int row0) {
+void Model::forward_batch(const int32_t* tokens, int n, bool all_logits, float* logits, int row0) {
     const Kernels& k = kernels();
     const int64_t d = cfg_.n_embd, ff = cfg_.n_ff;
     x_.resize(size_t(n * d));
@@ -149,7 +133,6 @@ void Model::forward_batch(const int32_t* tokens, int n, bool all_logits, float* 
     }
 
     for (int t = 0; t < n; t++) w_.token_embd.tt->dequantize(w_.token_embd.row(tokens[t]), &x_[size_t(t * d)], d);
-    hidden.capture(0, x_.data(), n, d);
 
     for (int l = 0; l < cfg_.n_layer; l++) {
         const LayerWeights& L = w_.layers[size_t(l)];
@@ -182,7 +165,6 @@ void Model::forward_batch(const int32_t* tokens, int n, bool all_logits, float* 
 
         for (int64_t i = 0; i < n * d; i++) x_[size_t(i)] += tmp_[size_t(i)] + h_[size_t(i)];
         tap(Point::ResidPost, l, x_.data(), n, row0);
-        hidden.capture(l + 1, x_.data(), n, d);
     }
     kv_.n_past += n;
 

@@ -22,14 +22,12 @@ public:
     // Appends n tokens at positions n_past()..n_past()+n-1 to the cache and writes float32 logits:
     // (n, n_vocab) when all_logits, else (1, n_vocab) for the last token. Throws ContextError when the
     // tokens do not fit, std::invalid_argument for ids outside the vocabulary; the cache is unchanged then.
-    // When `hidden` is given, it also receives the residual stream (n_sel, n, n_embd) at each index in
-    // `hidden_layers` (0 = token embeddings, l = after layer l, up to n_layer). `logits` may be null.
+    // `logits` may be null.
     // `captures` copies activations out (rows count from this call's first token). `seq_lens` packs
     // several sequences into one call: the cache must be empty, each sequence attends only to itself
     // from position 0, and the cache is emptied again afterwards.
-    void forward(const int32_t* tokens, int n, bool all_logits, float* logits,
-                 const std::vector<int>* hidden_layers = nullptr, float* hidden = nullptr,
-                 const Hooks* captures = nullptr, const std::vector<int>* seq_lens = nullptr);
+    void forward(const int32_t* tokens, int n, bool all_logits, float* logits, const Hooks* captures = nullptr,
+                 const std::vector<int>* seq_lens = nullptr);
 
     // Edits applied in every forward until replaced (nullptr: none).
     void set_edits(std::shared_ptr<const Hooks> edits) { edits_ = std::move(edits); }
@@ -52,14 +50,7 @@ public:
     const RepackReport& repack_report() const { return repack_; }
 
 private:
-    // Where forward_batch copies residual snapshots: rows [offset, offset+n) of each (n_total, n_embd) slab.
-    struct HiddenOut {
-        const std::vector<int>* layers = nullptr;
-        float* data = nullptr;
-        int n_total = 0, offset = 0;
-        void capture(int index, const float* x, int n, int64_t d) const;
-    };
-    void forward_batch(const int32_t* tokens, int n, bool all_logits, float* logits, const HiddenOut& hidden, int row0);
+    void forward_batch(const int32_t* tokens, int n, bool all_logits, float* logits, int row0);
     void attention(int layer, int n, float* qkv, float* out, int row0);
     // Edits, then captures, at one point; x holds the batch's n rows.
     void tap(Point p, int layer, float* x, int n, int row0) {
