@@ -3,7 +3,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -140,27 +142,111 @@ py::array_t<float> forward(Model& m, py::array_t<int32_t, py::array::c_style | p
 }
 
 // Appends tokens like forward and returns (residual streams (len(layers), n, n_embd), logits (n, n_vocab) or
-// None).
+// None). Layer 0 is resid_pre.0 (the embeddings), l > 0 resid_post.(l-1).
 py::tuple forward_hidden(Model& m, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
                          const std::vector<int>& layers, bool want_logits) {
     if (tokens.ndim() != 1) throw std::invalid_argument("forward: tokens must be a 1-D sequence");
+    const Config& c = m.config();
     const int n = int(tokens.shape(0));
-    const int64_t d = m.config().n_embd;
-    py::array_t<float> hidden({py::ssize_t(layers.size()), py::ssize_t(n), py::ssize_t(d)});
+    py::array_t<float> hidden({py::ssize_t(layers.size()), py::ssize_t(n), py::ssize_t(c.n_embd)});
+    Hooks hooks(c);
+    for (size_t j = 0; j < layers.size(); j++) {
+        const int l = layers[j];
+        if (l < 0 || l > c.n_layer)
+            throw std::invalid_argument("hidden layer " + std::to_string(l) + " is outside 0.." +
+                                        std::to_string(c.n_layer));
+        float* dst = hidden.mutable_data() + j * size_t(n) * size_t(c.n_embd);
+        hooks.add_capture(l == 0 ? Capture{Point::ResidPre, 0, dst, n, 0} : Capture{Point::ResidPost, l - 1, dst, n, 0});
+    }
     py::object logits = py::none();
     float* lp = nullptr;
     if (want_logits) {
-        py::array_t<float> l({py::ssize_t(n), py::ssize_t(m.config().n_vocab)});
+        py::array_t<float> l({py::ssize_t(n), py::ssize_t(c.n_vocab)});
         lp = l.mutable_data();
         logits = l;
     }
     const int32_t* ids = tokens.data();
-    float* hp = hidden.mutable_data();
     {
         py::gil_scoped_release release;
-        m.forward(ids, n, true, lp, &layers, hp);
+        m.forward(ids, n, true, lp, &hooks);
     }
     return py::make_tuple(hidden, logits);
+}
+
+// (point, layer) pairs -> (arrays in that order, logits (n, n_vocab) or None). Each array is
+// (n, width), AttnProbs (n_head, n, n_keys). seq_lens packs several sequences into one call.
+py::tuple run_with_cache(Model& m, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+                         const std::vector<std::pair<int, int>>& points, bool want_logits,
+                         std::optional<std::vector<int>> seq_lens) {
+    if (tokens.ndim() != 1) throw std::invalid_argument("forward: tokens must be a 1-D sequence");
+    const Config& c = m.config();
+    const int n = int(tokens.shape(0));
+    int n_keys = m.n_past() + n;
+    if (seq_lens) n_keys = seq_lens->empty() ? 0 : *std::max_element(seq_lens->begin(), seq_lens->end());
+    Hooks hooks(c);
+    py::list arrays;
+    for (const auto& [p, layer] : points) {
+        const Point point = Point(p);
+        std::vector<py::ssize_t> shape{n, point == Point::MlpPre || point == Point::MlpPost ? c.n_ff : c.n_embd};
+        if (point == Point::AttnProbs) shape = {c.n_head, n, std::max(n_keys, 1)};
+        py::array_t<float> a(shape);
+        std::fill(a.mutable_data(), a.mutable_data() + a.size(), 0.0f);
+        hooks.add_capture(Capture{point, layer, a.mutable_data(), n, n_keys});
+        arrays.append(a);
+    }
+    py::object logits = py::none();
+    float* lp = nullptr;
+    if (want_logits) {
+        py::array_t<float> l({py::ssize_t(n), py::ssize_t(c.n_vocab)});
+        lp = l.mutable_data();
+        logits = l;
+    }
+    const int32_t* ids = tokens.data();
+    {
+        py::gil_scoped_release release;
+        m.forward(ids, n, true, lp, &hooks, seq_lens ? &*seq_lens : nullptr);
+    }
+    return py::make_tuple(arrays, logits);
+}
+
+// edits: [(point, layer, op, rows (n_rows, width), positions, column mask or None)]; an empty list clears them.
+void set_edits(Model& m, const py::list& edits) {
+    if (edits.empty()) return m.set_edits(nullptr);
+    auto hooks = std::make_shared<Hooks>(m.config());
+    for (const auto& item : edits) {
+        const auto t = item.cast<py::tuple>();
+        if (t.size() != 6) throw std::invalid_argument("an edit is (point, layer, op, rows, positions, cols)");
+        Edit e;
+        e.point = Point(t[0].cast<int>());
+        e.layer = t[1].cast<int>();
+        const int op = t[2].cast<int>();
+        if (op < Edit::Add || op > Edit::Set) throw std::invalid_argument("unknown edit op " + std::to_string(op));
+        e.op = Edit::Op(op);
+        const auto rows = t[3].cast<py::array_t<float, py::array::c_style | py::array::forcecast>>();
+        if (rows.ndim() != 2) throw std::invalid_argument("edit rows must be 2-D (n_rows, width)");
+        e.n_rows = int(rows.shape(0));
+        e.rows.assign(rows.data(), rows.data() + rows.size());
+        e.positions = t[4].cast<std::vector<int>>();
+        if (!t[5].is_none()) e.cols = t[5].cast<std::vector<uint8_t>>();
+        hooks->add_edit(std::move(e));
+    }
+    m.set_edits(std::move(hooks));
+}
+
+py::array_t<float> unembed(Model& m, py::array_t<float, py::array::c_style | py::array::forcecast> x, bool norm) {
+    const Config& c = m.config();
+    if (x.ndim() != 2 || x.shape(1) != c.n_embd)
+        throw std::invalid_argument("unembed: x must be (n, n_embd=" + std::to_string(c.n_embd) + ")");
+    const int n = int(x.shape(0));
+    py::array_t<float> out({py::ssize_t(n), py::ssize_t(c.n_vocab)});
+    if (n == 0) return out;
+    const float* src = x.data();
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        m.unembed(src, n, norm, dst);
+    }
+    return out;
 }
 
 py::tuple get_state(const Model& m) {
@@ -218,6 +304,16 @@ PYBIND11_MODULE(_core, m) {
         .def("forward_hidden", &forward_hidden, py::arg("tokens"), py::arg("layers"), py::arg("logits") = false,
              "Append tokens; (residual streams (len(layers), n, n_embd), logits (n, n_vocab) or None). "
              "Layer 0 is the token embeddings, l the residual stream after layer l.")
+        .def("run_with_cache", &run_with_cache, py::arg("tokens"), py::arg("points"), py::arg("logits") = true,
+             py::arg("seq_lens") = py::none(),
+             "Append tokens (or, with seq_lens, run packed sequences from an empty cache and empty it again); "
+             "(captured arrays in the order of points [(point, layer)], logits (n, n_vocab) or None).")
+        .def("set_edits", &set_edits, py::arg("edits"),
+             "Edits applied in every forward until replaced: [(point, layer, op, rows, positions, cols)]; "
+             "[] clears them.")
+        .def_property_readonly("has_edits", &Model::has_edits)
+        .def("unembed", &unembed, py::arg("x"), py::arg("norm") = true,
+             "Final LayerNorm (when norm) and lm_head on residual rows (n, n_embd) -> logits (n, n_vocab).")
         .def("get_state", &get_state, "The KV cache of the cached positions: (k, v), each (n_layer, n_past, n_embd).")
         .def("set_state", &set_state, py::arg("k"), py::arg("v"), "Replace the KV cache with get_state's arrays.")
         .def("reset", &Model::reset)

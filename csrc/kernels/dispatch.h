@@ -42,6 +42,7 @@ struct Kernels {
     void (*layernorm_f32)(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);
     void (*gelu_new_f32)(int64_t n, float* x);
     void (*rope_neox_f32)(int n_head, int head_dim, int n_rot, int pos, float theta, float* x);
+    // On return scores[0..n_kv) are proportional to the softmax probabilities used (captures read them).
     void (*attn_head_f32)(int head_dim, int n_kv, const float* q, const float* k, const float* v,
                           int64_t kv_stride, float scale, float* scores, float* out);
 

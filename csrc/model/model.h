@@ -7,6 +7,7 @@
 
 #include "kernels/threadpool.h"
 #include "model/config.h"
+#include "model/hooks.h"
 #include "model/kv_cache.h"
 #include "model/weights.h"
 
@@ -21,10 +22,18 @@ public:
     // Appends n tokens at positions n_past()..n_past()+n-1 to the cache and writes float32 logits:
     // (n, n_vocab) when all_logits, else (1, n_vocab) for the last token. Throws ContextError when the
     // tokens do not fit, std::invalid_argument for ids outside the vocabulary; the cache is unchanged then.
-    // When `hidden` is given, it also receives the residual stream (n_sel, n, n_embd) at each index in
-    // `hidden_layers` (0 = token embeddings, l = after layer l, up to n_layer). `logits` may be null.
-    void forward(const int32_t* tokens, int n, bool all_logits, float* logits,
-                 const std::vector<int>* hidden_layers = nullptr, float* hidden = nullptr);
+    // `logits` may be null.
+    // `captures` copies activations out (rows count from this call's first token). `seq_lens` packs
+    // several sequences into one call: the cache must be empty, each sequence attends only to itself
+    // from position 0, and the cache is emptied again afterwards.
+    void forward(const int32_t* tokens, int n, bool all_logits, float* logits, const Hooks* captures = nullptr,
+                 const std::vector<int>* seq_lens = nullptr);
+
+    // Edits applied in every forward until replaced (nullptr: none).
+    void set_edits(std::shared_ptr<const Hooks> edits) { edits_ = std::move(edits); }
+    bool has_edits() const { return edits_ != nullptr; }
+    // Final LayerNorm (when `norm`) and lm_head on n rows of residual stream x (n, n_embd) -> (n, n_vocab).
+    void unembed(const float* x, int n, bool norm, float* logits);
 
     // The cached keys and values of positions 0..n_past()-1, as (n_layer, n_past, n_embd) arrays each.
     void read_state(float* k, float* v) const;
@@ -45,15 +54,16 @@ public:
     void check_files() const;
 
 private:
-    // Where forward_batch copies residual snapshots: rows [offset, offset+n) of each (n_total, n_embd) slab.
-    struct HiddenOut {
-        const std::vector<int>* layers = nullptr;
-        float* data = nullptr;
-        int n_total = 0, offset = 0;
-        void capture(int index, const float* x, int n, int64_t d) const;
-    };
-    void forward_batch(const int32_t* tokens, int n, bool all_logits, float* logits, const HiddenOut& hidden);
-    void attention(int layer, int n, float* qkv, float* out);
+    void forward_batch(const int32_t* tokens, int n, bool all_logits, float* logits, int row0);
+    void attention(int layer, int n, float* qkv, float* out, int row0);
+    // Edits, then captures, at one point; x holds the batch's n rows.
+    void tap(Point p, int layer, float* x, int n, int row0) {
+        if (edits_ && edits_->wants(p, layer)) edits_->apply(p, layer, x, n, pos_.data(), row0);
+        if (captures_ && captures_->wants(p, layer)) captures_->apply(p, layer, x, n, pos_.data(), row0);
+    }
+    bool tapped(Point p, int layer) const {
+        return (edits_ && edits_->wants(p, layer)) || (captures_ && captures_->wants(p, layer));
+    }
 
     Config cfg_;
     MappedFile file_;
@@ -61,6 +71,10 @@ private:
     KVCache kv_;
     ThreadPool pool_;
     RepackReport repack_;
+    std::shared_ptr<const Hooks> edits_;
+    const Hooks* captures_ = nullptr;  // during a forward only
+    std::vector<int> seq_start_;        // packed calls: the first cache slot of each slot's sequence
+    std::vector<int> pos_;              // the batch's positions within their sequences (for edits)
 
     // activations for one batch of at most kMaxBatch tokens
     std::vector<float> x_, h_, qkv_, att_, ff_, tmp_;

@@ -44,6 +44,21 @@ class Model:
         """Append tokens; (residual streams (len(layers), n, n_embd), logits (n, n_vocab) or None).
         Layer 0 is the token embeddings, l the residual stream after layer l."""
 
+    def run_with_cache(self, tokens: npt.ArrayLike, points: Sequence[Tuple[int, int]], logits: bool = True,
+                       seq_lens: Optional[Sequence[int]] = None
+                       ) -> Tuple[List[npt.NDArray[np.float32]], Optional[npt.NDArray[np.float32]]]:
+        """Append tokens (or, with seq_lens, run packed sequences from an empty cache and empty it
+        again); (captured arrays in the order of points [(point, layer)], logits (n, n_vocab) or None)."""
+
+    def set_edits(self, edits: List[Tuple[int, int, int, npt.ArrayLike, Sequence[int], Optional[npt.ArrayLike]]]
+                  ) -> None:
+        """Edits applied in every forward until replaced: [(point, layer, op, rows, positions, cols)]; [] clears them."""
+
+    @property
+    def has_edits(self) -> bool: ...
+    def unembed(self, x: npt.ArrayLike, norm: bool = True) -> npt.NDArray[np.float32]:
+        """Final LayerNorm (when norm) and lm_head on residual rows (n, n_embd) -> logits (n, n_vocab)."""
+
     def get_state(self) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """The KV cache of the cached positions: (k, v), each (n_layer, n_past, n_embd)."""
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, interp
 from .cliargs import MAX_THREADS
 from .config import PhiConfig
 from .errors import ContextFullError, ModelFileError, Phi2Error
@@ -77,6 +78,8 @@ class Model:
         self._engine = _core.Model(self.path, self.config.as_dict(), tensors, n_ctx, threads or default_threads(),
                                    str(folder) if folder else "")
         self._tokens: List[int] = []  # the ids whose keys and values are in the cache, in order
+        self._interventions: tuple = ()
+        self._weights: Optional[interp.FileWeights] = None
 
     @property
     def repack_report(self) -> dict:
@@ -180,6 +183,107 @@ class Model:
 
         return perplexity(self, text, window=window, max_windows=max_windows, progress=progress)
 
+    # --- interpretability (names, shapes and costs: docs/interpretability.md) --------------------
+    @property
+    def interventions(self) -> tuple:
+        """The interventions applied in every forward pass (see :meth:`intervene`)."""
+        return self._interventions
+
+    def set_interventions(self, interventions: Sequence[Any]) -> None:
+        """Apply these :class:`phi2cpu.interp.Intervention` objects (or lists of them) in every
+        forward pass, generation included, until replaced; ``[]`` removes them. The KV cache is
+        emptied when the set changes, since its keys and values were computed under the old set."""
+        flat: List[interp.Intervention] = []
+        for item in interventions:
+            for iv in (item if isinstance(item, (list, tuple)) else [item]):
+                if not isinstance(iv, interp.Intervention):
+                    raise Phi2Error(f"not an Intervention: {iv!r} (build them with phi2cpu.interp)")
+                flat.append(interp.expand_scalar(iv, self.config))
+        edits = [iv.engine_tuple(self.config) for iv in flat]
+        try:
+            self._engine.set_edits(edits)
+        except ValueError as e:
+            raise Phi2Error(str(e)) from None
+        if tuple(flat) != self._interventions:
+            self.reset()
+        self._interventions = tuple(flat)
+
+    @contextmanager
+    def intervene(self, *interventions: Any) -> Iterator["Model"]:
+        """``with m.intervene(steer(v, layers=[3]), scale_heads(...)): m.generate(...)`` applies
+        the interventions, on top of those already active, inside the block only."""
+        before = self._interventions
+        self.set_interventions(list(before) + list(interventions))
+        try:
+            yield self
+        finally:
+            self.set_interventions(list(before))
+
+    def run_with_cache(self, ids: Union[str, Sequence[int], Sequence[Union[str, Sequence[int]]]],
+                       names: Optional[Sequence[str]] = None, *, logits: bool = True,
+                       interventions: Sequence[Any] = ()) -> Union[interp.ActivationCache,
+                                                                   List[interp.ActivationCache]]:
+        """Run a fresh sequence and return the activations named in ``names`` (every hook point when
+        None; see :mod:`phi2cpu.interp` for the scheme) as an :class:`~phi2cpu.interp.ActivationCache`
+        of float32 NumPy arrays, with ``logits`` (n, n_vocab) unless ``logits=False``. Only what is
+        named is computed or copied. A list of prompts (str or id lists) gives a list of caches,
+        run packed together (several prompts per engine call, each attending only to itself) and
+        the KV cache empty afterwards. ``interventions`` apply during this call only."""
+        c = self.config
+        points: List[tuple] = []
+        for name in (interp.all_names(c.n_layer) if names is None else list(names)):
+            for pair in interp.parse_name(name, c.n_layer):
+                if pair not in points:
+                    points.append(pair)
+        engine_points = [(interp.POINT_ID[p], layer) for p, layer in points]
+        keys = [interp.canonical(p, layer) for p, layer in points]
+        batch = not isinstance(ids, str) and len(ids) > 0 and not isinstance(ids[0], (int, np.integer))
+        prompts = list(ids) if batch else [ids]
+        self.reset()
+        seqs = [[int(t) for t in self._checked_ids(self.tokenize(x) if isinstance(x, str) else x)] for x in prompts]
+        with self.intervene(*interventions):
+            if not batch:
+                arrays, lg = self._engine.run_with_cache(np.asarray(seqs[0], np.int32), engine_points, logits)
+                self._tokens = [int(t) for t in seqs[0]]
+                return interp.ActivationCache(self._shaped(keys, arrays), self._tokens[:], lg)
+            caches: List[interp.ActivationCache] = []
+            for group in _packs(seqs, self.n_ctx):
+                flat = np.asarray([t for s in group for t in s], np.int32)
+                arrays, lg = self._engine.run_with_cache(flat, engine_points, logits, [len(s) for s in group])
+                caches += interp.unpack(self._shaped(keys, arrays), lg, group)
+            self._tokens = []
+            return caches
+
+    def _shaped(self, keys: List[str], arrays: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
+        c = self.config
+        return {k: a.reshape(a.shape[0], c.n_head, c.head_dim) if k.startswith("head_out.") else a
+                for k, a in zip(keys, arrays)}
+
+    def unembed(self, x: np.ndarray, norm: bool = True) -> np.ndarray:
+        """lm_head (after the final LayerNorm when ``norm``) on residual-stream rows (..., n_embd)
+        -> logits (..., n_vocab), with the engine's kernels for this file's weight types."""
+        x = np.asarray(x, np.float32)
+        if x.ndim < 1 or x.shape[-1] != self.config.n_embd:
+            raise Phi2Error(f"unembed needs rows of width n_embd={self.config.n_embd}, got shape {list(x.shape)}")
+        out = self._engine.unembed(x.reshape(-1, x.shape[-1]), norm)
+        return out.reshape(*x.shape[:-1], self.config.n_vocab)
+
+    @property
+    def weights(self) -> interp.FileWeights:
+        """The file's tensors by GGUF name, dequantized to float on demand (for attribution)."""
+        if self._weights is None:
+            self._weights = interp.FileWeights(self.file)
+        return self._weights
+
+    def logit_lens(self, cache: interp.ActivationCache, positions=None) -> np.ndarray:
+        """See :func:`phi2cpu.interp.logit_lens`."""
+        return interp.logit_lens(self, cache, positions)
+
+    def direct_logit_attribution(self, cache: interp.ActivationCache, tokens: Sequence[int], position: int = -1,
+                                 heads: bool = False) -> Dict[str, np.ndarray]:
+        """See :func:`phi2cpu.interp.direct_logit_attribution`."""
+        return interp.direct_logit_attribution(self, cache, tokens, position, heads)
+
     # --- saved prompt caches ---------------------------------------------------------------
     def _identity(self) -> dict:
         return {"config": self.config.as_dict(), "file_bytes": os.path.getsize(self.path),
@@ -282,3 +386,15 @@ class Model:
         c = self.config
         return (f"Model({self.path!r}, n_layer={c.n_layer}, n_embd={c.n_embd}, n_ctx={self.n_ctx}, "
                 f"threads={self.threads})")
+
+
+def _packs(seqs: List[List[int]], n_ctx: int) -> Iterator[List[List[int]]]:
+    """Consecutive groups of sequences whose lengths add up to at most n_ctx."""
+    group: List[List[int]] = []
+    for s in seqs:
+        if group and sum(map(len, group)) + len(s) > n_ctx:
+            yield group
+            group = []
+        group.append(s)
+    if group:
+        yield group

@@ -56,7 +56,10 @@ def _linear(w: dict[str, np.ndarray], name: str, x: np.ndarray) -> np.ndarray:
     return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
 
 
-def attention(c: PhiConfig, w: dict[str, np.ndarray], i: int, h: np.ndarray) -> np.ndarray:
+def attention(c: PhiConfig, w: dict[str, np.ndarray], i: int, h: np.ndarray, tap=None) -> np.ndarray:
+    """Causal self-attention of layer i on h (T, n_embd). tap(name, array) -> array sees the
+    probabilities (n_head, T, T), the per-head outputs (T, n_head, head_dim) and the dense output."""
+    tap = tap or (lambda name, a: a)
     T, hd = h.shape[0], c.head_dim
     if f"blk.{i}.attn_qkv.weight" in w:
         q, k, v = np.split(_linear(w, f"blk.{i}.attn_qkv", h), 3, axis=-1)
@@ -67,38 +70,84 @@ def attention(c: PhiConfig, w: dict[str, np.ndarray], i: int, h: np.ndarray) -> 
     scores = q @ k.transpose(0, 2, 1) / np.float32(np.sqrt(hd))                   # (n_head, T, T)
     scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
     p = np.exp(scores - scores.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    out = (p @ v).transpose(1, 0, 2).reshape(T, c.n_embd)
-    return _linear(w, f"blk.{i}.attn_output", out)
+    p = tap(f"attn_probs.{i}", p / p.sum(-1, keepdims=True))
+    z = tap(f"head_out.{i}", (p @ v).transpose(1, 0, 2))                            # (T, n_head, hd)
+    return tap(f"attn_out.{i}", _linear(w, f"blk.{i}.attn_output", z.reshape(T, c.n_embd)))
+
+
+def _forward(c: PhiConfig, w: dict[str, np.ndarray], ids, tap) -> np.ndarray:
+    """The whole network; tap(name, array) -> array sees (and may replace) every named activation
+    of phi2cpu.interp's scheme. Returns the logits (len(ids), n_vocab)."""
+    x = w["token_embd.weight"][np.asarray(ids, dtype=np.int64)].astype(np.float32)
+    for i in range(c.n_layer):
+        x = tap(f"resid_pre.{i}", x)
+        h = tap(f"ln.{i}", layer_norm(x, w[f"blk.{i}.attn_norm.weight"], w[f"blk.{i}.attn_norm.bias"], c.norm_eps))
+        pre = tap(f"mlp_pre.{i}", _linear(w, f"blk.{i}.ffn_up", h))
+        mlp = tap(f"mlp_out.{i}", _linear(w, f"blk.{i}.ffn_down", tap(f"mlp_post.{i}", gelu_new(pre))))
+        x = tap(f"resid_post.{i}", x + attention(c, w, i, h, tap) + mlp)
+    h = tap("ln_final", layer_norm(x, w["output_norm.weight"], w["output_norm.bias"], c.norm_eps))
+    return _linear(w, "output", h).astype(np.float32)
+
+
+def apply_interventions(name: str, a: np.ndarray, interventions) -> np.ndarray:
+    """The edits of phi2cpu.interp.Intervention objects at ``name`` on a fresh sequence whose rows
+    are positions 0..T-1, written out independently of the engine: add, mul (per column) or set."""
+    out = a
+    for iv in interventions:
+        if iv.name != name:
+            continue
+        flat = out.reshape(out.shape[0], -1).astype(np.float32, copy=True)
+        rows = np.asarray(iv.rows, np.float32)
+        pos = range(flat.shape[0]) if iv.positions is None else iv.positions
+        for j, p in enumerate(pos):
+            if p >= flat.shape[0]:
+                continue
+            r = rows[0] if rows.shape[0] == 1 else rows[j]
+            if iv.op == "add":
+                flat[p] = flat[p] + r
+            elif iv.op == "mul":
+                flat[p] = flat[p] * r
+            else:
+                cols = np.ones(flat.shape[1], bool) if iv.cols is None else np.asarray(iv.cols, bool)
+                flat[p, cols] = r[cols]
+        out = flat.reshape(out.shape)
+    return out
+
+
+def reference_run(config: PhiConfig, weights: dict[str, np.ndarray], ids, interventions=()
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(every named activation of phi2cpu.interp's scheme, logits) for a fresh sequence, with
+    ``interventions`` (objects with name, op, rows, positions, cols) applied where they name."""
+    ivs = [iv for iv in interventions if iv.name.split(".")[0] != "attn_probs"]
+    acts: dict[str, np.ndarray] = {}
+
+    def tap(name: str, a: np.ndarray) -> np.ndarray:
+        a = apply_interventions(name, a, ivs) if name.split(".")[0] != "attn_probs" else a
+        acts[name] = a
+        return a
+
+    logits = _forward(config, weights, ids, tap)
+    return acts, logits
 
 
 def reference_hidden_states(config: PhiConfig, weights: dict[str, np.ndarray], ids) -> list[np.ndarray]:
     """The residual stream (len(ids), n_embd) at n_layer + 1 points: the token embeddings, then
     after each layer (before the final LayerNorm)."""
-    c, w = config, weights
-    x = w["token_embd.weight"][np.asarray(ids, dtype=np.int64)].astype(np.float32)
-    out = [x]
-    for i in range(c.n_layer):
-        h = layer_norm(x, w[f"blk.{i}.attn_norm.weight"], w[f"blk.{i}.attn_norm.bias"], c.norm_eps)
-        mlp = _linear(w, f"blk.{i}.ffn_down", gelu_new(_linear(w, f"blk.{i}.ffn_up", h)))
-        x = x + attention(c, w, i, h) + mlp
-        out.append(x)
-    return out
+    acts, _ = reference_run(config, weights, ids)
+    return [acts["resid_pre.0"]] + [acts[f"resid_post.{i}"] for i in range(config.n_layer)]
 
 
-def reference_logits(config: PhiConfig, weights: dict[str, np.ndarray], ids) -> np.ndarray:
+def reference_logits(config: PhiConfig, weights: dict[str, np.ndarray], ids, interventions=()) -> np.ndarray:
     """Logits (len(ids), n_vocab) for tokens at positions 0..len(ids)-1."""
-    c, w = config, weights
-    x = reference_hidden_states(c, w, ids)[-1]
-    h = layer_norm(x, w["output_norm.weight"], w["output_norm.bias"], c.norm_eps)
-    return _linear(w, "output", h).astype(np.float32)
+    return reference_run(config, weights, ids, interventions)[1]
 
 
-def reference_greedy(config: PhiConfig, weights: dict[str, np.ndarray], ids, n_new: int) -> list[int]:
+def reference_greedy(config: PhiConfig, weights: dict[str, np.ndarray], ids, n_new: int, interventions=()
+                     ) -> list[int]:
     """Greedy continuation: the n_new argmax tokens, never an id without a token."""
     seq = [int(t) for t in ids]
     for _ in range(n_new):
-        logits = reference_logits(config, weights, seq)[-1]
+        logits = reference_logits(config, weights, seq, interventions)[-1]
         logits[N_TOKENIZER_VOCAB:] = -np.inf
         seq.append(int(np.argmax(logits)))
     return seq[len(ids):]
