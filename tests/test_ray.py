@@ -53,12 +53,14 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray cluster on loopback with 4 logical CPUs (2 engine replicas + 2 Ray Data engines)."""
-    os.environ.update(RAY_ENV)
-    ctx = ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
-                   logging_level="warning", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ctx.address_info["address"]
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in RAY_ENV.items():
+            mp.setenv(k, v)
+        ctx = ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+                       logging_level="warning", log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield ctx.address_info["address"]
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
