@@ -208,9 +208,9 @@ def test_wrong_shape_gguf(quantized, tmp_path):
 
 
 def test_unsupported_types(quantized, tmp_path):
-    mf, tensors = _tiny_tensors(quantized["f32"], retype={"blk.0.ffn_up.weight": T.Q5_0})
+    mf, tensors = _tiny_tensors(quantized["f32"], retype={"blk.0.ffn_up.weight": T.BF16})
     # write_gguf only sizes supported types, so write this one with the gguf package directly
-    w = gguf.GGUFWriter(tmp_path / "q5.gguf", "phi2")
+    w = gguf.GGUFWriter(tmp_path / "bf16.gguf", "phi2")
     for k, v in mf.config.to_gguf_kv().items():
         (w.add_float32 if isinstance(v, float) else w.add_uint32)(k, v)
     for name, data, qt, shape in tensors:
@@ -219,8 +219,8 @@ def test_unsupported_types(quantized, tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(ModelFileError, match=r"ffn_up\.weight has type Q5_0; phi2cpu supports F32, F16, Q8_0, Q4_0"):
-        read_model_file(tmp_path / "q5.gguf")
+    with pytest.raises(ModelFileError, match=r"ffn_up\.weight has type BF16; phi2cpu supports F32, F16, Q4_0, Q8_0"):
+        read_model_file(tmp_path / "bf16.gguf")
     mf, tensors = _tiny_tensors(quantized["f32"], retype={"blk.0.attn_norm.weight": T.Q8_0})
     write_gguf(tmp_path / "nb.gguf", mf.config, tensors, None, 0, {})
     with pytest.raises(ModelFileError, match="attn_norm.weight has type Q8_0; norms and biases must be F32 or F16"):

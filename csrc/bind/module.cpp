@@ -293,6 +293,21 @@ PYBIND11_MODULE(_core, m) {
     m.def("isa", [] { return py::make_tuple(kernels().isa, kernels().reason); },
           "The kernel path in use and why it was chosen.");
     m.def("available_isas", &available_isas, "Kernel paths this build has and this CPU runs.");
+    m.def("types", [] {
+              py::list out;
+              for (const TypeTraits& tt : all_type_traits()) {
+                  py::dict d;
+                  d["id"] = uint32_t(tt.type);
+                  d["name"] = tt.name;
+                  d["block_size"] = tt.block_size;
+                  d["type_size"] = tt.type_size;
+                  d["weight"] = kernels().of(tt.type).vec_dot != nullptr;
+                  d["activations"] = type_traits(tt.vec_dot_type)->name;
+                  out.append(d);
+              }
+              return out;
+          }, "The tensor types the engine knows, in id order: id, name, block_size, type_size, weight (matrices may "
+             "have it), activations (the type a matrix's input is quantized to).");
 
     py::class_<Model>(m, "Model")
         .def(py::init(&make_model), py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_ctx"),

@@ -7,29 +7,46 @@
 #include "kernels/paths.h"
 #include "kernels/ref/ops_ref.h"
 #include "model/errors.h"
-#include "quant/quantize_ref.h"
 
 namespace phi2cpu {
+namespace {
+
+// The scalar kernels of every weight type: the spec each ISA path is tested against.
+const TypeKernelsOverride kRefRows[] = {
+    {GgmlType::F32, vec_dot_f32_f32_ref, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::F16, vec_dot_f16_f32_ref, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::Q4_0, vec_dot_q4_0_q8_0_ref, gemv_q4_0_q8_0_ref, gemm_q4_0_q8_0_ref, nullptr, nullptr},
+    {GgmlType::Q8_0, vec_dot_q8_0_q8_0_ref, gemv_q8_0_q8_0_ref, gemm_q8_0_q8_0_ref, nullptr, nullptr},
+    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::Q5_K, vec_dot_q5_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},
+};
+
+}  // namespace
+
+void Kernels::override_rows(const TypeKernelsOverride* rows, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const TypeKernelsOverride& o = rows[i];
+        TypeKernels& row = types[size_t(o.type)];
+        if (!row.traits) throw std::logic_error("kernel row for a type without traits");
+        if (o.vec_dot) row.vec_dot = o.vec_dot;
+        if (o.gemv) row.gemv = o.gemv;
+        if (o.gemm) row.gemm = o.gemm;
+        if (o.repack) row.repack = o.repack;
+        if (o.from_float) row.from_float = o.from_float;
+    }
+}
 
 Kernels scalar_kernels() {
     Kernels k;
     k.isa = "scalar";
     k.reason = "portable C++ (no SIMD path for this CPU)";
-    k.vec_dot_f32_f32 = vec_dot_f32_f32_ref;
-    k.vec_dot_f16_f32 = vec_dot_f16_f32_ref;
-    k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_ref;
-    k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_ref;
-    k.vec_dot_q4_K_q8_K = vec_dot_q4_K_q8_K_ref;
-    k.vec_dot_q5_K_q8_K = vec_dot_q5_K_q8_K_ref;
-    k.vec_dot_q6_K_q8_K = vec_dot_q6_K_q8_K_ref;
-    k.gemv_q8_0_q8_0 = gemv_q8_0_q8_0_ref;
-    k.gemv_q4_0_q8_0 = gemv_q4_0_q8_0_ref;
-    k.gemm_q8_0_q8_0 = gemm_q8_0_q8_0_ref;
-    k.gemm_q4_0_q8_0 = gemm_q4_0_q8_0_ref;
-    k.repack_q8_0 = nullptr;
-    k.repack_q4_0 = nullptr;
-    k.quantize_row_q8_0 = quantize_row_q8_0_ref;
-    k.quantize_row_q8_K = quantize_row_q8_K_ref;
+    for (const TypeTraits& tt : all_type_traits()) k.types[size_t(tt.type)].traits = &tt;
+    // every activation type quantizes with its reference quantizer
+    for (const TypeTraits& tt : all_type_traits())
+        if (tt.vec_dot_type != GgmlType::F32)
+            k.types[size_t(tt.vec_dot_type)].from_float = type_traits(tt.vec_dot_type)->quantize;
+    k.override_rows(kRefRows);
     k.gemm_f32_panel16 = gemm_f32_panel16_ref;
     k.layernorm_f32 = layernorm_f32_ref;
     k.gelu_new_f32 = gelu_new_f32_ref;
@@ -64,45 +81,10 @@ Kernels choose() {
 
 }  // namespace
 
-vec_dot_fn Kernels::vec_dot_for(GgmlType t) const {
-    switch (t) {
-        case GgmlType::F32: return vec_dot_f32_f32;
-        case GgmlType::F16: return vec_dot_f16_f32;
-        case GgmlType::Q8_0: return vec_dot_q8_0_q8_0;
-        case GgmlType::Q4_0: return vec_dot_q4_0_q8_0;
-        case GgmlType::Q4_K: return vec_dot_q4_K_q8_K;
-        case GgmlType::Q5_K: return vec_dot_q5_K_q8_K;
-        case GgmlType::Q6_K: return vec_dot_q6_K_q8_K;
-        case GgmlType::Q8_K: return nullptr;  // an activation type only
-    }
-    return nullptr;
-}
-
 void Kernels::quantize_activations(GgmlType act_type, const float* x, void* y, int64_t n) const {
-    if (act_type == GgmlType::Q8_K)
-        quantize_row_q8_K(x, static_cast<block_q8_K*>(y), n);
-    else if (act_type == GgmlType::Q8_0)
-        quantize_row_q8_0(x, static_cast<block_q8_0*>(y), n);
-    else
-        throw std::logic_error("no activation quantizer for this type");
-}
-
-gemv_fn Kernels::gemv_for(GgmlType t) const {
-    if (t == GgmlType::Q8_0) return gemv_q8_0_q8_0;
-    if (t == GgmlType::Q4_0) return gemv_q4_0_q8_0;
-    return nullptr;
-}
-
-gemm_fn Kernels::gemm_for(GgmlType t) const {
-    if (t == GgmlType::Q8_0) return gemm_q8_0_q8_0;
-    if (t == GgmlType::Q4_0) return gemm_q4_0_q8_0;
-    return nullptr;
-}
-
-repack_fn Kernels::repack_for(GgmlType t) const {
-    if (t == GgmlType::Q8_0) return repack_q8_0;
-    if (t == GgmlType::Q4_0) return repack_q4_0;
-    return nullptr;
+    const quantize_row_fn f = of(act_type).from_float;
+    if (!f) throw std::logic_error("no activation quantizer for this type");
+    f(x, y, n);
 }
 
 const Kernels& kernels() {

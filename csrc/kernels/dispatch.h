@@ -1,4 +1,8 @@
 // The kernel table for this CPU, chosen once (PHI2CPU_ISA=... forces a path).
+//
+// One row per tensor type, indexed by its GGML id: the format (quant/traits.h) and this path's
+// kernels for it. The scalar path fills every row with the _ref kernels; an ISA path starts from
+// that table and overrides only the entries it has kernels for (paths_<arch>.cpp).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -7,6 +11,7 @@
 
 #include "kernels/repack.h"
 #include "quant/blocks.h"
+#include "quant/traits.h"
 
 namespace phi2cpu {
 
@@ -17,26 +22,33 @@ using gemv_fn = void (*)(int64_t n, int64_t n_rows, const void* w, size_t row_by
 using gemm_fn = void (*)(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy);
 
+// A type's kernels on one path. Its activations are traits->vec_dot_type blocks.
+struct TypeKernels {
+    const TypeTraits* traits = nullptr;  // nullptr: the engine does not know the type
+    vec_dot_fn vec_dot = nullptr;        // one weight row . one activation row; nullptr: not a weight type
+    gemv_fn gemv = nullptr;              // several rows . one activation row; nullptr: loops over vec_dot
+    gemm_fn gemm = nullptr;              // prefill GEMM; nullptr: f32 panels of dequantized rows
+    // Load-time weight layout: where set, gemv and gemm read rows it has repacked (vec_dot is never
+    // given such rows); nullptr keeps the GGUF blocks. A row with a repack has a gemv and a gemm.
+    repack_fn repack = nullptr;
+    quantize_row_fn from_float = nullptr;  // activation types: an f32 row to these blocks
+};
+
+// An ISA path's override of one row: each non-null entry replaces the row's entry.
+struct TypeKernelsOverride {
+    GgmlType type;
+    vec_dot_fn vec_dot;
+    gemv_fn gemv;
+    gemm_fn gemm;
+    repack_fn repack;
+    quantize_row_fn from_float;
+};
+
 struct Kernels {
     const char* isa;     // "scalar", ...
     std::string reason;  // why this path was chosen
-    vec_dot_fn vec_dot_f32_f32;
-    vec_dot_fn vec_dot_f16_f32;
-    vec_dot_fn vec_dot_q8_0_q8_0;
-    vec_dot_fn vec_dot_q4_0_q8_0;
-    vec_dot_fn vec_dot_q4_K_q8_K;
-    vec_dot_fn vec_dot_q5_K_q8_K;
-    vec_dot_fn vec_dot_q6_K_q8_K;
-    gemv_fn gemv_q8_0_q8_0;
-    gemv_fn gemv_q4_0_q8_0;
-    gemm_fn gemm_q8_0_q8_0;
-    gemm_fn gemm_q4_0_q8_0;
-    // Load-time weight layouts: where one is set, that type's gemv and gemm read rows it has
-    // repacked (the dot kernels are never given such rows); nullptr keeps the GGUF blocks.
-    repack_fn repack_q8_0;
-    repack_fn repack_q4_0;
-    void (*quantize_row_q8_0)(const float* x, block_q8_0* y, int64_t n);
-    void (*quantize_row_q8_K)(const float* x, block_q8_K* y, int64_t n);
+    TypeKernels types[kTypeCount];
+
     void (*gemm_f32_panel16)(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
                              int64_t ldy, bool accumulate);
     void (*layernorm_f32)(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);
@@ -46,13 +58,11 @@ struct Kernels {
     void (*attn_head_f32)(int head_dim, int n_kv, const float* q, const float* k, const float* v,
                           int64_t kv_stride, float scale, float* scores, float* out);
 
-    // The dot product for a weight type (its activations are traits.vec_dot_type).
-    vec_dot_fn vec_dot_for(GgmlType weight_type) const;
-    // Multi-row and integer-GEMM kernels for a weight type, or nullptr where there are none.
-    gemv_fn gemv_for(GgmlType weight_type) const;
-    gemm_fn gemm_for(GgmlType weight_type) const;
-    repack_fn repack_for(GgmlType weight_type) const;
-    // Quantizes one activation row of n floats to `act_type` blocks (Q8_0 or Q8_K) at y.
+    const TypeKernels& of(GgmlType t) const { return types[size_t(t)]; }
+    void override_rows(const TypeKernelsOverride* rows, size_t n);
+    template <size_t N>
+    void override_rows(const TypeKernelsOverride (&rows)[N]) { override_rows(rows, N); }
+    // Quantizes one activation row of n floats to `act_type` blocks at y.
     void quantize_activations(GgmlType act_type, const float* x, void* y, int64_t n) const;
 };
 

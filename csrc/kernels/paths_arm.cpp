@@ -8,23 +8,26 @@
 #endif
 
 namespace phi2cpu {
+namespace {
+
+// {type, vec_dot, gemv, gemm, repack, from_float}; nullptr keeps the scalar entry. The gemv/gemm
+// read the GGUF blocks (no repack).
+const TypeKernelsOverride kNeonRows[] = {
+    {GgmlType::F32, vec_dot_f32_f32_neon, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::F16, vec_dot_f16_f32_neon, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::Q4_0, vec_dot_q4_0_q8_0_neon, gemv_q4_0_q8_0_neon, gemm_q4_0_q8_0_neon, nullptr, nullptr},
+    {GgmlType::Q8_0, vec_dot_q8_0_q8_0_neon, gemv_q8_0_q8_0_neon, gemm_q8_0_q8_0_neon, nullptr,
+     quantize_as<block_q8_0, quantize_row_q8_0_neon>},
+};
+
+}  // namespace
 
 void add_isa_paths(std::vector<Kernels>& paths) {
     if (!(getauxval(AT_HWCAP) & HWCAP_ASIMDDP)) return;
     Kernels k = scalar_kernels();
     k.isa = "neon";
     k.reason = "best path for this CPU: NEON with the dot-product extension (HWCAP ASIMDDP)";
-    k.vec_dot_f32_f32 = vec_dot_f32_f32_neon;
-    k.vec_dot_f16_f32 = vec_dot_f16_f32_neon;
-    k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_neon;
-    k.vec_dot_q4_0_q8_0 = vec_dot_q4_0_q8_0_neon;
-    k.quantize_row_q8_0 = quantize_row_q8_0_neon;
-    k.gemv_q8_0_q8_0 = gemv_q8_0_q8_0_neon;
-    k.gemv_q4_0_q8_0 = gemv_q4_0_q8_0_neon;
-    k.gemm_q8_0_q8_0 = gemm_q8_0_q8_0_neon;
-    k.gemm_q4_0_q8_0 = gemm_q4_0_q8_0_neon;
-    // K-quants (Q4_K/Q5_K/Q6_K x Q8_K and the Q8_K quantizer) have no NEON kernels yet: they keep
-    // the scalar _ref entries of scalar_kernels().
+    k.override_rows(kNeonRows);
     k.gemm_f32_panel16 = gemm_f32_panel16_neon;
     k.layernorm_f32 = layernorm_f32_neon;
     k.gelu_new_f32 = gelu_new_f32_neon;

@@ -62,19 +62,19 @@ void load_panel(const Tensor& W, int64_t r0, int64_t k0, int64_t kc, float* rows
         for (int i = 0; i < kPanelRows; i++) panel[k * kPanelRows + i] = rows[i * kc + k];
 }
 
-// Prefill with an integer GEMM kernel (Q4_0/Q8_0 weights): activations are quantized to Q8_0 once,
-// exactly as decoding quantizes them, and each thread takes a few large row ranges (the kernel
-// packs its rows into panels and prepares per-block activation sums once per call).
+// Prefill with the type's GEMM kernel: activations are quantized once, exactly as decoding
+// quantizes them, and each thread takes a few large row ranges (a kernel may pack its rows into
+// panels and prepare per-block activation sums once per call).
 void matmul_qgemm(gemm_fn gemm, const Tensor& W, const float* bias, const float* x, int64_t n_tok, float* y,
                   int64_t y_stride, ThreadPool& pool, std::vector<uint8_t>& scratch) {
     const Kernels& k = kernels();
     const int64_t K = W.cols;
-    const size_t qrow = size_t(K / QK8_0) * sizeof(block_q8_0);
+    const GgmlType act = W.tt->vec_dot_type;
+    const size_t qrow = row_bytes(*type_traits(act), K);
     scratch.resize(size_t(n_tok) * qrow);
     uint8_t* xq = scratch.data();
     pool.parallel_for(n_tok, 1, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; t++)
-            k.quantize_row_q8_0(x + t * K, reinterpret_cast<block_q8_0*>(xq + size_t(t) * qrow), K);
+        for (int64_t t = t0; t < t1; t++) k.quantize_activations(act, x + t * K, xq + size_t(t) * qrow, K);
     });
     const int64_t grain = row_grain(W.rows, kQGemmItemsPerThread * pool.size(), kQGemmRowAlign);
     pool.parallel_for(W.rows, grain, [&](int64_t r0, int64_t r1) {
@@ -91,7 +91,7 @@ void matmul_qgemm(gemm_fn gemm, const Tensor& W, const float* bias, const float*
 void matmul_gemm(const Tensor& W, const float* bias, const float* x, int64_t n_tok, float* y, int64_t y_stride,
                  ThreadPool& pool, std::vector<uint8_t>& scratch) {
     const Kernels& k = kernels();
-    if (const gemm_fn gemm = k.gemm_for(W.tt->type)) {
+    if (const gemm_fn gemm = k.of(W.tt->type).gemm) {
         matmul_qgemm(gemm, W, bias, x, n_tok, y, y_stride, pool, scratch);
         return;
     }
@@ -138,7 +138,7 @@ void matmul_gemm(const Tensor& W, const float* bias, const float* x, int64_t n_t
 void matmul_gemv(const Tensor& W, const float* bias, const float* x, int64_t n_tok, float* y, int64_t y_stride,
                  ThreadPool& pool, std::vector<uint8_t>& scratch) {
     const Kernels& k = kernels();
-    const vec_dot_fn dot = k.vec_dot_for(W.tt->type);
+    const vec_dot_fn dot = k.of(W.tt->type).vec_dot;
     const int64_t n = W.cols;
 
     const void* act = x;
@@ -153,7 +153,7 @@ void matmul_gemv(const Tensor& W, const float* bias, const float* x, int64_t n_t
     }
     const uint8_t* a = static_cast<const uint8_t*>(act);
 
-    if (const gemv_fn gemv = k.gemv_for(W.tt->type)) {
+    if (const gemv_fn gemv = k.of(W.tt->type).gemv) {
         const int64_t grain = row_grain(W.rows, kGemvItemsPerThread * pool.size(), kGemvRowAlign);
         pool.parallel_for(W.rows, grain, [&](int64_t r0, int64_t r1) {
             for (int64_t t = 0; t < n_tok; t++) {

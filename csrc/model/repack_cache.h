@@ -32,7 +32,7 @@ public:
     static constexpr uint32_t kFormatVersion = 1;
     static constexpr uint64_t kDataOffset = uint64_t(2) << 20;
 
-    // The cache of these matrices (each to be repacked by `repack_for` of its type) of `file` in `dir`.
+    // The cache of these matrices (each repacked by its type's kernel row) of `file` in `dir`.
     RepackCache(const std::string& dir, const MappedFile& file, const std::vector<Tensor*>& matrices);
 
     const std::string& path() const { return path_; }

@@ -92,7 +92,7 @@ public:
             throw FileError(file_.path() + ": tensor " + name + " has shape " + shape_str(e.shape) +
                             ", expected " + shape_str(shape));
         const TypeTraits* tt = type_traits(e.type);
-        if (!tt || (shape.size() == 2 && !kernels().vec_dot_for(tt->type)))
+        if (!tt || (shape.size() == 2 && !kernels().of(tt->type).vec_dot))
             throw FileError(file_.path() + ": tensor " + name + " has unsupported type " +
                             (tt ? std::string(tt->name) : "id " + std::to_string(e.type)));
         Tensor t;
@@ -179,7 +179,7 @@ Weights Weights::bind(const MappedFile& file, const Config& c, const std::vector
 }
 
 void repack_matrix(const Tensor& t, uint8_t* dst, const MappedFile& file, ThreadPool& pool) {
-    const repack_fn fn = kernels().repack_for(t.tt->type);
+    const repack_fn fn = kernels().of(t.tt->type).repack;
     pool.parallel_for(t.rows, 64, [&](int64_t r0, int64_t r1) {  // 64 rows: whole 4-row groups
         fn(t.cols, r1 - r0, t.data + size_t(r0) * t.row_bytes, dst + size_t(r0) * t.row_bytes);
     });
@@ -192,7 +192,7 @@ RepackReport Weights::repack(const MappedFile& file, ThreadPool& pool, const std
     for (LayerWeights& L : layers)
         for (Tensor* t : {&L.qkv_w, &L.q_w, &L.k_w, &L.v_w, &L.out_w, &L.up_w, &L.down_w}) todo.push_back(t);
     todo.push_back(&output_w);
-    todo.erase(std::remove_if(todo.begin(), todo.end(), [&](Tensor* t) { return !*t || !k.repack_for(t->tt->type); }),
+    todo.erase(std::remove_if(todo.begin(), todo.end(), [&](Tensor* t) { return !*t || !k.of(t->tt->type).repack; }),
                todo.end());
     RepackReport rep;
     if (todo.empty()) return rep;

@@ -1,5 +1,5 @@
 // The model file mapped into memory and typed views of its tensors. Matrices are read in place,
-// unless the kernel path repacks their type at load (Kernels::repack_for): then they are read from a
+// unless their type's kernel row has a load-time repack: then they are read from a
 // repack cache file (model/repack_cache.h) or move to owned memory in the kernels' layout, and the
 // file pages they came from are released.
 #pragma once
@@ -82,7 +82,7 @@ struct LayerWeights {
     Tensor down_w; Vec down_b;        // (n_embd, n_ff), (n_embd)
 };
 
-// Writes matrix t (read from file) in its type's repacked layout (Kernels::repack_for) to dst, in
+// Writes matrix t (read from file) in its type's repacked layout (its kernel row's repack) to dst, in
 // parallel, then releases the file pages it came from.
 void repack_matrix(const Tensor& t, uint8_t* dst, const MappedFile& file, ThreadPool& pool);
 

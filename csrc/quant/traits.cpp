@@ -5,12 +5,6 @@
 namespace phi2cpu {
 namespace {
 
-template <typename Block, void (*F)(const float*, Block*, int64_t)>
-void quantize_as(const float* x, void* y, int64_t n) { F(x, static_cast<Block*>(y), n); }
-
-template <typename Block, void (*F)(const Block*, float*, int64_t)>
-void dequantize_as(const void* x, float* y, int64_t n) { F(static_cast<const Block*>(x), y, n); }
-
 void copy_f32(const float* x, void* y, int64_t n) {
     float* out = static_cast<float*>(y);
     for (int64_t i = 0; i < n; i++) out[i] = x[i];
@@ -47,6 +41,10 @@ const TypeTraits* type_traits(GgmlType t) {
     return nullptr;
 }
 
-const TypeTraits* type_traits(uint32_t raw_type) { return type_traits(static_cast<GgmlType>(raw_type)); }
+const TypeTraits* type_traits(uint32_t raw_type) {
+    return raw_type < kTypeCount ? type_traits(static_cast<GgmlType>(raw_type)) : nullptr;
+}
+
+TypeList all_type_traits() { return {kTraits, sizeof kTraits / sizeof kTraits[0]}; }
 
 }  // namespace phi2cpu

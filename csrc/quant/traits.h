@@ -21,9 +21,27 @@ struct TypeTraits {
     GgmlType vec_dot_type;        // what activations are converted to before the dot product
 };
 
+// GGML type ids are below this; kernel tables are indexed by them.
+constexpr size_t kTypeCount = 40;
+
 // nullptr when the engine does not support the type.
 const TypeTraits* type_traits(GgmlType t);
 const TypeTraits* type_traits(uint32_t raw_type);
+
+// Every type the engine knows, in id order.
+struct TypeList {
+    const TypeTraits* first;
+    size_t count;
+    const TypeTraits* begin() const { return first; }
+    const TypeTraits* end() const { return first + count; }
+};
+TypeList all_type_traits();
+
+// A typed row quantizer / dequantizer as the untyped function of the table.
+template <typename Block, void (*F)(const float*, Block*, int64_t)>
+void quantize_as(const float* x, void* y, int64_t n) { F(x, static_cast<Block*>(y), n); }
+template <typename Block, void (*F)(const Block*, float*, int64_t)>
+void dequantize_as(const void* x, float* y, int64_t n) { F(static_cast<const Block*>(x), y, n); }
 
 inline size_t row_bytes(const TypeTraits& tt, int64_t n) { return size_t(n / tt.block_size) * tt.type_size; }
 

@@ -49,60 +49,124 @@ double abs_dot(const std::vector<float>& a, const std::vector<float>& b) {
     return s;
 }
 
-void test_float_dots(const Kernels& k) {
-    for (int64_t n : {1, 7, 8, 15, 16, 17, 31, 33, 80, 255, 2560, 10241}) {
-        const auto w = randn(n), x = randn(n);
-        std::vector<uint16_t> wh(static_cast<size_t>(n));
-        quantize_row_f16_ref(w.data(), wh.data(), n);
-        std::vector<float> wr(static_cast<size_t>(n));
-        dequantize_row_f16_ref(wh.data(), wr.data(), n);
-        const double s = abs_dot(w, x);
-        check(close(k.vec_dot_f32_f32(n, w.data(), x.data()), vec_dot_f32_f32_ref(n, w.data(), x.data()), s,
-                    test::kDotF32),
-              std::string(k.isa) + " vec_dot_f32_f32 n=" + std::to_string(n));
-        check(close(k.vec_dot_f16_f32(n, wh.data(), x.data()), vec_dot_f16_f32_ref(n, wh.data(), x.data()), s,
-                    test::kDotF16),
-              std::string(k.isa) + " vec_dot_f16_f32 n=" + std::to_string(n));
+using Bytes = std::vector<uint8_t>;
+
+size_t row_size(const TypeTraits& tt, int64_t n) { return row_bytes(tt, n); }
+
+Tolerance tolerance_for(GgmlType t) {
+    if (t == GgmlType::F32) return test::kDotF32;
+    if (t == GgmlType::F16) return test::kDotF16;
+    return test::kDotQuant;
+}
+
+// n_rows rows of n values of type tt: ref-quantized random values with a zero run, an all-positive
+// and an all-negative block where there is room; and, for block formats, every third block replaced
+// by random bytes (any scale field, every quant value of the format, -128 and nibble 0/15 included)
+// whose values are finite and at most 1000 in magnitude.
+Bytes weights_of(const TypeTraits& tt, int64_t n, int64_t n_rows) {
+    auto w = randn(n * n_rows);
+    const int64_t bs = tt.block_size > 1 ? tt.block_size : 32;
+    for (int64_t j = 0; j < std::min<int64_t>(n, bs + bs / 4); j++) w[size_t(j)] = 0.0f;
+    if (n >= 3 * bs)
+        for (int64_t j = 0; j < bs; j++) {
+            w[size_t(bs + j)] = std::fabs(w[size_t(bs + j)]) + 1;
+            w[size_t(2 * bs + j)] = -std::fabs(w[size_t(2 * bs + j)]);
+        }
+    Bytes q(row_size(tt, n) * size_t(n_rows));
+    tt.quantize(w.data(), q.data(), n * n_rows);
+    if (tt.block_size == 1) return q;
+    std::uniform_int_distribution<int> byte(0, 255);
+    std::vector<float> v(size_t(tt.block_size));
+    const int64_t n_blocks = n * n_rows / tt.block_size;
+    for (int64_t b = 1; b < n_blocks; b += 3) {
+        uint8_t* blk = q.data() + size_t(b) * tt.type_size;
+        for (int tries = 0; tries < 1000; tries++) {
+            for (size_t i = 0; i < tt.type_size; i++) blk[i] = uint8_t(byte(g_rng));
+            tt.dequantize(blk, v.data(), tt.block_size);
+            bool ok = true;
+            for (float x : v) ok = ok && std::isfinite(x) && std::fabs(x) <= 1000.0f;
+            if (ok) break;
+        }
+    }
+    return q;
+}
+
+// n_tok activation rows of n values as the scalar path quantizes them to `act` (f32 rows for F32):
+// random values, and in row 0 an alternating full-range run (+-127 and -128 quants).
+Bytes activations_of(const Kernels& ref, GgmlType act, int64_t n, int64_t n_tok) {
+    auto x = randn(n * n_tok, 3.0f);
+    for (int64_t i = 0; i < std::min<int64_t>(n, 64); i++) x[size_t(i)] = i == 0 ? -50.0f : (i % 2 ? 49.6f : -49.6f);
+    const TypeTraits& at = *type_traits(act);
+    Bytes q(row_size(at, n) * size_t(n_tok));
+    if (act == GgmlType::F32)
+        std::memcpy(q.data(), x.data(), q.size());
+    else
+        for (int64_t t = 0; t < n_tok; t++) ref.quantize_activations(act, x.data() + t * n, q.data() + t * row_size(at, n), n);
+    return q;
+}
+
+std::vector<float> dequantized(const TypeTraits& tt, const uint8_t* q, int64_t n) {
+    std::vector<float> out(static_cast<size_t>(n));
+    tt.dequantize(q, out.data(), n);
+    return out;
+}
+
+// Row lengths for a type's dot products: odd lengths for float rows, 1..321 blocks otherwise.
+std::vector<int64_t> dot_lengths(const TypeTraits& tt) {
+    if (tt.block_size == 1) return {1, 7, 8, 15, 16, 17, 31, 33, 80, 255, 2560, 10241};
+    std::vector<int64_t> out;
+    for (int64_t nb : {1, 2, 3, 5, 11, 41, 80, 321}) out.push_back(nb * tt.block_size);
+    return out;
+}
+
+// Every weight type's dot on this path against the scalar one, and (on the scalar path) the scalar
+// dot against the f32 dot of the dequantized operands, which ties the kernels to the block layouts.
+void test_dots(const Kernels& k, const Kernels& ref) {
+    for (const TypeTraits& tt : all_type_traits()) {
+        const TypeKernels& row = k.of(tt.type);
+        if (!row.vec_dot) continue;
+        const TypeTraits& at = *type_traits(tt.vec_dot_type);
+        const std::string name = std::string(k.isa) + " vec_dot " + tt.name + " x " + at.name;
+        for (int64_t n : dot_lengths(tt)) {
+            const Bytes w = weights_of(tt, n, 1), x = activations_of(ref, at.type, n, 1);
+            const auto wd = dequantized(tt, w.data(), n), xd = dequantized(at, x.data(), n);
+            double exact = 0;
+            for (int64_t i = 0; i < n; i++) exact += double(wd[size_t(i)]) * xd[size_t(i)];
+            const double s = abs_dot(wd, xd);
+            const float want = ref.of(tt.type).vec_dot(n, w.data(), x.data());
+            const float got = row.vec_dot(n, w.data(), x.data());
+            const std::string sz = " n=" + std::to_string(n);
+            if (&k == &ref)
+                check(close(want, exact, s, tolerance_for(tt.type)), name + " equals the dequantized dot" + sz);
+            check(std::isfinite(got) && close(got, want, s, tolerance_for(tt.type)), name + sz);
+        }
     }
 }
 
-void test_quant_dots(const Kernels& k) {
-    for (int64_t n : {32, 64, 96, 160, 2560, 10240 + 32}) {
-        auto w = randn(n), x = randn(n, 3.0f);
-        w[0] = 0.0f;  // an all-zero block must give zero, not NaN
-        for (int j = 0; j < 32 && n > 64; j++) w[size_t(32 + j)] = 0.0f;
-        std::vector<block_q8_0> w8(size_t(n / 32)), x8(size_t(n / 32)), x8k(size_t(n / 32));
-        std::vector<block_q4_0> w4(size_t(n / 32));
-        quantize_row_q8_0_ref(w.data(), w8.data(), n);
-        quantize_row_q4_0_ref(w.data(), w4.data(), n);
-        quantize_row_q8_0_ref(x.data(), x8.data(), n);
-        const double s = abs_dot(w, x);
-        const std::string sz = " n=" + std::to_string(n);
-        check(close(k.vec_dot_q8_0_q8_0(n, w8.data(), x8.data()), vec_dot_q8_0_q8_0_ref(n, w8.data(), x8.data()), s,
-                    test::kDotQ8),
-              std::string(k.isa) + " vec_dot_q8_0_q8_0" + sz);
-        check(close(k.vec_dot_q4_0_q8_0(n, w4.data(), x8.data()), vec_dot_q4_0_q8_0_ref(n, w4.data(), x8.data()), s,
-                    test::kDotQ4),
-              std::string(k.isa) + " vec_dot_q4_0_q8_0" + sz);
-
-        // activation quantizer: the same bytes as the reference, ties included, so every path
-        // feeds the integer dot products identical values
-        if (n >= 64) {  // block 1 gets scale 1 (amax 127) and exact .5 ties, both signs
-            for (int j = 0; j < 32; j++) x[size_t(32 + j)] = float(j % 2 ? j : -j) + 0.5f;
-            x[63] = 127.0f;
+// Every activation quantizer of this path gives the reference's bytes: random rows, exact .5 ties
+// of both signs at scale 1, a repeated extreme of either sign, an all-zero block, and one huge value.
+void test_activation_quantizers(const Kernels& k, const Kernels& ref) {
+    for (const TypeTraits& at : all_type_traits()) {
+        const quantize_row_fn f = k.of(at.type).from_float;
+        if (!f || at.type == GgmlType::F32) continue;
+        for (int64_t nb : {1, 2, 5, 10}) {
+            const int64_t n = nb * QK_K;  // whole blocks of every activation type
+            auto x = randn(n, 2.0f);
+            if (nb > 1) {
+                for (int i = 0; i < QK_K; i++) x[size_t(QK_K + i)] = float((i % 2 ? 1 : -1) * (i % 100)) + 0.5f;
+                x[size_t(QK_K + 7)] = -128.0f;
+                x[size_t(QK_K + 9)] = 128.0f;  // same magnitude, later: the first one sets the scale
+                for (int j = 0; j < 32; j++) x[size_t(QK_K + 32 + j)] = float(j % 2 ? j : -j) + 0.5f;
+                x[size_t(QK_K + 63)] = 127.0f;  // a 32-block at scale 1 with ties
+            }
+            if (nb > 2) std::fill(x.begin() + 2 * QK_K, x.begin() + 3 * QK_K, 0.0f);
+            if (nb > 3) x[size_t(3 * QK_K + 255)] = 1e30f;  // the rest of its block rounds to zero
+            Bytes a(row_size(at, n), 0x55), b(row_size(at, n), 0xaa);
+            ref.of(at.type).from_float(x.data(), a.data(), n);
+            f(x.data(), b.data(), n);
+            check(a == b, std::string(k.isa) + " quantize activations " + at.name + " n=" + std::to_string(n));
         }
-        quantize_row_q8_0_ref(x.data(), x8.data(), n);
-        k.quantize_row_q8_0(x.data(), x8k.data(), n);
-        check(std::memcmp(x8.data(), x8k.data(), x8.size() * sizeof(block_q8_0)) == 0,
-              std::string(k.isa) + " quantize_row_q8_0" + sz);
     }
-    // extreme block: -128 weights (legal in a file) at full activation range
-    std::vector<block_q8_0> w8(1), x8(1);
-    w8[0].d = fp32_to_fp16(1.0f);
-    x8[0].d = fp32_to_fp16(1.0f);
-    for (int j = 0; j < 32; j++) { w8[0].qs[j] = -128; x8[0].qs[j] = int8_t(j % 2 ? 127 : -127); }
-    check(k.vec_dot_q8_0_q8_0(32, w8.data(), x8.data()) == vec_dot_q8_0_q8_0_ref(32, w8.data(), x8.data()),
-          std::string(k.isa) + " vec_dot_q8_0_q8_0 extreme values");
 }
 
 // Repacking (scales first, rows in groups of 4) moves every byte and nothing else: reading block b
@@ -131,169 +195,69 @@ void test_repack() {
         }
 }
 
-// Multi-row GEMV and integer GEMM (Q8_0 / Q4_0 weights, Q8_0 activations) against the reference
-// dot, row by row: row counts around the 4-, 8- and 16-row tiles, token counts around the 6- and
-// 8-token tiles, K past one 80-block cache chunk, extreme quants (-128 weights, nibbles 0 and 15, activations
-// +-127), and output padding that must stay untouched.
-void test_multirow(const Kernels& k) {
-    for (int64_t K : {32, 96, 2560, 3232}) {
-        for (int64_t R : {1, 3, 4, 5, 8, 9, 13, 16, 17, 33}) {
-            const int64_t nb = K / 32;
-            auto w = randn(R * K);
-            for (int j = 0; j < 32; j++) w[size_t(j)] = 0.0f;  // an all-zero block
-            std::vector<block_q8_0> w8(size_t(R * nb));
-            std::vector<block_q4_0> w4(size_t(R * nb));
-            quantize_row_q8_0_ref(w.data(), w8.data(), R * K);
-            quantize_row_q4_0_ref(w.data(), w4.data(), R * K);
-            if (R > 1) {  // row 1, block 0: extremes
-                std::fill(w8[size_t(nb)].qs, w8[size_t(nb)].qs + 32, int8_t(-128));
-                for (int j = 0; j < 16; j++) w4[size_t(nb)].qs[j] = uint8_t(j % 2 ? 0xf0 : 0x0f);
-            }
-            for (int64_t T : {1, 2, 5, 6, 7, 8, 9, 13}) {
-                auto x = randn(T * K, 3.0f);
-                std::vector<block_q8_0> x8(size_t(T * nb));
-                quantize_row_q8_0_ref(x.data(), x8.data(), T * K);
-                for (int j = 0; j < 32; j++) x8[0].qs[j] = int8_t(j % 3 ? -127 : 127);
-                // dequantized operands, for the conditioning sum |w_i x_i| of each dot
-                std::vector<std::vector<float>> xs_f(size_t(T), std::vector<float>(static_cast<size_t>(K)));
-                for (int64_t t = 0; t < T; t++) dequantize_row_q8_0_ref(x8.data() + t * nb, xs_f[size_t(t)].data(), K);
-                std::vector<std::vector<std::vector<float>>> rows_f(2);
-                for (int64_t r = 0; r < R; r++) {
-                    rows_f[0].emplace_back(size_t(K));
-                    rows_f[1].emplace_back(size_t(K));
-                    dequantize_row_q8_0_ref(w8.data() + r * nb, rows_f[0].back().data(), K);
-                    dequantize_row_q4_0_ref(w4.data() + r * nb, rows_f[1].back().data(), K);
+// Multi-row GEMV and GEMM of every weight type that has them, against the reference dot row by row:
+// row counts around the 4-, 8- and 16-row tiles, token counts around the 6- and 8-token tiles, K past
+// one 80-block cache chunk, and output padding that must stay untouched. Where the path repacks the
+// type at load, its gemv and gemm are given repacked rows.
+void test_multirow(const Kernels& k, const Kernels& ref) {
+    for (const TypeTraits& tt : all_type_traits()) {
+        const TypeKernels& row = k.of(tt.type);
+        if (!row.gemv && !row.gemm) continue;
+        const TypeTraits& at = *type_traits(tt.vec_dot_type);
+        const vec_dot_fn dot = ref.of(tt.type).vec_dot;
+        for (int64_t k32 : {1, 3, 80, 101}) {
+            const int64_t K = (k32 * 32 + tt.block_size - 1) / tt.block_size * tt.block_size;
+            const size_t rb = row_size(tt, K), xb = row_size(at, K);
+            for (int64_t R : {1, 3, 4, 5, 8, 9, 13, 16, 17, 33}) {
+                const Bytes w = weights_of(tt, K, R);
+                Bytes packed;
+                const uint8_t* wk = w.data();
+                if (row.repack) {
+                    packed.resize(w.size());
+                    row.repack(K, R, w.data(), packed.data());
+                    wk = packed.data();
                 }
-                const int64_t ldy = R + 3;
-                const std::string sz = " K=" + std::to_string(K) + " rows=" + std::to_string(R) +
-                                       " n_tok=" + std::to_string(T);
-                for (int q = 0; q < 2; q++) {
-                    const void* wq = q ? static_cast<const void*>(w4.data()) : static_cast<const void*>(w8.data());
-                    const size_t rb = size_t(nb) * (q ? sizeof(block_q4_0) : sizeof(block_q8_0));
-                    // the path's gemv/gemm read its load-time layout where it has one
-                    std::vector<uint8_t> packed;
-                    const void* wk = wq;
-                    if (const repack_fn repack = k.repack_for(q ? GgmlType::Q4_0 : GgmlType::Q8_0)) {
-                        packed.resize(size_t(R) * rb);
-                        repack(K, R, wq, packed.data());
-                        wk = packed.data();
-                    }
-                    const vec_dot_fn ref = q ? vec_dot_q4_0_q8_0_ref : vec_dot_q8_0_q8_0_ref;
-                    const gemm_fn gemm = q ? k.gemm_q4_0_q8_0 : k.gemm_q8_0_q8_0;
-                    const gemv_fn gemv = q ? k.gemv_q4_0_q8_0 : k.gemv_q8_0_q8_0;
-                    const Tolerance tol = q ? test::kDotQ4 : test::kDotQ8;
-                    const std::string name = std::string(k.isa) + (q ? " q4_0" : " q8_0");
+                std::vector<std::vector<float>> wd;
+                for (int64_t r = 0; r < R; r++) wd.push_back(dequantized(tt, w.data() + r * rb, K));
+                for (int64_t T : {1, 2, 5, 6, 7, 8, 9, 13}) {
+                    const Bytes x = activations_of(ref, at.type, K, T);
+                    const int64_t ldy = R + 3;
                     std::vector<float> yg(size_t(T * ldy), -7.0f), yv(size_t(T * ldy), -7.0f);
-                    gemm(K, R, wk, rb, T, x8.data(), yg.data(), ldy);
-                    for (int64_t t = 0; t < T; t++) gemv(K, R, wk, rb, x8.data() + t * nb, yv.data() + t * ldy);
+                    if (row.gemm) row.gemm(K, R, wk, rb, T, x.data(), yg.data(), ldy);
+                    if (row.gemv)
+                        for (int64_t t = 0; t < T; t++) row.gemv(K, R, wk, rb, x.data() + t * xb, yv.data() + t * ldy);
                     bool ok_g = true, ok_v = true, pad = true;
                     for (int64_t t = 0; t < T; t++) {
+                        const auto xd = dequantized(at, x.data() + t * xb, K);
                         for (int64_t r = 0; r < R; r++) {
-                            const auto* wr = static_cast<const uint8_t*>(wq) + r * rb;
-                            const float want = ref(K, wr, x8.data() + t * nb);
-                            const double sc = abs_dot(rows_f[size_t(q)][size_t(r)], xs_f[size_t(t)]);
-                            ok_g = ok_g && close(yg[size_t(t * ldy + r)], want, sc, tol);
-                            ok_v = ok_v && close(yv[size_t(t * ldy + r)], want, sc, tol);
+                            const float want = dot(K, w.data() + r * rb, x.data() + t * xb);
+                            const double sc = abs_dot(wd[size_t(r)], xd);
+                            ok_g = ok_g && (!row.gemm || close(yg[size_t(t * ldy + r)], want, sc, tolerance_for(tt.type)));
+                            ok_v = ok_v && (!row.gemv || close(yv[size_t(t * ldy + r)], want, sc, tolerance_for(tt.type)));
                         }
                         for (int64_t r = R; r < ldy; r++)
-                            pad = pad && yg[size_t(t * ldy + r)] == -7.0f && yv[size_t(t * ldy + r)] == -7.0f;
+                            pad = pad && (!row.gemm || yg[size_t(t * ldy + r)] == -7.0f) &&
+                                  (!row.gemv || yv[size_t(t * ldy + r)] == -7.0f);
                     }
-                    check(ok_g, name + " gemm" + sz);
-                    check(ok_v, name + " gemv" + sz);
-                    check(pad, name + " gemm/gemv leave padding alone" + sz);
+                    const std::string sz = std::string(k.isa) + " " + tt.name + " K=" + std::to_string(K) +
+                                           " rows=" + std::to_string(R) + " n_tok=" + std::to_string(T);
+                    check(ok_g, sz + " gemm");
+                    check(ok_v, sz + " gemv");
+                    check(pad, sz + " gemm/gemv leave padding alone");
                 }
             }
         }
     }
 }
 
-// fp16 super-block scales of 1.0 (0x3c00), leaving every other byte as it is.
-void set_unit_scales(block_q4_K& b) { b.d = b.dmin = 0x3c00; }
-void set_unit_scales(block_q5_K& b) { b.d = b.dmin = 0x3c00; }
-void set_unit_scales(block_q6_K& b) { b.d = 0x3c00; }
-
-// K-quant weights (ref-quantized random rows, plus hand-made extreme blocks) against Q8_K
-// activations: every path's dot equals the reference dot, and the reference dot equals the f32 dot
-// of the dequantized operands (which ties the integer kernels to the block layouts).
-template <typename Block>
-void check_kquant_dot(const Kernels& k, const char* name, vec_dot_fn simd, vec_dot_fn ref,
-                      void (*quantize)(const float*, Block*, int64_t),
-                      void (*dequantize)(const Block*, float*, int64_t)) {
-    for (int64_t nb : {1, 3, 5, 11, 41}) {
-        const int64_t n = nb * QK_K;
-        auto w = randn(n), x = randn(n, 3.0f);
-        for (int j = 0; j < 40; j++) w[size_t(j)] = 0.0f;              // a zero run inside a block
-        if (nb > 1) for (int j = 0; j < QK_K; j++) w[size_t(QK_K + j)] = std::fabs(w[size_t(QK_K + j)]) + 1;
-        if (nb > 2) for (int j = 0; j < QK_K; j++) w[size_t(2 * QK_K + j)] = -std::fabs(w[size_t(2 * QK_K + j)]);
-        if (nb > 3) for (int j = 0; j < QK_K; j++) x[size_t(3 * QK_K + j)] = 0.0f;  // all-zero activations
-        std::vector<Block> wq(static_cast<size_t>(nb));
-        std::vector<block_q8_K> xq(static_cast<size_t>(nb));
-        quantize(w.data(), wq.data(), n);
-        quantize_row_q8_K_ref(x.data(), xq.data(), n);
-        std::vector<float> wd(static_cast<size_t>(n)), xd(static_cast<size_t>(n));
-        dequantize(wq.data(), wd.data(), n);
-        dequantize_row_q8_K_ref(xq.data(), xd.data(), n);
-        double exact = 0;
-        for (int64_t i = 0; i < n; i++) exact += double(wd[size_t(i)]) * xd[size_t(i)];
-        const double s = abs_dot(wd, xd) + abs_dot(w, x);
-        const float r = ref(n, wq.data(), xq.data());
-        const std::string sz = " n=" + std::to_string(n);
-        if (k.isa == std::string("scalar"))
-            check(close(r, exact, s, test::kDotQK), std::string(name) + "_ref equals the dequantized dot" + sz);
-        check(close(simd(n, wq.data(), xq.data()), r, s, test::kDotQK), std::string(k.isa) + " " + name + sz);
-    }
-    // extreme block: every weight byte 0xff (largest values and scales), activations at -128
-    std::vector<Block> wq(2);
-    std::memset(wq.data(), 0xff, wq.size() * sizeof(Block));
-    for (auto& b : wq) set_unit_scales(b);
-    std::vector<block_q8_K> xq(2);
-    for (auto& b : xq) {
-        b.d = 1.0f;
-        for (int i = 0; i < QK_K; i++) b.qs[i] = -128;
-        for (int j = 0; j < QK_K / 16; j++) b.bsums[j] = -128 * 16;
-    }
-    std::vector<float> wd(2 * QK_K), xd(2 * QK_K);
-    dequantize(wq.data(), wd.data(), 2 * QK_K);
-    dequantize_row_q8_K_ref(xq.data(), xd.data(), 2 * QK_K);
-    const float r = ref(2 * QK_K, wq.data(), xq.data());
-    check(std::isfinite(r) && close(simd(2 * QK_K, wq.data(), xq.data()), r, abs_dot(wd, xd), test::kDotQK),
-          std::string(k.isa) + " " + name + " extreme values");
-}
-
-void test_kquant_dots(const Kernels& k) {
-    check_kquant_dot<block_q4_K>(k, "vec_dot_q4_K_q8_K", k.vec_dot_q4_K_q8_K, vec_dot_q4_K_q8_K_ref,
-                                 quantize_row_q4_K_ref, dequantize_row_q4_K_ref);
-    check_kquant_dot<block_q5_K>(k, "vec_dot_q5_K_q8_K", k.vec_dot_q5_K_q8_K, vec_dot_q5_K_q8_K_ref,
-                                 quantize_row_q5_K_ref, dequantize_row_q5_K_ref);
-    check_kquant_dot<block_q6_K>(k, "vec_dot_q6_K_q8_K", k.vec_dot_q6_K_q8_K, vec_dot_q6_K_q8_K_ref,
-                                 quantize_row_q6_K_ref, dequantize_row_q6_K_ref);
-
-    // the activation quantizer: identical bytes to the reference, ties, signs and zero blocks included
-    for (int64_t nb : {1, 2, 5, 10}) {
-        const int64_t n = nb * QK_K;
-        auto x = randn(n, 2.0f);
-        if (nb > 1) {  // block 1: largest value -128 (scale 1), exact .5 ties of both signs, a repeated extreme
-            for (int i = 0; i < QK_K; i++) x[size_t(QK_K + i)] = float((i % 2 ? 1 : -1) * (i % 100)) + 0.5f;
-            x[size_t(QK_K + 7)] = -128.0f;
-            x[size_t(QK_K + 9)] = 128.0f;   // same magnitude, later: the first one sets the scale
-        }
-        if (nb > 2) std::fill(x.begin() + 2 * QK_K, x.begin() + 3 * QK_K, 0.0f);
-        if (nb > 3) x[size_t(3 * QK_K + 255)] = 1e30f;  // one huge value: the rest round to zero
-        std::vector<block_q8_K> a(static_cast<size_t>(nb)), b(static_cast<size_t>(nb));
-        std::memset(a.data(), 0x55, a.size() * sizeof(block_q8_K));
-        std::memset(b.data(), 0xaa, b.size() * sizeof(block_q8_K));
-        quantize_row_q8_K_ref(x.data(), a.data(), n);
-        k.quantize_row_q8_K(x.data(), b.data(), n);
-        check(std::memcmp(a.data(), b.data(), a.size() * sizeof(block_q8_K)) == 0,
-              std::string(k.isa) + " quantize_row_q8_K n=" + std::to_string(n));
-        bool sums_ok = true;
-        for (const auto& blk : a)
-            for (int j = 0; j < QK_K / 16; j++) {
-                int s = 0;
-                for (int i = 0; i < 16; i++) s += blk.qs[16 * j + i];
-                sums_ok &= s == blk.bsums[j];
-            }
-        check(sums_ok, std::string(k.isa) + " quantize_row_q8_K bsums n=" + std::to_string(n));
+// A row with a repack must have the gemv and gemm that read it.
+void test_rows_consistent(const Kernels& k) {
+    for (const TypeTraits& tt : all_type_traits()) {
+        const TypeKernels& row = k.of(tt.type);
+        check(row.traits == &tt, std::string(k.isa) + " " + tt.name + " row has its traits");
+        if (row.repack) check(row.gemv && row.gemm, std::string(k.isa) + " " + tt.name + " repack has gemv and gemm");
+        if (row.vec_dot) check(k.of(tt.vec_dot_type).from_float || tt.vec_dot_type == GgmlType::F32,
+                               std::string(k.isa) + " " + tt.name + " activations have a quantizer");
     }
 }
 
@@ -392,12 +356,13 @@ void test_elementwise(const Kernels& k) {
 
 int main() {
     std::string names;
-    for (const Kernels& k : runnable_paths()) {
+    const std::vector<Kernels> paths = runnable_paths();
+    for (const Kernels& k : paths) {
         names += std::string(names.empty() ? "" : ", ") + k.isa;
-        test_float_dots(k);
-        test_quant_dots(k);
-        test_multirow(k);
-        test_kquant_dots(k);
+        test_rows_consistent(k);
+        test_dots(k, paths[0]);
+        test_activation_quantizers(k, paths[0]);
+        test_multirow(k, paths[0]);
         test_gemm(k);
         test_elementwise(k);
     }

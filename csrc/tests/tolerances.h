@@ -8,11 +8,9 @@ struct Tolerance { double abs, rel; };
 
 constexpr Tolerance kDotF32 = {1e-5, 1e-5};    // f32 x f32: reassociation only
 constexpr Tolerance kDotF16 = {1e-5, 1e-5};    // f16 weights converted exactly, f32 sums
-constexpr Tolerance kDotQ8 = {1e-5, 1e-5};     // integer sums are exact; only the scale products move
-constexpr Tolerance kDotQ4 = {1e-5, 1e-5};
-// K-quants x Q8_K: exact integer sub-block sums; per-block float scaling (and the min or offset
-// term, applied once per block) is summed in another order than the reference's.
-constexpr Tolerance kDotQK = {1e-5, 1e-5};
+// Quantized weights x Q8 activations: exact integer (sub-)block sums; per-block float scaling (and
+// a min or offset term, applied once per block) is summed in another order than the reference's.
+constexpr Tolerance kDotQuant = {1e-5, 1e-5};
 constexpr Tolerance kElementwise = {1e-6, 1e-5};  // layernorm, gelu, rope, softmax, attention
 
 }  // namespace phi2cpu::test

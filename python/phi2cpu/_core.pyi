@@ -28,6 +28,10 @@ def isa() -> Tuple[str, str]:
 def available_isas() -> str:
     """Kernel paths this build has and this CPU runs, comma-separated."""
 
+def types() -> List[Dict[str, Any]]:
+    """The tensor types the engine knows, in id order: id, name, block_size, type_size, weight (matrices may
+    have it), activations (the type a matrix's input is quantized to)."""
+
 class Model:
     """A mapped GGUF file, its KV cache and a thread pool."""
 

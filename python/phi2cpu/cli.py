@@ -284,8 +284,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                           epilog=PULL_EXAMPLES)
     pull.add_argument("source", metavar="SOURCE", help="REPO, REPO:QUANT or REPO/FILE.gguf")
     pull.add_argument("--type", type=str.lower, default=None, metavar="TYPE",
-                      choices=["q4_0", "q8_0", "q4_k_m", "q5_k_m", "q6_k", "f16", "f32"],
-                      help="weight type a checkpoint is converted to: q4_0 (the default: our fastest kernel, and "
+                      help="weight type a checkpoint is converted to, one of `phi2cpu quantize`'s: q4_0 (the "
+                           "default: our fastest kernel, and "
                            "the type of Ollama's default phi tag), q4_k_m (the same size class, less quality "
                            "loss), q5_k_m, q6_k, q8_0 (near-lossless, twice the size), f16, f32")
     pull.add_argument("--name", default=None, metavar="NAME",

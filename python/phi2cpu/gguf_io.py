@@ -28,9 +28,8 @@ from .checkpoint import expected_gguf_shapes
 from .config import ARCH, PhiConfig
 from .errors import ModelFileError
 
-# ggml type id -> (name, elements per block, bytes per block)
-SUPPORTED_TYPES = {T.F32: ("F32", 1, 4), T.F16: ("F16", 1, 2), T.Q8_0: ("Q8_0", 32, 34), T.Q4_0: ("Q4_0", 32, 18),
-                   T.Q4_K: ("Q4_K", 256, 144), T.Q5_K: ("Q5_K", 256, 176), T.Q6_K: ("Q6_K", 256, 210)}
+# ggml type id -> (name, elements per block, bytes per block) of every type the engine runs, from _core
+SUPPORTED_TYPES = {T(t["id"]): (t["name"], t["block_size"], t["type_size"]) for t in _core.types() if t["weight"]}
 FLOAT_TYPES = (T.F32, T.F16)
 KEY_TOKENIZER_JSON = "phi2cpu.tokenizer_json"
 KEY_RECIPE = "phi2cpu.quant_recipe"

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -33,45 +34,62 @@ from .checkpoint import HFCheckpoint, expected_gguf_shapes, gguf_tensor_names
 from .errors import ModelFileError, Phi2Error, error_message
 from .gguf_io import Vocab, read_model_file, tensor_nbytes, write_gguf
 
-# --type -> the type of the block matrices and token_embd
-QTYPES = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0,
-          "q4_k_m": T.Q4_K, "q5_k_m": T.Q5_K, "q6_k": T.Q6_K}
-FILE_TYPES = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
-              "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0,
-              "q4_k_m": LlamaFileType.MOSTLY_Q4_K_M, "q5_k_m": LlamaFileType.MOSTLY_Q5_K_M,
-              "q6_k": LlamaFileType.MOSTLY_Q6_K}
-_LM_HEAD = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q8_0,
-            "q4_k_m": T.Q6_K, "q5_k_m": T.Q6_K, "q6_k": T.Q6_K}
-_FFN_DOWN = {"q4_k_m": T.Q6_K, "q5_k_m": T.Q6_K}  # where it differs from the block type
-K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
-QK_K = 256
+# The engine's tensor types by name (block geometry from _core: the one place a type is described).
+TYPES = {t["name"]: t for t in _core.types() if t["weight"]}
+
+
+@dataclass(frozen=True)
+class Mix:
+    """A --type: the type of the block matrices and token_embd, of lm_head, and of ffn_down where it
+    differs (llama.cpp's mixes keep the most error-sensitive matrices at a higher type)."""
+    blocks: str
+    lm_head: str
+    file_type: LlamaFileType
+    ffn_down: str | None = None
+
+
+MIXES = {
+    "f32": Mix("F32", "F32", LlamaFileType.ALL_F32),
+    "f16": Mix("F16", "F16", LlamaFileType.MOSTLY_F16),
+    "q8_0": Mix("Q8_0", "Q8_0", LlamaFileType.MOSTLY_Q8_0),
+    "q4_0": Mix("Q4_0", "Q8_0", LlamaFileType.MOSTLY_Q4_0),
+    "q4_k_m": Mix("Q4_K", "Q6_K", LlamaFileType.MOSTLY_Q4_K_M, ffn_down="Q6_K"),
+    "q5_k_m": Mix("Q5_K", "Q6_K", LlamaFileType.MOSTLY_Q5_K_M, ffn_down="Q6_K"),
+    "q6_k": Mix("Q6_K", "Q6_K", LlamaFileType.MOSTLY_Q6_K),
+}
+QTYPES = tuple(MIXES)
 LM_HEAD_REASON = ("lm_head is the most error-sensitive matrix; it is kept at Q8_0 (Q6_K in K-quant files, "
                   "F16/F32 in float files)")
 
 
+def _block(type_name: str) -> int:
+    return TYPES[type_name]["block_size"]
+
+
 def recipe_for(qtype: str) -> dict[str, Any]:
-    q = QTYPES[qtype].name
-    recipe = {"qtype": qtype, "blocks": q, "token_embd.weight": q, "output.weight": _LM_HEAD[qtype].name,
+    mix = MIXES[qtype]
+    recipe = {"qtype": qtype, "blocks": mix.blocks, "token_embd.weight": mix.blocks, "output.weight": mix.lm_head,
               "norms_and_biases": "F32", "output.weight_reason": LM_HEAD_REASON}
-    if qtype in _FFN_DOWN:
-        recipe["ffn_down"] = _FFN_DOWN[qtype].name
-    if QTYPES[qtype] in K_QUANTS:
-        recipe["k_quant_fallback"] = f"Q8_0 (F16) for matrices whose rows are not a multiple of {QK_K} (32)"
+    if mix.ffn_down:
+        recipe["ffn_down"] = mix.ffn_down
+    if _block(mix.blocks) > 32:
+        recipe["k_quant_fallback"] = f"Q8_0 (F16) for matrices whose rows are not a multiple of {_block(mix.blocks)} (32)"
     return recipe
 
 
 def tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> T:
     if len(shape) == 1:
         return T.F32
+    mix = MIXES[qtype]
     if name == "output.weight":
-        t = _LM_HEAD[qtype]
+        t = mix.lm_head
     elif name.endswith(".ffn_down.weight"):
-        t = _FFN_DOWN.get(qtype, QTYPES[qtype])
+        t = mix.ffn_down or mix.blocks
     else:
-        t = QTYPES[qtype]
-    if t in K_QUANTS and shape[-1] % QK_K:
-        t = T.Q8_0 if shape[-1] % 32 == 0 else T.F16
-    return t
+        t = mix.blocks
+    if shape[-1] % _block(t):
+        t = "Q8_0" if shape[-1] % 32 == 0 else "F16"
+    return T[t]
 
 
 def _is_gguf(path: Path) -> bool:
@@ -193,7 +211,7 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
             for n in names]
     try:
         with sigterm_raises():  # a terminated run removes its temporary file too
-            write_gguf(out, config, plan, tokenizer, int(FILE_TYPES[qtype]), recipe, name=_model_name(src),
+            write_gguf(out, config, plan, tokenizer, int(MIXES[qtype].file_type), recipe, name=_model_name(src),
                        chat_template=template)
     finally:
         bar.close()
