@@ -1,19 +1,14 @@
-#include <sys/auxv.h>
-
 #include "kernels/arm/ops_arm.h"
 #include "kernels/paths.h"
-
-#ifndef HWCAP_ASIMDDP
-#define HWCAP_ASIMDDP (1 << 20)
-#endif
+#include "platform/platform.h"
 
 namespace phi2cpu {
 
 void add_isa_paths(std::vector<Kernels>& paths) {
-    if (!(getauxval(AT_HWCAP) & HWCAP_ASIMDDP)) return;
+    if (!os::arm_features().dotprod) return;
     Kernels k = scalar_kernels();
     k.isa = "neon";
-    k.reason = "best path for this CPU: NEON with the dot-product extension (HWCAP ASIMDDP)";
+    k.reason = "best path for this CPU: NEON with the dot-product extension (FEAT_DotProd, as the OS reports it)";
     k.vec_dot_f32_f32 = vec_dot_f32_f32_neon;
     k.vec_dot_f16_f32 = vec_dot_f16_f32_neon;
     k.vec_dot_q8_0_q8_0 = vec_dot_q8_0_q8_0_neon;
