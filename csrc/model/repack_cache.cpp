@@ -184,6 +184,7 @@ std::shared_ptr<uint8_t> RepackCache::open(ThreadPool& pool, std::string& note) 
         ok = false;
     }
     if (!ok) {
+        data.reset();  // unmapped first: Windows may refuse to delete a mapped file
         os::remove_file(path_);
         return nullptr;
     }
