@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+WERROR = "-DPHI2CPU_WERROR=ON"  # -Wall -Wextra as errors: the build must stay warning-free
 SANITIZE = "-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
 
 
@@ -26,14 +27,15 @@ def _need(*tools: str) -> None:
         pytest.skip(f"{', '.join(missing)} not installed (Debian: cmake g++ g++-aarch64-linux-gnu qemu-user)")
 
 
-def _build_and_run(build_dir: Path, cmake_args: list[str], runner: list[str], env: dict | None = None) -> str:
-    """Builds test_kernels in build_dir (again only if needed) and runs it; returns its stdout."""
+def _build_and_run(build_dir: Path, cmake_args: list[str], runner: list[str], env: dict | None = None,
+                   target: str = "test_kernels", args: tuple[str, ...] = ()) -> str:
+    """Builds target (a test program) in build_dir (again only if needed) and runs it; returns its stdout."""
     cmd = ["cmake", "-S", str(REPO), "-B", str(build_dir), "-DPHI2CPU_BUILD_TESTS=ON", *cmake_args]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
-    build = subprocess.run(["cmake", "--build", str(build_dir), "--target", "test_kernels", "-j2"],
+    build = subprocess.run(["cmake", "--build", str(build_dir), "--target", target, "-j2"],
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    run = subprocess.run([*runner, str(build_dir / "test_kernels")], capture_output=True, text=True, timeout=600,
+    run = subprocess.run([*runner, str(build_dir / target), *args], capture_output=True, text=True, timeout=600,
                          env={**os.environ, **(env or {})})
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]
@@ -47,8 +49,11 @@ def test_kernels_native(tmp_path):
     # the x86 decode GEMV prefetches on some CPUs and not on others (kernels/x86/cpu_x86.h): both ways,
     # whatever this CPU's default is (the second run finds the build done)
     for prefetch in ("0", "4096"):
-        out = _build_and_run(tmp_path / "native", [], [], env={"PHI2CPU_GEMV_PREFETCH": prefetch})
+        out = _build_and_run(tmp_path / "native", [WERROR], [], env={"PHI2CPU_GEMV_PREFETCH": prefetch})
         assert "scalar" in out
+    # the platform layer (csrc/platform) against what the engine relies on, in a folder of its own
+    (tmp_path / "platform").mkdir()
+    _build_and_run(tmp_path / "native", [WERROR], [], target="test_platform", args=(str(tmp_path / "platform"),))
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +90,13 @@ def test_model_file_corpus_under_sanitizers(sanitized_build):
 def test_kernels_aarch64_neon_under_qemu(tmp_path):
     _need("cmake", "aarch64-linux-gnu-g++", "qemu-aarch64")
     toolchain = REPO / "cmake" / "aarch64-linux-gnu.cmake"
-    out = _build_and_run(tmp_path / "aarch64", [f"-DCMAKE_TOOLCHAIN_FILE={toolchain}"],
+    out = _build_and_run(tmp_path / "aarch64", [f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", WERROR],
                          ["qemu-aarch64", "-cpu", "max"])
     assert "neon" in out, out
+    # a core without the dot-product extension: the OS reports no FEAT_DotProd, so no NEON path is picked
+    out = _build_and_run(tmp_path / "aarch64", [f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", WERROR],
+                         ["qemu-aarch64", "-cpu", "cortex-a53"])
+    assert "kernel paths tested: scalar\n" in out, out
+    (tmp_path / "platform").mkdir()
+    _build_and_run(tmp_path / "aarch64", [f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", WERROR], ["qemu-aarch64", "-cpu", "max"],
+                   target="test_platform", args=(str(tmp_path / "platform"),))

@@ -3,8 +3,9 @@
 # fresh virtual environments, so nothing installed beforehand is tested by mistake:
 #  1. build the sdist, then a wheel from that sdist, repaired by auditwheel into a manylinux wheel;
 #  2. with a compiler: install the sdist, import it, run the bundled demo, and build and run the
-#     C++ kernel tests (csrc/tests: native ISAs, ASan/UBSan, aarch64 under qemu) and the model-file
-#     fuzz corpus replayed through the module built under ASan/UBSan;
+#     C++ kernel and platform tests (csrc/tests: native ISAs, ASan/UBSan, aarch64 under qemu, Clang,
+#     Windows under wine; warnings are errors) and the model-file fuzz corpus replayed through the
+#     module built under ASan/UBSan;
 #  3. without one (tools/without_compilers.sh): install the wheel, binary packages only, and run the
 #     whole suite against that installed package, never this checkout's python/.
 # Needs python3 with venv, a C++ compiler, make and the package index; test assets in ../shared (or
@@ -58,7 +59,7 @@ venv "$work/sdist-venv"
 (cd "$work" && "$work/sdist-venv/bin/python" -c 'import phi2cpu, phi2cpu._core; print("installed:", phi2cpu.__file__)')
 (cd "$work" && "$work/sdist-venv/bin/phi2cpu" run "def fib(n):" --max-tokens 8 && echo)
 set +e
-PATH=$work/sdist-venv/bin:$PATH "$work/sdist-venv/bin/python" -m pytest -rs tests/test_kernels_cpp.py
+PATH=$work/sdist-venv/bin:$PATH "$work/sdist-venv/bin/python" -m pytest -rs tests/test_kernels_cpp.py tests/test_portability.py
 kernels=$(pytest_status $?)
 set -e
 

@@ -1,11 +1,6 @@
-#include <sys/auxv.h>
-
 #include "kernels/arm/ops_arm.h"
 #include "kernels/paths.h"
-
-#ifndef HWCAP_ASIMDDP
-#define HWCAP_ASIMDDP (1 << 20)
-#endif
+#include "platform/platform.h"
 
 namespace phi2cpu {
 namespace {
@@ -23,10 +18,10 @@ const TypeKernelsOverride kNeonRows[] = {
 }  // namespace
 
 void add_isa_paths(std::vector<Kernels>& paths) {
-    if (!(getauxval(AT_HWCAP) & HWCAP_ASIMDDP)) return;
+    if (!os::arm_features().dotprod) return;
     Kernels k = scalar_kernels();
     k.isa = "neon";
-    k.reason = "best path for this CPU: NEON with the dot-product extension (HWCAP ASIMDDP)";
+    k.reason = "best path for this CPU: NEON with the dot-product extension (FEAT_DotProd, as the OS reports it)";
     k.override_rows(kNeonRows);
     k.gemm_f32_panel16 = gemm_f32_panel16_neon;
     k.layernorm_f32 = layernorm_f32_neon;

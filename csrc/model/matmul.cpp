@@ -7,6 +7,7 @@
 
 #include "kernels/dispatch.h"
 #include "kernels/ref/ops_ref.h"
+#include "platform/platform.h"
 
 namespace phi2cpu {
 namespace {
@@ -32,7 +33,7 @@ int64_t row_grain(int64_t rows, int64_t items, int64_t align) {
 }
 
 struct AlignedFree {
-    void operator()(float* p) const { std::free(p); }
+    void operator()(float* p) const { os::free_aligned(p); }
 };
 
 // A per-thread f32 buffer of at least n floats, 64-byte aligned.
@@ -41,7 +42,7 @@ float* thread_buffer(int which, size_t n) {
     thread_local size_t caps[2] = {0, 0};
     if (caps[which] < n) {
         const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
-        bufs[which].reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+        bufs[which].reset(static_cast<float*>(os::alloc_aligned(64, bytes)));
         caps[which] = n;
     }
     return bufs[which].get();

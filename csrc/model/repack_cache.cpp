@@ -1,11 +1,5 @@
 #include "model/repack_cache.h"
 
-#include <dirent.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -16,6 +10,7 @@
 #include "kernels/dispatch.h"
 #include "model/fault_guard.h"
 #include "model/pages.h"
+#include "platform/platform.h"
 
 namespace phi2cpu {
 
@@ -71,34 +66,6 @@ uint64_t get64(const uint8_t* p) { uint64_t v; std::memcpy(&v, p, 8); return v; 
 
 std::string errno_text(const std::string& what) { return what + ": " + std::strerror(errno); }
 
-bool pwrite_all(int fd, const uint8_t* p, size_t n, uint64_t at) {
-    while (n > 0) {
-        const ssize_t k = ::pwrite(fd, p, std::min(n, size_t(1) << 30), off_t(at));
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) {
-            if (k == 0) errno = ENOSPC;
-            return false;
-        }
-        p += k, n -= size_t(k), at += uint64_t(k);
-    }
-    return true;
-}
-
-bool pread_all(int fd, uint8_t* p, size_t n, uint64_t at) {
-    while (n > 0) {
-        const ssize_t k = ::pread(fd, p, n, off_t(at));
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return false;
-        p += k, n -= size_t(k), at += uint64_t(k);
-    }
-    return true;
-}
-
-struct Fd {
-    int fd = -1;
-    ~Fd() { if (fd >= 0) ::close(fd); }
-};
-
 // The parts of a cache file's header (the data after the fixed part is read and checksummed).
 struct Header {
     std::string manifest, source_path;
@@ -106,9 +73,9 @@ struct Header {
 };
 
 // Reads and checks the header; false with `why` when it is not a whole, intact cache header.
-bool read_header(int fd, Header& h, std::string& why) {
+bool read_header(const os::File& f, Header& h, std::string& why) {
     uint8_t fixed[kFixedHeader];
-    if (!pread_all(fd, fixed, kFixedHeader, 0) || std::memcmp(fixed, kMagic, 8) != 0) {
+    if (!f.read_at(fixed, kFixedHeader, 0) || std::memcmp(fixed, kMagic, 8) != 0) {
         why = "not a repack cache file";
         return false;
     }
@@ -123,7 +90,7 @@ bool read_header(int fd, Header& h, std::string& why) {
         return false;
     }
     std::vector<uint8_t> buf(rest);
-    if (!pread_all(fd, buf.data(), rest, kFixedHeader)) {
+    if (!f.read_at(buf.data(), rest, kFixedHeader)) {
         why = "truncated header";
         return false;
     }
@@ -141,23 +108,6 @@ bool read_header(int fd, Header& h, std::string& why) {
 std::string identity_line(const MappedFile::Identity& id) {
     return "source-identity " + std::to_string(id.dev) + " " + std::to_string(id.ino) + " " +
            std::to_string(id.size) + " " + std::to_string(id.mtime_ns) + "\n";
-}
-
-bool make_dirs(const std::string& dir, std::string& why) {
-    for (size_t i = 1; i <= dir.size(); i++) {
-        if (i < dir.size() && dir[i] != '/') continue;
-        const std::string part = dir.substr(0, i);
-        if (::mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) {
-            why = errno_text("cannot create " + part);
-            return false;
-        }
-    }
-    struct stat st;
-    if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-        why = dir + " is not a folder";
-        return false;
-    }
-    return true;
 }
 
 }  // namespace
@@ -178,9 +128,8 @@ uint64_t checksum64(const uint8_t* p, size_t n, ThreadPool& pool) {
 
 RepackCache::RepackCache(const std::string& dir, const MappedFile& file, const std::vector<Tensor*>& matrices)
     : dir_(dir), file_(file), matrices_(matrices) {
-    char* real = ::realpath(file.path().c_str(), nullptr);
-    source_path_ = real ? real : file.path();
-    std::free(real);
+    source_path_ = os::real_path(file.path());
+    if (source_path_.empty()) source_path_ = file.path();
     std::ostringstream m;
     m << "phi2cpu repack cache\nkernels " << kernels().isa << "\nlayout " << kRepackLayoutVersion << "\n"
       << identity_line(file.identity());
@@ -209,24 +158,23 @@ bool RepackCache::verify(const uint8_t* data, const std::vector<uint64_t>& sums,
 }
 
 std::shared_ptr<uint8_t> RepackCache::open(ThreadPool& pool, std::string& note) const {
-    Fd f;
-    f.fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    if (f.fd < 0) {
+    const os::File f(path_, os::File::kRead);
+    if (!f.is_open()) {
         note = errno == ENOENT ? "no cache yet" : errno_text("cannot open " + path_);
         return nullptr;
     }
     Header h;
-    struct stat st;
-    bool ok = read_header(f.fd, h, note);
+    os::FileId st;
+    bool ok = read_header(f, h, note);
     if (ok && (h.manifest != manifest_ || h.sums.size() != matrices_.size())) {
         note = "cache is for another file or kernel layout";
         ok = false;
     }
-    if (ok && (::fstat(f.fd, &st) != 0 || uint64_t(st.st_size) != kDataOffset + data_bytes_)) {
+    if (ok && (!f.id(st) || st.size != kDataOffset + data_bytes_)) {
         note = "cache file has the wrong size (truncated?)";
         ok = false;
     }
-    std::shared_ptr<uint8_t> data = ok ? map_file_huge(f.fd, kDataOffset, data_bytes_) : nullptr;
+    std::shared_ptr<uint8_t> data = ok ? map_file_huge(f, kDataOffset, data_bytes_) : nullptr;
     if (ok && !data) {
         note = errno_text("cannot map " + path_);
         return nullptr;
@@ -236,7 +184,8 @@ std::shared_ptr<uint8_t> RepackCache::open(ThreadPool& pool, std::string& note) 
         ok = false;
     }
     if (!ok) {
-        ::unlink(path_.c_str());
+        data.reset();  // unmapped first: Windows may refuse to delete a mapped file
+        os::remove_file(path_);
         return nullptr;
     }
     // Pages read back after the OS dropped some of them can come in small folios, and a 2 MiB range
@@ -246,10 +195,8 @@ std::shared_ptr<uint8_t> RepackCache::open(ThreadPool& pool, std::string& note) 
     const int64_t huge = huge_page_bytes(data.get());
     if (huge > 0 && double(huge) < 0.9 * double(data_bytes_)) {
         data.reset();
-#ifdef POSIX_FADV_DONTNEED
-        ::posix_fadvise(f.fd, off_t(kDataOffset), off_t(data_bytes_), POSIX_FADV_DONTNEED);
-#endif
-        data = map_file_huge(f.fd, kDataOffset, data_bytes_);
+        f.drop_cached(kDataOffset, data_bytes_);
+        data = map_file_huge(f, kDataOffset, data_bytes_);
         if (!data || !verify(data.get(), h.sums, pool)) {
             note = "cache could not be read again (changed while in use?)";
             return nullptr;
@@ -262,17 +209,16 @@ std::shared_ptr<uint8_t> RepackCache::open(ThreadPool& pool, std::string& note) 
 }
 
 bool RepackCache::write(ThreadPool& pool, std::string& why) const {
-    if (!make_dirs(dir_, why)) return false;
-    const std::string tmp = dir_ + "/." + path_.substr(dir_.size() + 1) + "." + std::to_string(::getpid()) + ".tmp";
-    Fd f;
-    f.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (f.fd < 0) {
+    if (!os::make_dirs(dir_, why)) return false;
+    const std::string tmp = dir_ + "/." + path_.substr(dir_.size() + 1) + "." + std::to_string(os::process_id()) + ".tmp";
+    const os::File f(tmp, os::File::kCreateNew);
+    if (!f.is_open()) {
         why = errno_text("cannot create " + tmp);
         return false;
     }
     auto fail = [&](const std::string& what) {
         why = errno_text(what);
-        ::unlink(tmp.c_str());
+        os::remove_file(tmp);
         return false;
     };
     // The data goes out in whole 2 MiB pieces at 2 MiB offsets (see the file comment): `stage`
@@ -298,16 +244,13 @@ bool RepackCache::write(ThreadPool& pool, std::string& why) const {
         sums.push_back(checksum64(dst, bytes, pool));
         end = offsets_[i] + bytes;
         const size_t whole = (end - flushed) / kHugePage * kHugePage;
-        if (!pwrite_all(f.fd, stage.get(), whole, kDataOffset + flushed)) return fail("cannot write " + tmp);
-#ifdef SYNC_FILE_RANGE_WRITE
-        // start writing back now, so the fsync at the end has less left to wait for
-        ::sync_file_range(f.fd, off_t(kDataOffset + flushed), off_t(whole), SYNC_FILE_RANGE_WRITE);
-#endif
+        if (!f.write_at(stage.get(), whole, kDataOffset + flushed)) return fail("cannot write " + tmp);
+        f.start_writeback(kDataOffset + flushed, whole);  // so the sync at the end has less left to wait for
         std::memmove(stage.get(), stage.get() + whole, end - flushed - whole);
         flushed += whole;
     }
     std::memset(stage.get() + (end - flushed), 0, data_bytes_ - end);
-    if (!pwrite_all(f.fd, stage.get(), data_bytes_ - flushed, kDataOffset + flushed))
+    if (!f.write_at(stage.get(), data_bytes_ - flushed, kDataOffset + flushed))
         return fail("cannot write " + tmp);
     std::string rest = manifest_ + source_path_;
     for (uint64_t s : sums) put64(rest, s);
@@ -322,51 +265,45 @@ bool RepackCache::write(ThreadPool& pool, std::string& why) const {
         errno = EOVERFLOW;
         return fail("repack cache header too large");
     }
-    if (!pwrite_all(f.fd, reinterpret_cast<const uint8_t*>(header.data()), header.size(), 0))
+    if (!f.write_at(header.data(), header.size(), 0))
         return fail("cannot write " + tmp);
-    if (::fsync(f.fd) != 0) return fail("cannot sync " + tmp);
+    if (!f.sync()) return fail("cannot sync " + tmp);
     if (mapping_faulted(file_.data())) {
         why = file_.path() + " shrank while being repacked";
-        ::unlink(tmp.c_str());
+        os::remove_file(tmp);
         return false;
     }
-    if (::rename(tmp.c_str(), path_.c_str()) != 0) return fail("cannot rename " + tmp);
-    Fd d;
-    d.fd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (d.fd >= 0) ::fsync(d.fd);
+    if (!os::rename_file(tmp, path_)) return fail("cannot rename " + tmp);
+    os::sync_dir(dir_);
     return true;
 }
 
 void RepackCache::prune(const std::string& dir, const std::string& keep) {
-    DIR* d = ::opendir(dir.c_str());
-    if (!d) return;
-    std::vector<std::string> doomed;
-    while (const dirent* e = ::readdir(d)) {
-        const std::string name = e->d_name, path = dir + "/" + name;
+    std::vector<std::string> names, doomed;
+    if (!os::list_dir(dir, names)) return;
+    for (const std::string& name : names) {
+        const std::string path = dir + "/" + name;
         if (path == keep) continue;
         if (name.size() > 4 && name[0] == '.' && name.compare(name.size() - 4, 4, ".tmp") == 0) {
             // ".<cache name>.<pid>.tmp": a writer's file; delete it when that process is gone
             const size_t dot = name.rfind('.', name.size() - 5);
             const long pid = dot == std::string::npos ? 0 : std::atol(name.c_str() + dot + 1);
-            if (pid > 0 && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH) doomed.push_back(path);
+            if (pid > 0 && os::process_gone(pid)) doomed.push_back(path);
             continue;
         }
         if (name.size() <= 4 || name.compare(name.size() - 4, 4, ".rpk") != 0) continue;
-        Fd f;
-        f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        const os::File f(path, os::File::kRead);
         Header h;
         std::string why;
-        if (f.fd < 0 || !read_header(f.fd, h, why)) {
-            if (f.fd >= 0) doomed.push_back(path);
+        if (!f.is_open() || !read_header(f, h, why)) {
+            if (f.is_open()) doomed.push_back(path);
             continue;
         }
-        struct stat st;
         MappedFile::Identity id;
-        if (::stat(h.source_path.c_str(), &st) == 0) id = MappedFile::Identity::of(st);
+        if (!os::path_id(h.source_path, id)) id = {};
         if (h.manifest.find("\n" + identity_line(id)) == std::string::npos) doomed.push_back(path);
     }
-    ::closedir(d);
-    for (const std::string& p : doomed) ::unlink(p.c_str());
+    for (const std::string& p : doomed) os::remove_file(p);
 }
 
 }  // namespace phi2cpu

@@ -1,10 +1,5 @@
 #include "model/weights.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
@@ -19,30 +14,18 @@
 
 namespace phi2cpu {
 
-MappedFile::MappedFile(const std::string& path) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) throw FileError(path + ": cannot open: " + std::strerror(errno));
-    struct stat st;
-    if (::fstat(fd_, &st) != 0 || st.st_size <= 0) {
-        ::close(fd_);
-        throw FileError(path + ": empty or unreadable file");
-    }
-    size_ = size_t(st.st_size);
-    id_ = Identity::of(st);
-    addr_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
-    if (addr_ == MAP_FAILED) {
-        const int err = errno;
-        ::close(fd_);
-        addr_ = nullptr;
-        throw FileError(path + ": mmap failed: " + std::strerror(err));
-    }
+MappedFile::MappedFile(const std::string& path) : path_(path), file_(path, os::File::kRead) {
+    if (!file_.is_open()) throw FileError(path + ": cannot open: " + std::strerror(errno));
+    if (!file_.id(id_) || id_.size == 0) throw FileError(path + ": empty or unreadable file");
+    size_ = size_t(id_.size);
+    addr_ = os::map_file(file_, 0, size_);
+    if (!addr_) throw FileError(path + ": mmap failed: " + std::strerror(errno));
     guard_mapping(addr_, size_);
 }
 
 std::string MappedFile::changed() const {
-    struct stat st;
-    if (::fstat(fd_, &st) != 0) return path_ + ": cannot stat the file in use: " + std::strerror(errno);
-    const Identity now = Identity::of(st);
+    Identity now;
+    if (!file_.id(now)) return path_ + ": cannot stat the file in use: " + std::strerror(errno);
     if (mapping_faulted(addr_) || now.size < id_.size)
         return path_ + ": the file shrank while in use (truncated?): load it again";
     if (now.size != id_.size || now.mtime_ns != id_.mtime_ns)
@@ -50,21 +33,11 @@ std::string MappedFile::changed() const {
     return "";
 }
 
-MappedFile::Identity MappedFile::Identity::of(const struct ::stat& st) {
-#ifdef __APPLE__
-    const struct timespec& m = st.st_mtimespec;
-#else
-    const struct timespec& m = st.st_mtim;
-#endif
-    return {uint64_t(st.st_dev), uint64_t(st.st_ino), uint64_t(st.st_size), int64_t(m.tv_sec) * 1000000000 + m.tv_nsec};
-}
-
 void MappedFile::release(const void* p, size_t n) const { drop_pages(p, n); }
 
 MappedFile::~MappedFile() {
     unguard_mapping(addr_);
-    if (addr_) ::munmap(addr_, size_);
-    ::close(fd_);
+    os::unmap_file(addr_, size_);
 }
 
 namespace {

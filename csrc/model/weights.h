@@ -12,9 +12,8 @@
 
 #include "kernels/threadpool.h"
 #include "model/config.h"
+#include "platform/platform.h"
 #include "quant/traits.h"
-
-struct stat;
 
 namespace phi2cpu {
 
@@ -47,11 +46,7 @@ public:
     size_t size() const { return size_; }
     const std::string& path() const { return path_; }
     // What the file was when it was mapped: a repack cache is valid only for this exact file.
-    struct Identity {
-        uint64_t dev = 0, ino = 0, size = 0;
-        int64_t mtime_ns = 0;
-        static Identity of(const struct ::stat& st);
-    };
+    using Identity = os::FileId;
     const Identity& identity() const { return id_; }
     // Drops the resident pages lying wholly inside [p, p + n) (a later read maps them in again).
     void release(const void* p, size_t n) const;
@@ -62,7 +57,7 @@ public:
 
 private:
     std::string path_;
-    int fd_ = -1;  // kept open: fstat tells whether the mapped file changed
+    os::File file_;  // kept open: its id tells whether the mapped file changed
     void* addr_ = nullptr;
     size_t size_ = 0;
     Identity id_;

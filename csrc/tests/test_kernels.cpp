@@ -11,6 +11,7 @@
 
 #include "kernels/dispatch.h"
 #include "kernels/ref/ops_ref.h"
+#include "platform/platform.h"
 #include "quant/fp16.h"
 #include "quant/quantize_ref.h"
 #include "tolerances.h"
@@ -265,7 +266,7 @@ void test_gemm(const Kernels& k) {
     for (int64_t K : {1, 7, 32, 33, 100, 2048}) {
         for (int n_tok : {1, 2, 5, 6, 7, 13}) {
             auto pv = randn(K * kPanelRows);
-            float* panel = static_cast<float*>(std::aligned_alloc(64, size_t((K * kPanelRows * 4 + 63) / 64 * 64)));
+            float* panel = static_cast<float*>(os::alloc_aligned(64, size_t((K * kPanelRows * 4 + 63) / 64 * 64)));
             std::copy(pv.begin(), pv.end(), panel);
             const int64_t ldx = K + 3, ldy = kPanelRows + 5;
             const auto x = randn(n_tok * ldx);
@@ -287,7 +288,7 @@ void test_gemm(const Kernels& k) {
                 check(ok, std::string(k.isa) + " gemm_f32_panel16 K=" + std::to_string(K) + " n_tok=" +
                               std::to_string(n_tok) + (accumulate ? " accumulate" : ""));
             }
-            std::free(panel);
+            os::free_aligned(panel);
         }
     }
 }

@@ -1,3 +1,4 @@
+// model/fault_guard.h on Linux and macOS: a SIGBUS handler.
 #include "model/fault_guard.h"
 
 #include <signal.h>
