@@ -15,7 +15,7 @@ std::string point_name(Point p, int layer) {
 }
 
 Hooks::Hooks(const Config& c)
-    : n_layer_(c.n_layer), n_head_(c.n_head), n_embd_(c.n_embd), n_ff_(c.n_ff),
+    : n_layer_(c.n_layer), n_embd_(c.n_embd), n_ff_(c.n_ff),
       active_(size_t(c.n_layer) * size_t(Point::Count), 0) {}
 
 int64_t Hooks::width(Point p) const { return p == Point::MlpPre || p == Point::MlpPost ? n_ff_ : n_embd_; }

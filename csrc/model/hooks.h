@@ -69,7 +69,7 @@ private:
     int64_t width(Point p) const;
     void check(Point p, int layer) const;
 
-    int n_layer_, n_head_;
+    int n_layer_;
     int64_t n_embd_, n_ff_;
     std::vector<Edit> edits_;
     std::vector<Capture> captures_;
