@@ -176,7 +176,7 @@ float iq4nl_error(const float* x, float d, uint8_t* q) {
 
 }  // namespace
 
-// This project's own encoder: the scale (as stored, in fp16) with the least squared error among
+// This project's own encoder: the scale (as stored, in fp16) with the least squared error among 14
 // candidates that map the largest-magnitude value near either end of the table, each refined once
 // by least squares on its indices.
 void quantize_row_iq4_nl_ref(const float* x, block_iq4_nl* y, int64_t n) {
@@ -189,7 +189,7 @@ void quantize_row_iq4_nl_ref(const float* x, block_iq4_nl* y, int64_t n) {
         uint16_t best_d = 0;
         std::fill(best_q, best_q + 32, uint8_t(8));  // value 1 * d with d = 0: an all-zero block
         if (amax > 0.0f) {
-            for (int t = -8; t <= 8; t++) {
+            for (int t = -3; t <= 3; t++) {
                 for (float end : {-127.0f, 113.0f}) {
                     const float d0 = max / (end + float(t) * (end < 0 ? 2.0f : -2.0f));
                     float d = fp16_to_fp32(fp32_to_fp16(d0));
