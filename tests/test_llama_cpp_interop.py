@@ -1,11 +1,11 @@
 """Our GGUF files load in llama.cpp (through llama-cpp-python), llama.cpp's files load in phi2cpu,
 and both engines compute the same model.
 
-phi2-mini-code (real trained weights) is converted by phi2cpu.quantize to F16, Q8_0, Q4_0 and
-Q4_K_M; each file is run by llama.cpp and by phi2cpu: the tokenizations must be equal, the logits
+phi2-mini-code (real trained weights) is converted by phi2cpu.quantize to F16, Q8_0, Q4_0, Q4_K_M,
+Q5_0, Q4_1, Q5_1 and IQ4_NL; each file is run by llama.cpp and by phi2cpu: the tokenizations must be equal, the logits
 close, and the greedy continuations the same up to a near-tie. The other way round, an F16 file laid
 out as llama.cpp's converter writes it (no phi2cpu.* keys) is quantized by llama.cpp's own
-quantizer to Q4_K_M, Q5_K_M, Q6_K, Q8_0 and Q4_0 (mixed types per tensor: Q6_K attn_v/ffn_down in
+quantizer to Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1 and IQ4_NL (mixed types per tensor: Q6_K attn_v/ffn_down in
 some layers, Q6_K output even in Q4_0 files), and phi2cpu must run those files with the same
 results. Skipped when llama_cpp is not importable.
 """
@@ -38,7 +38,7 @@ N_GREEDY = 16
 
 
 # llama.cpp's file types (enum llama_ftype) for its quantizer
-LLAMA_FTYPES = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "q8_0": 7, "q4_0": 2}
+LLAMA_FTYPES = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "q8_0": 7, "q4_0": 2, "q5_0": 8, "q4_1": 3, "q5_1": 9, "iq4_nl": 25}
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,9 @@ def llama_files(tmp_path_factory, converter_f16):
     return files
 
 
-@pytest.fixture(scope="module", params=["ours-f16", "ours-q8_0", "ours-q4_0", "ours-q4_k_m", "llama-f16",
-                                        "llama-q4_k_m", "llama-q5_k_m", "llama-q6_k", "llama-q4_0"])
+@pytest.fixture(scope="module", params=["ours-f16", "ours-q8_0", "ours-q4_0", "ours-q4_k_m", "ours-q5_0", "ours-q4_1",
+                                        "ours-q5_1", "ours-iq4_nl", "llama-f16", "llama-q4_k_m", "llama-q5_k_m", "llama-q6_k",
+                                        "llama-q4_0", "llama-q5_0", "llama-q4_1", "llama-q5_1", "llama-iq4_nl"])
 def pair(request, tmp_path_factory, mini_dir, llama_files):
     """(qtype, phi2cpu model, llama.cpp model) on the same file: written by phi2cpu.quantize
     ("ours-"), or the converter-style F16 file and llama.cpp's quantizations of it ("llama-")."""
@@ -166,6 +167,8 @@ def test_llama_files_are_mixed_and_plain(llama_files):
         mixes[qtype] = {t.type_name for t in mf.tensors.values() if len(t.shape) == 2}
     assert {"Q4_K", "Q6_K"} <= mixes["q4_k_m"] and {"Q5_K", "Q6_K"} <= mixes["q5_k_m"]
     assert mixes["q6_k"] == {"Q6_K"} and mixes["q4_0"] >= {"Q4_0", "Q6_K"}
+    for legacy in ("q5_0", "q4_1", "q5_1", "iq4_nl"):
+        assert mixes[legacy] == {legacy.upper(), "Q6_K"}, mixes[legacy]
 
 
 def test_llama_files_dequantize_like_gguf_quants(llama_files):
@@ -179,7 +182,7 @@ def test_llama_files_dequantize_like_gguf_quants(llama_files):
             assert np.array_equal(ours.reshape(-1), np.asarray(want, np.float32).reshape(-1)), (qtype, name)
 
 
-@pytest.mark.parametrize("qtype", ["q4_k_m", "q5_k_m", "q6_k", "q4_0"])
+@pytest.mark.parametrize("qtype", ["q4_k_m", "q5_k_m", "q6_k", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl"])
 def test_llama_files_match_reference(llama_files, eval_text, qtype):
     """phi2cpu on llama.cpp's file against the NumPy reference on the same (dequantized) weights."""
     m = phi2cpu.load(llama_files[qtype], threads=2)

@@ -219,7 +219,8 @@ def test_unsupported_types(quantized, tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(ModelFileError, match=r"ffn_up\.weight has type BF16; phi2cpu supports F32, F16, Q4_0, Q8_0"):
+    supported = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL"
+    with pytest.raises(ModelFileError, match=rf"ffn_up\.weight has type BF16; phi2cpu supports {supported}$"):
         read_model_file(tmp_path / "bf16.gguf")
     mf, tensors = _tiny_tensors(quantized["f32"], retype={"blk.0.attn_norm.weight": T.Q8_0})
     write_gguf(tmp_path / "nb.gguf", mf.config, tensors, None, 0, {})
@@ -309,7 +310,8 @@ def test_out_must_not_be_src(quantized, tmp_path, capsys):
 
 @pytest.mark.parametrize("qtype, name", [
     ("f32", "all F32"), ("f16", "F16"), ("q8_0", "Q8_0"), ("q4_0", "Q4_0"), ("q4_k_m", "Q4_K - Medium"),
-    ("q5_k_m", "Q5_K - Medium"), ("q6_k", "Q6_K"),
+    ("q5_k_m", "Q5_K - Medium"), ("q6_k", "Q6_K"), ("q5_0", "Q5_0"), ("q4_1", "Q4_1"), ("q5_1", "Q5_1"),
+    ("iq4_nl", "IQ4_NL - 4.5 bpw"),
 ])
 def test_info_file_type_bits_and_memory(ckpt, tmp_path, capsys, qtype, name):
     from phi2cpu.cli import main as cli_main

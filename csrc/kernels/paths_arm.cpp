@@ -1,5 +1,6 @@
 #include "kernels/arm/ops_arm.h"
 #include "kernels/paths.h"
+#include "kernels/row_loops.h"
 #include "platform/platform.h"
 
 namespace phi2cpu {
@@ -11,8 +12,16 @@ const TypeKernelsOverride kNeonRows[] = {
     {GgmlType::F32, vec_dot_f32_f32_neon, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::F16, vec_dot_f16_f32_neon, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q4_0, vec_dot_q4_0_q8_0_neon, gemv_q4_0_q8_0_neon, gemm_q4_0_q8_0_neon, nullptr, nullptr},
+    {GgmlType::Q4_1, vec_dot_q4_1_q8_0_neon, gemv_rows<vec_dot_q4_1_q8_0_neon>, gemm_rows<vec_dot_q4_1_q8_0_neon>,
+     nullptr, nullptr},
+    {GgmlType::Q5_1, vec_dot_q5_1_q8_0_neon, gemv_rows<vec_dot_q5_1_q8_0_neon>, gemm_rows<vec_dot_q5_1_q8_0_neon>,
+     nullptr, nullptr},
+    {GgmlType::Q5_0, vec_dot_q5_0_q8_0_neon, gemv_rows<vec_dot_q5_0_q8_0_neon>, gemm_rows<vec_dot_q5_0_q8_0_neon>,
+     nullptr, nullptr},
     {GgmlType::Q8_0, vec_dot_q8_0_q8_0_neon, gemv_q8_0_q8_0_neon, gemm_q8_0_q8_0_neon, nullptr,
      quantize_as<block_q8_0, quantize_row_q8_0_neon>},
+    {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_neon, gemv_rows<vec_dot_iq4_nl_q8_0_neon>,
+     gemm_rows<vec_dot_iq4_nl_q8_0_neon>, nullptr, nullptr},
 };
 
 }  // namespace

@@ -1,4 +1,5 @@
 #include "kernels/paths.h"
+#include "kernels/row_loops.h"
 #include "kernels/x86/cpu_x86.h"
 #include "kernels/x86/ops_x86.h"
 
@@ -12,8 +13,16 @@ const TypeKernelsOverride kAvx2Rows[] = {
     // the gemv/gemm of Q4_0 and Q8_0 read scales-first rows
     {GgmlType::Q4_0, vec_dot_q4_0_q8_0_avx2, gemv_q4_0_q8_0_avx2, gemm_q4_0_q8_0_avx2, repack_q4_0_scales_first,
      nullptr},
+    {GgmlType::Q4_1, vec_dot_q4_1_q8_0_avx2, gemv_rows<vec_dot_q4_1_q8_0_avx2>,
+     gemm_rows<vec_dot_q4_1_q8_0_avx2>, nullptr, nullptr},
+    {GgmlType::Q5_1, vec_dot_q5_1_q8_0_avx2, gemv_rows<vec_dot_q5_1_q8_0_avx2>,
+     gemm_rows<vec_dot_q5_1_q8_0_avx2>, nullptr, nullptr},
+    {GgmlType::Q5_0, vec_dot_q5_0_q8_0_avx2, gemv_rows<vec_dot_q5_0_q8_0_avx2>, gemm_rows<vec_dot_q5_0_q8_0_avx2>,
+     nullptr, nullptr},
     {GgmlType::Q8_0, vec_dot_q8_0_q8_0_avx2, gemv_q8_0_q8_0_avx2, gemm_q8_0_q8_0_avx2, repack_q8_0_scales_first,
      quantize_as<block_q8_0, quantize_row_q8_0_avx2>},
+    {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_avx2, gemv_rows<vec_dot_iq4_nl_q8_0_avx2>,
+     gemm_rows<vec_dot_iq4_nl_q8_0_avx2>, nullptr, nullptr},
     {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx2, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx2, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx2, nullptr, nullptr, nullptr, nullptr},
@@ -26,8 +35,16 @@ const TypeKernelsOverride kAvx512Rows[] = {
     {GgmlType::F16, vec_dot_f16_f32_avx512, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q4_0, vec_dot_q4_0_q8_0_avx512vnni, gemv_q4_0_q8_0_avx512vnni, gemm_q4_0_q8_0_avx512vnni, nullptr,
      nullptr},
+    {GgmlType::Q4_1, vec_dot_q4_1_q8_0_avx512vnni, gemv_rows<vec_dot_q4_1_q8_0_avx512vnni>,
+     gemm_rows<vec_dot_q4_1_q8_0_avx512vnni>, nullptr, nullptr},
+    {GgmlType::Q5_1, vec_dot_q5_1_q8_0_avx512vnni, gemv_rows<vec_dot_q5_1_q8_0_avx512vnni>,
+     gemm_rows<vec_dot_q5_1_q8_0_avx512vnni>, nullptr, nullptr},
+    {GgmlType::Q5_0, vec_dot_q5_0_q8_0_avx512vnni, gemv_rows<vec_dot_q5_0_q8_0_avx512vnni>,
+     gemm_rows<vec_dot_q5_0_q8_0_avx512vnni>, nullptr, nullptr},
     {GgmlType::Q8_0, vec_dot_q8_0_q8_0_avx512vnni, gemv_q8_0_q8_0_avx512vnni, gemm_q8_0_q8_0_avx512vnni, nullptr,
      nullptr},
+    {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_avx512vnni, gemv_rows<vec_dot_iq4_nl_q8_0_avx512vnni>,
+     gemm_rows<vec_dot_iq4_nl_q8_0_avx512vnni>, nullptr, nullptr},
     {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},

@@ -6,7 +6,9 @@
 namespace phi2cpu {
 
 // GGML type ids as stored in GGUF tensor infos.
-enum class GgmlType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15 };
+enum class GgmlType : uint32_t {
+    F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, IQ4_NL = 20
+};
 
 constexpr int QK8_0 = 32;
 constexpr int QK4_0 = 32;
@@ -22,6 +24,53 @@ struct block_q4_0 {
     uint8_t qs[QK4_0 / 2];   // low nibbles hold elements 0..15, high nibbles 16..31; value = d*(q-8)
 };
 static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
+
+constexpr int QK5_0 = 32;
+
+// As Q4_0 with a fifth bit per value: bit j of the little-endian 32-bit qh is the high bit of
+// element j (qs nibbles as in Q4_0). value = d * (q - 16), q in 0..31.
+struct block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[QK5_0 / 2];
+};
+static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
+
+// Q4_0 / Q5_0 with a per-block offset: value = d * q + m (q in 0..15, Q5_1: 0..31, laid out as
+// in Q4_0 / Q5_0).
+constexpr int QK4_1 = 32;
+constexpr int QK5_1 = 32;
+
+struct block_q4_1 {
+    uint16_t d;  // fp16 scale
+    uint16_t m;  // fp16 offset (the block's minimum)
+    uint8_t qs[QK4_1 / 2];
+};
+static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
+
+struct block_q5_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qh[4];
+    uint8_t qs[QK5_1 / 2];
+};
+static_assert(sizeof(block_q5_1) == 24, "Q5_1 block is 24 bytes");
+
+// Non-linear 4-bit: value = d * kIQ4NLValues[q], nibbles laid out as in Q4_0.
+constexpr int QK4_NL = 32;
+constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+struct block_iq4_nl {
+    uint16_t d;
+    uint8_t qs[QK4_NL / 2];
+};
+static_assert(sizeof(block_iq4_nl) == 18, "IQ4_NL block is 18 bytes");
+
+// The 4-bit (Q4_0/Q4_1/IQ4_NL) or 5-bit (Q5_0/Q5_1) quant of element j (0..31) of a block.
+inline int nibble_quant(const uint8_t* qs, int j) { return j < 16 ? qs[j] & 15 : qs[j - 16] >> 4; }
+inline int q5_quant(const uint8_t* qh, const uint8_t* qs, int j) {
+    return nibble_quant(qs, j) | (((qh[j / 8] >> (j % 8)) & 1) << 4);
+}
 
 // K-quants: 256-value super-blocks split into sub-blocks that each carry a small integer scale
 // (and, for Q4_K/Q5_K, a min), themselves scaled by the super-block's fp16 d (and dmin).

@@ -10,6 +10,14 @@ void quantize_row_q8_0_ref(const float* x, block_q8_0* y, int64_t n);
 void quantize_row_q4_0_ref(const float* x, block_q4_0* y, int64_t n);
 void dequantize_row_q8_0_ref(const block_q8_0* x, float* y, int64_t n);
 void dequantize_row_q4_0_ref(const block_q4_0* x, float* y, int64_t n);
+void quantize_row_q5_0_ref(const float* x, block_q5_0* y, int64_t n);
+void dequantize_row_q5_0_ref(const block_q5_0* x, float* y, int64_t n);
+void quantize_row_q4_1_ref(const float* x, block_q4_1* y, int64_t n);
+void quantize_row_q5_1_ref(const float* x, block_q5_1* y, int64_t n);
+void dequantize_row_q4_1_ref(const block_q4_1* x, float* y, int64_t n);
+void dequantize_row_q5_1_ref(const block_q5_1* x, float* y, int64_t n);
+void quantize_row_iq4_nl_ref(const float* x, block_iq4_nl* y, int64_t n);
+void dequantize_row_iq4_nl_ref(const block_iq4_nl* x, float* y, int64_t n);
 void quantize_row_f16_ref(const float* x, uint16_t* y, int64_t n);
 void dequantize_row_f16_ref(const uint16_t* x, float* y, int64_t n);
 

@@ -87,8 +87,8 @@ Every file is checked against the hub's sha256 (or git blob id) before it is use
 appears under its final name until it is complete."""
 
 QUANTIZE_HELP = """\
-convert a Hugging Face Phi-2 folder (or a phi-2 GGUF) to f16, q8_0, q4_0, q4_k_m, q5_k_m or q6_k;
-see `phi2cpu quantize --help`"""
+convert a Hugging Face Phi-2 folder (or a phi-2 GGUF) to f16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k,
+q4_1, q5_0, q5_1 or iq4_nl; see `phi2cpu quantize --help`"""
 
 
 def _perplexity_epilog() -> str:

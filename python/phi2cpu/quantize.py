@@ -7,8 +7,11 @@ AND q4_0 files: it is the most error-sensitive matrix (llama.cpp keeps it at a h
 
 K-quant mixes: q4_k_m and q5_k_m put the block matrices and token_embd in Q4_K / Q5_K, but ffn_down
 (whose inputs, the gelu outputs, have the heaviest tails) and lm_head in Q6_K; q6_k is Q6_K
-throughout. K-quants need rows that are a multiple of 256 values; a matrix whose rows are not
-falls back to Q8_0 (to F16 when not even a multiple of 32).
+throughout. q4_1, q5_0, q5_1 and iq4_nl are llama.cpp's mixes of those types: every matrix in the
+type, lm_head in Q6_K. A matrix whose rows are not a multiple of its type's block (256 values for
+K-quants) falls back to Q8_0 (to F16 when not even a multiple of 32).
+
+The types themselves (names, block sizes) come from the engine, phi2cpu._core.types().
 
 Works one tensor at a time (load, quantize, write, drop), so memory stays near one tensor.
 """
@@ -53,13 +56,17 @@ MIXES = {
     "f16": Mix("F16", "F16", LlamaFileType.MOSTLY_F16),
     "q8_0": Mix("Q8_0", "Q8_0", LlamaFileType.MOSTLY_Q8_0),
     "q4_0": Mix("Q4_0", "Q8_0", LlamaFileType.MOSTLY_Q4_0),
+    "q4_1": Mix("Q4_1", "Q6_K", LlamaFileType.MOSTLY_Q4_1),
+    "q5_0": Mix("Q5_0", "Q6_K", LlamaFileType.MOSTLY_Q5_0),
+    "q5_1": Mix("Q5_1", "Q6_K", LlamaFileType.MOSTLY_Q5_1),
+    "iq4_nl": Mix("IQ4_NL", "Q6_K", LlamaFileType.MOSTLY_IQ4_NL),
     "q4_k_m": Mix("Q4_K", "Q6_K", LlamaFileType.MOSTLY_Q4_K_M, ffn_down="Q6_K"),
     "q5_k_m": Mix("Q5_K", "Q6_K", LlamaFileType.MOSTLY_Q5_K_M, ffn_down="Q6_K"),
     "q6_k": Mix("Q6_K", "Q6_K", LlamaFileType.MOSTLY_Q6_K),
 }
 QTYPES = tuple(MIXES)
-LM_HEAD_REASON = ("lm_head is the most error-sensitive matrix; it is kept at Q8_0 (Q6_K in K-quant files, "
-                  "F16/F32 in float files)")
+LM_HEAD_REASON = ("lm_head is the most error-sensitive matrix; it is kept at Q8_0 in q4_0 files, Q6_K in "
+                  "K-quant, q4_1, q5_0, q5_1 and iq4_nl files (as llama.cpp does), F16/F32 in float files")
 
 
 def _block(type_name: str) -> int:

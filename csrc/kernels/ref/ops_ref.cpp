@@ -51,6 +51,63 @@ float vec_dot_q4_0_q8_0_ref(int64_t n, const void* w, const void* x) {
     return sum;
 }
 
+float vec_dot_q5_0_q8_0_ref(int64_t n, const void* w, const void* x) {
+    const block_q5_0* a = static_cast<const block_q5_0*>(w);
+    const block_q8_0* b = static_cast<const block_q8_0*>(x);
+    float sum = 0.0f;
+    for (int64_t blk = 0; blk < n / QK5_0; blk++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK5_0; j++) isum += (q5_quant(a[blk].qh, a[blk].qs, j) - 16) * int32_t(b[blk].qs[j]);
+        sum += fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d) * float(isum);
+    }
+    return sum;
+}
+
+namespace {
+
+// sum_j (d q_j + m) dx x_j = d dx sum q x + m dx sum x over blocks with a scale d and offset m.
+template <typename Block, int (*Quant)(const Block&, int)>
+float vec_dot_offset_q8_0(int64_t n, const void* w, const void* x) {
+    const Block* a = static_cast<const Block*>(w);
+    const block_q8_0* b = static_cast<const block_q8_0*>(x);
+    float sum = 0.0f;
+    for (int64_t blk = 0; blk < n / 32; blk++) {
+        int32_t qx = 0, xs = 0;
+        for (int j = 0; j < 32; j++) {
+            qx += Quant(a[blk], j) * int32_t(b[blk].qs[j]);
+            xs += b[blk].qs[j];
+        }
+        const float dx = fp16_to_fp32(b[blk].d);
+        sum += fp16_to_fp32(a[blk].d) * dx * float(qx) + fp16_to_fp32(a[blk].m) * dx * float(xs);
+    }
+    return sum;
+}
+
+int quant_q4_1(const block_q4_1& b, int j) { return nibble_quant(b.qs, j); }
+int quant_q5_1(const block_q5_1& b, int j) { return q5_quant(b.qh, b.qs, j); }
+
+}  // namespace
+
+float vec_dot_iq4_nl_q8_0_ref(int64_t n, const void* w, const void* x) {
+    const block_iq4_nl* a = static_cast<const block_iq4_nl*>(w);
+    const block_q8_0* b = static_cast<const block_q8_0*>(x);
+    float sum = 0.0f;
+    for (int64_t blk = 0; blk < n / QK4_NL; blk++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK4_NL; j++) isum += kIQ4NLValues[nibble_quant(a[blk].qs, j)] * int32_t(b[blk].qs[j]);
+        sum += fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d) * float(isum);
+    }
+    return sum;
+}
+
+float vec_dot_q4_1_q8_0_ref(int64_t n, const void* w, const void* x) {
+    return vec_dot_offset_q8_0<block_q4_1, quant_q4_1>(n, w, x);
+}
+
+float vec_dot_q5_1_q8_0_ref(int64_t n, const void* w, const void* x) {
+    return vec_dot_offset_q8_0<block_q5_1, quant_q5_1>(n, w, x);
+}
+
 namespace {
 
 // sum_j m[j] * (sum of the 32 activations of sub-block j), from the Q8_K 16-value sums.

@@ -13,6 +13,11 @@ float vec_dot_f32_f32_ref(int64_t n, const void* w, const void* x);
 float vec_dot_f16_f32_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q8_0_q8_0_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q4_0_q8_0_ref(int64_t n, const void* w, const void* x);
+float vec_dot_q5_0_q8_0_ref(int64_t n, const void* w, const void* x);
+float vec_dot_iq4_nl_q8_0_ref(int64_t n, const void* w, const void* x);
+// Q4_1 / Q5_1 (value = d q + m) with Q8_0 activations: the offset term uses each block's sum of quants.
+float vec_dot_q4_1_q8_0_ref(int64_t n, const void* w, const void* x);
+float vec_dot_q5_1_q8_0_ref(int64_t n, const void* w, const void* x);
 // K-quant weights pair with Q8_K activations (n a multiple of 256).
 float vec_dot_q4_K_q8_K_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q5_K_q8_K_ref(int64_t n, const void* w, const void* x);

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "quant/blocks.h"
 
@@ -26,6 +27,18 @@ inline __m256i unpack_q4_0(const uint8_t* qs) {
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
     const __m256i both = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+}
+
+// The fifth bits of a Q5_0 block (bit j of the little-endian qh is element j's) as bytes 16 or 0.
+inline __m256i unpack_q5_high(const uint8_t* qh) {
+    uint32_t bits;
+    std::memcpy(&bits, qh, 4);
+    // every 128-bit lane holds the 4 bytes: byte j of the result takes byte j/8, then tests bit j%8
+    const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)),
+                                              _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
+                                                                 0x0303030303030303));
+    const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(16));
 }
 
 // Sum of a Q8_0 block's 32 quants (maddubs with 1s takes them as signed bytes).
