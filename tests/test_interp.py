@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from phi2cpu import _core, interp, reference
 from phi2cpu.errors import Phi2Error
 from phi2cpu.quantize import quantize
 from tolerances import CAPTURE_REL, HF_CAPTURE_REL as HF_REL
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def rel(got, want) -> float:
@@ -114,34 +117,14 @@ def _hf_captures(mini_dir, ids):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")
     hf = transformers.PhiForCausalLM.from_pretrained(mini_dir, torch_dtype=torch.float32,
                                                      attn_implementation="eager").eval()
-    got, hooks = {}, []
-
-    def keep(name, pre=False):
-        def hook(module, args, output=None):
-            got[name] = (args[0] if pre else output[0] if isinstance(output, tuple) else output)[0].detach().numpy()
-        return hook
-
-    for i, layer in enumerate(hf.model.layers):
-        hooks.append(layer.input_layernorm.register_forward_hook(keep(f"ln.{i}")))
-        hooks.append(layer.self_attn.dense.register_forward_pre_hook(keep(f"head_out.{i}", pre=True)))
-        hooks.append(layer.self_attn.dense.register_forward_hook(keep(f"attn_out.{i}")))
-        hooks.append(layer.mlp.fc1.register_forward_hook(keep(f"mlp_pre.{i}")))
-        hooks.append(layer.mlp.activation_fn.register_forward_hook(keep(f"mlp_post.{i}")))
-        hooks.append(layer.mlp.fc2.register_forward_hook(keep(f"mlp_out.{i}")))
-        hooks.append(layer.register_forward_hook(keep(f"resid_post.{i}")))
-    hooks.append(hf.model.final_layernorm.register_forward_hook(keep("ln_final")))
-    with torch.no_grad():
-        out = hf(torch.tensor([ids]), output_attentions=True, output_hidden_states=True)
-    for h in hooks:
-        h.remove()
-    n = hf.config.num_hidden_layers
-    for i in range(n):
-        got[f"attn_probs.{i}"] = out.attentions[i][0].numpy()
-        got[f"resid_pre.{i}"] = out.hidden_states[i][0].numpy()
-        got[f"head_out.{i}"] = got[f"head_out.{i}"].reshape(len(ids), hf.config.num_attention_heads, -1)
-    for i in range(n - 1):  # HF's last hidden state has the final norm applied
-        np.testing.assert_array_equal(got[f"resid_post.{i}"], out.hidden_states[i + 1][0].numpy())
-    got["logits"] = out.logits[0].numpy()
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        from interp_quant_error import hf_captures  # the same hooks the error-table tool reads
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    got = hf_captures(hf, ids)
+    for i in range(hf.config.num_hidden_layers - 1):  # HF's last hidden state has the final norm applied
+        np.testing.assert_array_equal(got[f"resid_post.{i}"], got[f"resid_pre.{i + 1}"])
     return got
 
 
@@ -275,7 +258,7 @@ def test_batched_capture_equals_one_prompt_at_a_time(f32_path, ids):
 
 
 def test_dlpack_export_shares_memory(model, ids):
-    torch = pytest.importorskip("torch", reason="torch is not installed")
+    pytest.importorskip("torch", reason="torch is not installed")
     cache = model.run_with_cache(ids[:16], names=["resid_post.2", "attn_probs.1", "head_out.0"])
     assert isinstance(cache["resid_post.2"], np.ndarray)  # NumPy is the default
     tensors = cache.to_torch()
