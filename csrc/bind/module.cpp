@@ -143,6 +143,13 @@ py::array_t<float> forward(Model& m, py::array_t<int32_t, py::array::c_style | p
 
 // Appends tokens like forward and returns (residual streams (len(layers), n, n_embd), logits (n, n_vocab) or
 // None). Layer 0 is resid_pre.0 (the embeddings), l > 0 resid_post.(l-1).
+// An (n, n_vocab) float32 array put in `out`; returns its data.
+float* new_logits(int n, int n_vocab, py::object& out) {
+    py::array_t<float> l({py::ssize_t(n), py::ssize_t(n_vocab)});
+    out = l;
+    return l.mutable_data();
+}
+
 py::tuple forward_hidden(Model& m, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
                          const std::vector<int>& layers, bool want_logits) {
     if (tokens.ndim() != 1) throw std::invalid_argument("forward: tokens must be a 1-D sequence");
@@ -159,12 +166,7 @@ py::tuple forward_hidden(Model& m, py::array_t<int32_t, py::array::c_style | py:
         hooks.add_capture(l == 0 ? Capture{Point::ResidPre, 0, dst, n, 0} : Capture{Point::ResidPost, l - 1, dst, n, 0});
     }
     py::object logits = py::none();
-    float* lp = nullptr;
-    if (want_logits) {
-        py::array_t<float> l({py::ssize_t(n), py::ssize_t(c.n_vocab)});
-        lp = l.mutable_data();
-        logits = l;
-    }
+    float* lp = want_logits ? new_logits(n, c.n_vocab, logits) : nullptr;
     const int32_t* ids = tokens.data();
     {
         py::gil_scoped_release release;
@@ -195,12 +197,7 @@ py::tuple run_with_cache(Model& m, py::array_t<int32_t, py::array::c_style | py:
         arrays.append(a);
     }
     py::object logits = py::none();
-    float* lp = nullptr;
-    if (want_logits) {
-        py::array_t<float> l({py::ssize_t(n), py::ssize_t(c.n_vocab)});
-        lp = l.mutable_data();
-        logits = l;
-    }
+    float* lp = want_logits ? new_logits(n, c.n_vocab, logits) : nullptr;
     const int32_t* ids = tokens.data();
     {
         py::gil_scoped_release release;
