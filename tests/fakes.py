@@ -102,3 +102,18 @@ def table_model(n_ctx: int = 64):
     table = np.random.default_rng(1).normal(size=(TINY_MODEL_VOCAB, TINY_MODEL_VOCAB)) * 2
     table = table.astype(np.float32)
     return FakeModel(lambda h: table[h[-1]], n_ctx=n_ctx), table
+
+
+def awkward_rows(n: int = 1024, seed: int = 0) -> np.ndarray:
+    """24 Gaussian rows of n values, with the awkward ones quantizers trip on: all zero, constant,
+    all positive, all negative, tiny, huge, and a single outlier."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((24, n)).astype(np.float32)
+    x[1] = 0
+    x[2] = 0.37
+    x[3] = np.abs(x[3]) + 0.5
+    x[4] = -np.abs(x[4])
+    x[5] *= 1e-6
+    x[6] *= 1e3
+    x[7, 300] = 50.0
+    return x

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
+from fakes import awkward_rows
 from gguf import GGMLQuantizationType as T
 
 import phi2cpu
@@ -24,18 +25,7 @@ K_MIXES = ["q4_k_m", "q5_k_m", "q6_k"]
 
 
 def _rows(seed: int = 0) -> np.ndarray:
-    """Gaussian rows plus the awkward ones: all zero, constant, all positive, all negative, tiny,
-    huge, and a single outlier."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((24, 1024)).astype(np.float32)
-    x[1] = 0
-    x[2] = 0.37
-    x[3] = np.abs(x[3]) + 0.5
-    x[4] = -np.abs(x[4])
-    x[5] *= 1e-6
-    x[6] *= 1e3
-    x[7, 300] = 50.0
-    return x
+    return awkward_rows(1024, seed)
 
 
 @pytest.mark.parametrize("qt", K_TYPES, ids=lambda t: t.name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
+from fakes import awkward_rows
 from gguf import GGMLQuantizationType as T
 
 from phi2cpu import _core
@@ -16,17 +17,7 @@ N = 1024  # a multiple of every block size
 
 
 def _rows(seed: int = 0) -> np.ndarray:
-    """Gaussian rows plus the awkward ones: zero, constant, one-signed, tiny, huge, one outlier."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((24, N)).astype(np.float32)
-    x[1] = 0
-    x[2] = 0.37
-    x[3] = np.abs(x[3]) + 0.5
-    x[4] = -np.abs(x[4])
-    x[5] *= 1e-6
-    x[6] *= 1e3
-    x[7, 300] = 50.0
-    return x
+    return awkward_rows(N, seed)
 
 
 def test_python_types_come_from_the_engine():
