@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import ContextFullError, SamplingError
 from .grammar import Constraint, constraint_from
+from .lookup import lookup_loop, lookup_params
 from .sampling import Sampler, SamplingParams, _is_int, sampling_params
 from .tokenizer import StreamDecoder, check_text
 
@@ -35,6 +36,10 @@ class GenerationStats:
     token_logprobs: List[float] = field(default_factory=list)  # log p(id) under the model's own logits
     # per sampled id, the `top_logprobs` most likely (id, log p) at its position, most likely first
     top_logprobs: List[List[Tuple[int, float]]] = field(default_factory=list)
+    # prompt lookup (phi2cpu.lookup): guessed tokens checked, those the model kept, steps with a guess
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    lookup_steps: int = 0
 
     @property
     def finish_reason(self) -> str:
@@ -52,8 +57,10 @@ class GenerationStats:
     def summary(self) -> str:
         cached = self.prompt_tokens - self.prompt_evaluated
         reused = f" ({cached} cached)" if cached > 0 else ""
+        lookup = (f" | lookup: {self.accepted_tokens}/{self.drafted_tokens} guessed tokens kept"
+                  if self.drafted_tokens else "")
         return (f"prompt: {self.prompt_tokens} tokens{reused}, {self.prompt_tokens_per_s:.1f} tok/s | "
-                f"generated: {self.generated_tokens} tokens, {self.gen_tokens_per_s:.1f} tok/s")
+                f"generated: {self.generated_tokens} tokens, {self.gen_tokens_per_s:.1f} tok/s{lookup}")
 
 
 def _check_max_tokens(max_tokens: object) -> int:
@@ -95,6 +102,7 @@ def generate_tokens(
     top_logprobs: int = 0,
     prefilled: Optional[np.ndarray] = None,
     constraint: Optional[Constraint] = None,
+    lookup: Any = None,
 ) -> Iterator[int]:
     """Yields sampled token ids after prefilling `ids` (end-of-text is not yielded; it ends the
     stream). Stops after max_tokens or when the context window is full. Arguments are checked
@@ -106,7 +114,10 @@ def generate_tokens(
     prompt evaluated once, sampled several times). `top_logprobs` > 0 records that many
     alternatives per sampled token in `stats.top_logprobs`. With a `constraint` (a
     :class:`phi2cpu.grammar.Constraint`) only tokens that keep the output valid are sampled, and
-    generation ends (as at end-of-text) once the output is complete; log-probs stay the model's own."""
+    generation ends (as at end-of-text) once the output is complete; log-probs stay the model's own.
+    `lookup` turns on prompt-lookup speculative decoding (see :func:`phi2cpu.lookup.lookup_params`
+    for its forms): the same greedy output, the same sampling distribution, fewer model calls."""
+    lp = lookup_params(lookup)
     sampler = Sampler(params, n_valid=min(model.tokenizer.n_vocab, model.config.n_vocab))
     requested = _check_max_tokens(max_tokens)
     ids = list(ids)
@@ -117,7 +128,7 @@ def generate_tokens(
         raise SamplingError("prefilled logits need the model's cache to hold exactly the prompt")
     matcher = constraint.matcher(model.tokenizer, sampler.n_valid) if constraint is not None else None
     return _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix, top_logprobs, prefilled,
-                       matcher)
+                       matcher, lp)
 
 
 def _keep_cached_prefix(model, ids: List[int]) -> int:
@@ -153,7 +164,7 @@ def top_token_logprobs(logits: np.ndarray, k: int, n_valid: int) -> List[Tuple[i
 
 
 def _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix, n_top=0, prefilled=None,
-                matcher=None) -> Iterator[int]:
+                matcher=None, lookup=None) -> Iterator[int]:
     eos = model.tokenizer.eos_id
     t = time.perf_counter()
     if prefilled is not None:
@@ -169,6 +180,9 @@ def _token_loop(model, ids, sampler, budget, requested, st, reuse_prefix, n_top=
     st.prompt_seconds = time.perf_counter() - t
     st.stop_reason = STOP_MAX_TOKENS if budget == requested else STOP_CONTEXT
     history = list(ids)
+    if lookup is not None:
+        yield from lookup_loop(model, history, logits, sampler, budget, st, lookup, n_top, matcher)
+        return
     tok = None
     for _ in range(budget):
         t = time.perf_counter()
@@ -263,6 +277,7 @@ def generate(
     reuse_prefix: bool = False,
     json_schema: Any = None,
     grammar: Optional[str] = None,
+    lookup: Any = None,
     **sampling: Any,
 ) -> Union[str, TextStream]:
     """Continue `prompt` with up to `max_tokens` tokens.
@@ -283,13 +298,18 @@ def generate(
     llama.cpp GBNF text) makes it match that grammar (see :mod:`phi2cpu.grammar`; GrammarError for
     a bad one, before any model work). The output is complete when generation ends with
     `stats.finish_reason` "stop"; "length" means max_tokens or the context cut it short.
+
+    `lookup` (True, an int k, a dict of :class:`phi2cpu.lookup.LookupParams` fields, or one)
+    turns on prompt-lookup speculative decoding: the greedy output is plain decoding's and
+    sampling keeps its distribution, with fewer model calls when the output repeats the prompt.
     """
     params = sampling_params(**sampling)
     _check_max_tokens(max_tokens)
     stops = _check_stop(stop)
     constraint = constraint_from(json_schema, grammar)
+    lookup_params(lookup)
     stats = GenerationStats()
     tokens = generate_tokens(model, prompt_ids(model, prompt), params, max_tokens, stats, reuse_prefix,
-                             constraint=constraint)
+                             constraint=constraint, lookup=lookup)
     pieces = TextStream(model, tokens, stops, stats)
     return pieces if stream else "".join(pieces)

@@ -163,6 +163,14 @@ class TokenMatcher:
             self._check(f"token {token} breaks")
             raise GrammarError(f"token {token} breaks the {self.constraint.kind} constraint")
 
+    def rollback(self, n: int) -> None:
+        """Undo the last `n` consumed tokens (a speculative draft the model did not keep)."""
+        if n:
+            self._next = None
+            if not self._m.rollback(int(n)):
+                self._check("cannot roll back")
+                raise GrammarError(f"cannot roll back {n} tokens of the {self.constraint.kind} constraint")
+
     @property
     def done(self) -> bool:
         """True once no token but end-of-text can follow: the output is complete."""

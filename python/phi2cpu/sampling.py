@@ -137,11 +137,37 @@ class Sampler:
         return x
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
-        x = self.adjusted_logits(logits, history)
+        ids, probs = self._choices(self.adjusted_logits(logits, history))
+        if probs is None:
+            return ids
+        return self._draw(ids, probs)
+
+    def verify(self, logits: np.ndarray, history: Sequence[int], draft: int) -> int:
+        """The token at a position whose guessed token is `draft` (speculative decoding with a
+        deterministic draft): `draft` itself with probability p(draft), else a draw from p with
+        `draft` removed and renormalised, so the result is distributed exactly as `sample`'s.
+        Greedy settings give the argmax, as `sample` does."""
+        ids, probs = self._choices(self.adjusted_logits(logits, history))
+        if probs is None:
+            return ids
+        ids = ids if ids is not None else np.arange(probs.size)
+        hit = np.flatnonzero(ids == draft)
+        if hit.size == 0:  # outside the kept set: p(draft) = 0
+            return self._draw(ids, probs)
+        j = int(hit[0])
+        if self.rng.random() * float(probs.sum()) < probs[j]:
+            return int(draft)
+        rest = np.delete(probs, j)
+        if not rest.sum() > 0:  # p(draft) rounded to 1: nothing else to draw
+            return int(draft)
+        return self._draw(np.delete(ids, j), rest)
+
+    def _choices(self, x: np.ndarray):
+        """What the draw picks from: (ids or None for all of x, unnormalised probabilities), or
+        (token, None) when the choice is certain (greedy, or a +inf logit)."""
         p = self.params
         if p.greedy:
-            return int(np.argmax(x))
-
+            return int(np.argmax(x)), None
         ids = None
         if 0 < p.top_k < x.size:  # selecting before scaling is the same set, on fewer values
             ids = np.argpartition(x, x.size - p.top_k)[x.size - p.top_k:]
@@ -151,7 +177,7 @@ class Sampler:
             if m < 0:
                 raise Phi2Error("every allowed token has a logit of -inf")
             j = int(np.argmax(x))
-            return int(j if ids is None else ids[j])
+            return int(j if ids is None else ids[j]), None
         probs = np.exp((x.astype(np.float64) - m) / p.temperature)
         probs /= probs.sum()
         if p.top_p < 1:
@@ -162,6 +188,9 @@ class Sampler:
             keep = np.flatnonzero(probs >= p.min_p * probs.max())
             probs = probs[keep]
             ids = keep if ids is None else ids[keep]
+        return ids, probs
+
+    def _draw(self, ids: Optional[np.ndarray], probs: np.ndarray) -> int:
         cdf = np.cumsum(probs)
         j = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
         j = min(j, cdf.size - 1)
