@@ -12,6 +12,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 from .errors import ContextFullError, Phi2Error, SamplingError
 from .chat_template import ChatTemplate, for_model
 from .generate import TextStream, generate
+from .lookup import lookup_params
 from .sampling import sampling_params
 
 
@@ -20,7 +21,7 @@ class ChatSession:
     the stream's consumer, or ``ask``) stores what was shown, which may be cut short by Ctrl-C."""
 
     def __init__(self, model, system: str = "", max_tokens: int = 256, stop: Sequence[str] = (),
-                 template: Optional[ChatTemplate] = None, **sampling: Any):
+                 template: Optional[ChatTemplate] = None, lookup: Any = None, **sampling: Any):
         self.model = model
         self.system = system
         self.max_tokens = max_tokens
@@ -28,6 +29,7 @@ class ChatSession:
         self.stop = list(self.template.stop) + [s for s in stop if s not in self.template.stop]
         self.sampling = sampling
         sampling_params(**sampling)  # bad values fail now, not at the first turn
+        self.lookup = lookup_params(lookup)
         self.turns: List[Tuple[str, str]] = []
         self.dropped = 0   # turns dropped so far to fit the context
         self._pending: Optional[str] = None
@@ -72,7 +74,7 @@ class ChatSession:
             self.dropped += dropped
         self._pending = user
         stream = generate(self.model, text, max_tokens=self.max_tokens, stop=self.stop, stream=True,
-                          reuse_prefix=True, **self.sampling)
+                          reuse_prefix=True, lookup=self.lookup, **self.sampling)
         return stream, dropped
 
     def record(self, reply: str) -> None:

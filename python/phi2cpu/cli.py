@@ -14,6 +14,7 @@ from .cliargs import MAX_THREADS, place_positionals, thread_count, unescape, usa
 from .errors import Phi2Error, SamplingError, error_message
 from .generate import STOP_CONTEXT, generate
 from .prompts import FORMATS, get_format
+from .lookup import LookupParams, lookup_params
 from .sampling import SamplingParams, sampling_params
 from .tokenizer import check_text
 
@@ -163,6 +164,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="only generate JSON valid against the JSON schema in FILE")
     run.add_argument("--grammar-file", default=None, metavar="FILE",
                      help="only generate text matching the llama.cpp GBNF grammar in FILE (its root rule)")
+    _lookup_args(run)
     _escape_arg(run, "PROMPT and --stop")
     _output_args(run)
     _engine_args(run, ctx=True)
@@ -187,6 +189,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _sampling_args(chat)
     chat.add_argument("--stop", action="append", default=None, metavar="STR",
                       help="also stop a reply before this text (repeatable)")
+    _lookup_args(chat)
     _chat_template_arg(chat)
     _escape_arg(chat, "--system and --stop")
     _output_args(chat)
@@ -250,6 +253,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             (("--min-p",), float, "min_p", "min-p"), (("--repeat-penalty",), float, "repeat_penalty", "repeat penalty")):
         srv.add_argument(*flags, type=kind, default=getattr(d, name), dest=name, metavar="X",
                          help=f"the {what} of requests that do not set it (default: {getattr(d, name)}, as run)")
+    _lookup_args(srv, " for requests that do not set `lookup`")
     _chat_template_arg(srv)
     srv.add_argument("--max-queue", type=_positive_int, default=64, metavar="N",
                      help="requests allowed to wait for the model before answering 503 (default: 64)")
@@ -374,6 +378,36 @@ def _sampling_options(args: argparse.Namespace) -> dict:
                    logit_bias=bias, seed=args.seed)
     sampling_params(**options)
     return options
+
+
+def _lookup_args(p: argparse.ArgumentParser, whose: str = "") -> None:
+    d = LookupParams()
+    p.add_argument("--lookup", action="store_true",
+                   help="speculative decoding by prompt lookup" + whose + ": guess the next tokens from an earlier "
+                        "occurrence of the last few, check them in one batched pass; the same output (greedy) or "
+                        "output distribution (sampling), faster when the output repeats the prompt")
+    p.add_argument("--lookup-k", type=int, default=None, metavar="K",
+                   help=f"with --lookup: most guessed tokens per step (default: {d.k})")
+    p.add_argument("--lookup-ngram", type=int, default=None, metavar="N",
+                   help=f"with --lookup: longest n-gram matched (default: {d.ngram_max})")
+    p.add_argument("--lookup-ngram-min", type=int, default=None, metavar="N",
+                   help=f"with --lookup: shortest n-gram matched (default: {d.ngram_min})")
+    p.add_argument("--lookup-fixed", action="store_true",
+                   help="with --lookup: guess all K tokens whenever a match is found, instead of as many as "
+                        "this run's measured speed says pay off")
+
+
+def _lookup_option(args: argparse.Namespace) -> Optional[LookupParams]:
+    """LookupParams from --lookup and its settings (None without --lookup), checked."""
+    given = {"k": args.lookup_k, "ngram_max": args.lookup_ngram, "ngram_min": args.lookup_ngram_min}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.lookup_fixed:
+        given["adaptive"] = False
+    if not args.lookup:
+        if given:
+            raise Phi2Error("--lookup-k, --lookup-ngram, --lookup-ngram-min and --lookup-fixed need --lookup")
+        return None
+    return lookup_params(given)
 
 
 def _output_args(p: argparse.ArgumentParser) -> None:
@@ -505,13 +539,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     constraint = _constraint(args)
     stop = [_arg_text(args, s, "--stop") for s in args.stop or []] + list(fmt.stop)
     sampling = _sampling_options(args)
+    lookup = _lookup_option(args)
     if args.max_tokens < 1 and args.max_tokens != -1:
         raise SamplingError(f"max_tokens must be an integer >= 1, or -1 for no limit, got {args.max_tokens}")
     model, load_s = _load_timed(args)
     # -1 (llama-cli's "no limit"): generation stops at end-of-text or when the context is full
     max_tokens = model.n_ctx if args.max_tokens == -1 else args.max_tokens
     pieces = generate(model, fmt.wrap(prompt), max_tokens=max_tokens, stop=stop or None, stream=True,
-                      json_schema=constraint, **sampling)
+                      json_schema=constraint, lookup=lookup, **sampling)
     last = ""
     for piece in pieces:
         _write(piece)
@@ -539,10 +574,11 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     stop = [_arg_text(args, s, "--stop") for s in args.stop or []]
     system = _arg_text(args, args.system, "--system")
     sampling = _sampling_options(args)
+    lookup = _lookup_option(args)
     template = load_template(args.chat_template) if args.chat_template is not None else None
     model, load_s = _load_timed(args)
     session = ChatSession(model, system=system, max_tokens=args.max_tokens, stop=stop,
-                          template=template or for_model(model), **sampling)
+                          template=template or for_model(model), lookup=lookup, **sampling)
     from .store import name_of
 
     title = f"phi2cpu chat: {name_of(model.path) or os.path.basename(model.path)}, context {model.n_ctx} tokens."
@@ -573,7 +609,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     template = load_template(args.chat_template) if args.chat_template is not None else None
     path = _model_path(args)
+    lookup = _lookup_option(args)
     if args.ray or args.replicas or args.max_replicas or args.ray_address:
+        if lookup is not None:
+            raise Phi2Error("--lookup is not available with --ray")
         try:
             from .ray.serving import serve_from_cli
         except ImportError as e:
@@ -593,7 +632,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     serve(model, name, host=args.host, port=args.port, log_level=args.log_level,
           max_queue=args.max_queue, on_listen=listening, max_body_bytes=args.max_body_bytes,
           read_timeout=args.read_timeout, aliases=args.aliases, defaults=defaults, api_key=api_key,
-          cors_origins=origins, chat_template=template)
+          cors_origins=origins, chat_template=template, lookup=lookup)
     return 0
 
 

@@ -364,7 +364,9 @@ class Model:
         ``sampling`` takes the SamplingParams fields (temperature, top_k, top_p, min_p, seed,
         repeat_penalty, presence_penalty, frequency_penalty, penalty_last_n, logit_bias);
         temperature=0 is greedy. ``json_schema`` (a dict or JSON text) or ``grammar`` (GBNF text)
-        constrains the output to match it. See :func:`phi2cpu.generate.generate`."""
+        constrains the output to match it. ``lookup=True`` (or k, or a dict of
+        :class:`phi2cpu.lookup.LookupParams` fields) decodes speculatively by prompt lookup: the
+        same output distribution, fewer model calls. See :func:`phi2cpu.generate.generate`."""
         from .generate import generate
 
         return generate(self, prompt, max_tokens=max_tokens, stop=list(stop) if stop else None,

@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .chat_template import ChatTemplate, for_model
 from .errors import Phi2Error
+from .lookup import LookupParams
 from .sampling import SamplingParams
 from .server_engine import Engine, Job  # noqa: F401  (the worker's types, for users of create_app)
 from .server_errors import APIError, error_body, from_validation
@@ -69,7 +70,7 @@ def _openapi(app: FastAPI) -> dict:
 def create_app(model, model_name: str, max_queue: int = 64, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                aliases: Optional[Sequence[str]] = None, defaults: Optional[SamplingParams] = None,
                api_key: Optional[str] = None, cors_origins: Optional[Sequence[str]] = None,
-               chat_template: Optional[ChatTemplate] = None) -> FastAPI:
+               chat_template: Optional[ChatTemplate] = None, lookup: Optional[LookupParams] = None) -> FastAPI:
     """A FastAPI app serving `model` (a loaded :class:`phi2cpu.Model`) under the id `model_name`.
 
     `aliases`: the names requests may give as `model` (None: any name, for clients with a name of
@@ -77,7 +78,8 @@ def create_app(model, model_name: str, max_queue: int = 64, max_body_bytes: int 
     (None: `phi2cpu run`'s). `api_key`: required as a Bearer token on every route but /health and
     the docs. `cors_origins`: browser origins allowed to call the API ("*": any). `chat_template`
     renders chat messages (None: the model file's tokenizer.chat_template, else Phi-2's Alice: /
-    Bob: format). Request bodies over `max_body_bytes` are refused with 413."""
+    Bob: format). `lookup`: prompt-lookup settings for requests that do not set `lookup` (None: off).
+    Request bodies over `max_body_bytes` are refused with 413."""
     if api_key is not None and not api_key:
         raise Phi2Error("the API key must not be empty")
     model.tokenizer.limit_word_cache(TOKENIZER_WORD_CACHE)
@@ -91,7 +93,7 @@ def create_app(model, model_name: str, max_queue: int = 64, max_body_bytes: int 
         prepare_pool=prepare_pool, created=int(time.time()),
         n_vocab=min(model.tokenizer.n_vocab, model.config.n_vocab),
         max_prompt_bytes=(model.n_ctx - 1) * model.tokenizer.max_token_bytes,
-        chat_template=chat_template or for_model(model))
+        chat_template=chat_template or for_model(model), lookup=lookup.validate() if lookup else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -145,7 +147,7 @@ def serve(model, model_name: str, host: str = "127.0.0.1", port: int = 8000, log
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, read_timeout: float = DEFAULT_READ_TIMEOUT,
           aliases: Optional[Sequence[str]] = None, defaults: Optional[SamplingParams] = None,
           api_key: Optional[str] = None, cors_origins: Optional[Sequence[str]] = None,
-          chat_template: Optional[ChatTemplate] = None) -> None:
+          chat_template: Optional[ChatTemplate] = None, lookup: Optional[LookupParams] = None) -> None:
     """Serve `model` with uvicorn until interrupted. The socket is bound and listening before
     `on_listen(url)` is called (port 0 picks a free port), so the URL is usable at once. A
     connection whose request line, headers and body do not all arrive within `read_timeout` seconds
@@ -175,7 +177,8 @@ def serve(model, model_name: str, host: str = "127.0.0.1", port: int = 8000, log
         print(f"phi2cpu: warning: listening on {shown}, beyond this machine, without an API key: anyone who can "
               f"reach it can use the model (set --api-key or PHI2CPU_API_KEY)", file=sys.stderr, flush=True)
     app = create_app(model, model_name, max_queue=max_queue, max_body_bytes=max_body_bytes, aliases=aliases,
-                     defaults=defaults, api_key=api_key, cors_origins=cors_origins, chat_template=chat_template)
+                     defaults=defaults, api_key=api_key, cors_origins=cors_origins, chat_template=chat_template,
+                     lookup=lookup)
     fix_mmap_threshold()
     reserve_kv_cache(model)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,

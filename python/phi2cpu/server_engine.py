@@ -20,6 +20,7 @@ import numpy as np
 
 from .generate import STOP_STRING, GenerationStats, TextStream, generate_tokens, top_token_logprobs
 from .grammar import Constraint
+from .lookup import LookupParams
 from .perplexity import window_nll
 from .sampling import SamplingParams
 from .server_errors import APIError
@@ -72,6 +73,7 @@ class Job:
     echo: bool = False                   # send each prompt's text (and log-probs) before its choices
     logprobs: Optional[int] = None       # None: no log-probs; k: those of the tokens and k alternatives each
     constraint: Optional[Constraint] = None  # a JSON schema or grammar every choice must match
+    lookup: Optional[LookupParams] = None    # prompt-lookup speculative decoding
     cancel: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.perf_counter)
     first_token_at: Optional[float] = None
@@ -223,7 +225,7 @@ class Engine:
             params = replace(params, seed=(params.seed + j) % (MAX_SEED + 1))
         stats = GenerationStats()
         tokens = generate_tokens(model, ids, params, job.max_tokens, stats, top_logprobs=job.logprobs or 0,
-                                 prefilled=last, constraint=job.constraint)
+                                 prefilled=last, constraint=job.constraint, lookup=job.lookup)
         stream = TextStream(model, _until_cancelled(self._timed(tokens, job), job.cancel), job.stops, stats)
         aligner = _LogprobAligner(model.tokenizer, stats, job.logprobs is not None)
         started = not job.lstrip

@@ -43,6 +43,13 @@ class StreamOptions(Strict):
     include_usage: Optional[bool] = Field(None, description="send a last chunk with the token usage")
 
 
+class LookupOptions(Strict):
+    k: Optional[int] = Field(None, ge=1, le=64, description="most guessed tokens per step")
+    ngram_max: Optional[int] = Field(None, ge=1, le=MAX_INT, description="longest n-gram matched")
+    ngram_min: Optional[int] = Field(None, ge=1, le=MAX_INT, description="shortest n-gram matched")
+    adaptive: Optional[bool] = Field(None, description="guess only as many tokens as pay off (default true)")
+
+
 class GenerationFields(Strict):
     """Fields both /v1/completions and /v1/chat/completions take. Unset sampling fields take the
     server's defaults (those of `phi2cpu run` unless `serve` was given others)."""
@@ -76,6 +83,10 @@ class GenerationFields(Strict):
                                                     "rule)")
     json_schema: Optional[Dict[str, Any]] = Field(None, description="llama.cpp's field: a JSON schema the output "
                                                                     "must be valid against")
+    lookup: Optional[Union[bool, LookupOptions]] = Field(
+        None, description="speculative decoding by prompt lookup: true, false, or its settings (over the "
+                          "server's); the same output distribution, faster when the output repeats the prompt; "
+                          "default: the server's (`serve --lookup`)")
     # llama.cpp samplers: accepted only at the value that turns each off (NEUTRAL)
     mirostat: Optional[int] = Field(None, ge=0, le=2, description="only 0")
     mirostat_tau: Optional[float] = Field(None, description="unused: mirostat is off")

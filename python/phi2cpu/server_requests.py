@@ -4,6 +4,7 @@ context checks, constraints and chat templates. It runs on the prepare thread, o
 loop; every refusal is an :class:`phi2cpu.server_errors.APIError`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from . import grammar
 from .chat_template import ChatTemplate, builtin as builtin_template
 from .errors import GrammarError, Phi2Error, TemplateError
+from .lookup import LookupParams, lookup_params
 from .sampling import SAMPLING_OPTIONS, SamplingParams
 from .server_engine import Engine, Job
 from .server_errors import APIError, bad, from_validation, short
@@ -39,6 +41,7 @@ class ServerState:
     n_vocab: int
     max_prompt_bytes: int                # a prompt of more bytes cannot fit the context
     chat_template: Optional[ChatTemplate] = None  # None: Phi-2's Alice: / Bob: format
+    lookup: Optional[LookupParams] = None  # prompt lookup for requests that do not set `lookup`
 
 
 
@@ -100,6 +103,21 @@ def sampling(st: ServerState, req: GenerationFields) -> SamplingParams:
     except Phi2Error as e:  # its messages start with the field's name
         name = str(e).split(" ", 1)[0]
         raise bad(str(e), name if name in SAMPLING_OPTIONS else None) from None
+
+
+def lookup_setting(st: ServerState, req: GenerationFields) -> Optional[LookupParams]:
+    """The request's prompt-lookup settings: its own fields over the server's (or the defaults)."""
+    v = req.lookup
+    if v is None:
+        return st.lookup
+    if v is False:
+        return None
+    base = st.lookup or LookupParams()
+    given = {} if v is True else {k: x for k, x in v.model_dump().items() if x is not None}
+    try:
+        return lookup_params({**dataclasses.asdict(base), **given})
+    except Phi2Error as e:
+        raise bad(str(e), "lookup") from None
 
 
 def stream_flags(req: GenerationFields) -> Tuple[bool, bool]:
@@ -203,7 +221,7 @@ def completion_job(st: ServerState, raw: bytes) -> Prepared:
         prompts.append(ids)
     stops = [checked_text(s, "stop") for s in req.stop or []]
     job = Job(prompts, params, max_tokens, stops, n=sampled, prompt_texts=echo, echo=bool(req.echo),
-              logprobs=req.logprobs, constraint=constraint(st, req))
+              logprobs=req.logprobs, constraint=constraint(st, req), lookup=lookup_setting(st, req))
     return Prepared(job, stream, include_usage, n)
 
 
@@ -257,5 +275,5 @@ def chat_job(st: ServerState, raw: bytes) -> Prepared:
     # an assistant message stripped (its first characters may be a newline and an indent)
     job = Job([ids], params, max_tokens or st.model.n_ctx, stops + (chat_stops if c is None else []), n=n,
               lstrip=c is None and not continued, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-              constraint=c)
+              constraint=c, lookup=lookup_setting(st, req))
     return Prepared(job, stream, include_usage, n)
