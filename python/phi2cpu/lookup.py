@@ -41,7 +41,8 @@ class LookupParams:
 
     def validate(self) -> "LookupParams":
         if not (_is_int(self.k) and 1 <= self.k <= MAX_DRAFT):
-            raise SamplingError(f"lookup k (draft tokens per step) must be an integer in 1..{MAX_DRAFT}, got {self.k!r}")
+            raise SamplingError(f"lookup k (guessed tokens per step) must be an integer in 1..{MAX_DRAFT}, "
+                                f"got {self.k!r}")
         for name in ("ngram_min", "ngram_max"):
             v = getattr(self, name)
             if not (_is_int(v) and v >= 1):
