@@ -9,8 +9,10 @@ and free generation with little repetition), each plainly and with lookup (adapt
 k=8), interleaved run by run so machine noise hits every mode alike. It first compares every
 lookup output with the plain output token for token (a difference is printed as a note: passes
 of 4 or more tokens run through GEMM kernels that are not yet batch-invariant), then prints, per workload and mode, the
-median generated tokens/s (min-max), the ratio of medians to plain, the share of guessed tokens
-kept and the tokens per model call. `verify` times one forward pass of 1 + k tokens at position 256
+median generated tokens/s (min-max), the ratio of medians to plain, the same for tokens per CPU
+second of the whole call (prefill included: at 1 thread the CPU time is the work done, which a
+loaded machine disturbs far less than the wall clock), the share of guessed tokens kept and the
+tokens per model call. `verify` times one forward pass of 1 + k tokens at position 256
 against a 1-token pass, interleaved, for k = 1..8. The load average is printed beside each table.
 """
 from __future__ import annotations
@@ -61,42 +63,49 @@ MODES = {"plain": None, "lookup": True, "lookup k=8 fixed": dict(k=8, adaptive=F
 
 
 def run_once(model, prompt: str, tokens: int, lookup, **settings):
+    """The text, the stats, and the CPU seconds of the whole call (prefill included)."""
+    cpu = time.process_time()
     stream = model.generate(prompt, max_tokens=tokens, stream=True, lookup=lookup, temperature=0, **settings)
     text = "".join(stream)
-    return text, stream.stats
+    return text, stream.stats, time.process_time() - cpu
 
 
 def workloads(args) -> None:
     model = phi2cpu.load(args.model or phi2cpu.default_model_path(), threads=args.threads, n_ctx=1024)
     print(f"model {os.path.basename(model.path)}, {model.threads} threads, {args.tokens} tokens, "
           f"{args.repeats} interleaved runs, load average {os.getloadavg()[0]:.1f} at the start\n")
-    print("| workload | mode | tok/s median (min-max) | vs plain | guesses kept | tokens per call |")
-    print("|---|---|---|---|---|---|")
+    print("| workload | mode | tok/s median (min-max) | vs plain | tok per CPU s | vs plain | guesses kept "
+          "| tokens per call |")
+    print("|---|---|---|---|---|---|---|---|")
     notes = []
     for name, prompt in WORKLOADS.items():
         settings = SETTINGS.get(name, {})
-        _, want = run_once(model, prompt, args.tokens, None, **settings)
+        _, want, _ = run_once(model, prompt, args.tokens, None, **settings)
         for mode, lk in MODES.items():  # correctness before timing; also a warm-up
-            _, got = run_once(model, prompt, args.tokens, lk, **settings)
+            _, got, _ = run_once(model, prompt, args.tokens, lk, **settings)
             if got.token_ids != want.token_ids:  # passes of >= 4 tokens are not batch-invariant yet
                 at = next(i for i, (a, b) in enumerate(zip(got.token_ids + [-1], want.token_ids)) if a != b)
                 notes.append(f"{name} / {mode}: greedy output differs from plain decoding from token {at}")
         rates = {m: [] for m in MODES}
+        cpu_rates = {m: [] for m in MODES}
         stats = {}
         for _ in range(args.repeats):
             for mode, lk in MODES.items():
-                _, st = run_once(model, prompt, args.tokens, lk, **settings)
+                _, st, cpu = run_once(model, prompt, args.tokens, lk, **settings)
                 rates[mode].append(st.gen_tokens_per_s)
+                cpu_rates[mode].append(st.generated_tokens / cpu)
                 stats[mode] = st
         base = statistics.median(rates["plain"])
+        cpu_base = statistics.median(cpu_rates["plain"])
         for mode in MODES:
             r = sorted(rates[mode])
+            c = statistics.median(cpu_rates[mode])
             st = stats[mode]
             calls = st.generated_tokens - st.accepted_tokens
             kept = f"{st.accepted_tokens}/{st.drafted_tokens}" if st.drafted_tokens else "-"
             print(f"| {name} | {mode} | {statistics.median(r):.1f} ({r[0]:.1f}-{r[-1]:.1f}) | "
-                  f"{statistics.median(r) / base:.2f}x | {kept} | {st.generated_tokens / max(calls, 1):.2f} |",
-                  flush=True)
+                  f"{statistics.median(r) / base:.2f}x | {c:.1f} | {c / cpu_base:.2f}x | {kept} | "
+                  f"{st.generated_tokens / max(calls, 1):.2f} |", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     for note in notes:
         print(f"note: {note}")
