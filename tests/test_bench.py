@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +219,194 @@ def test_plots_are_written(tmp_path):
     for f in files:
         with open(f, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- the matrix and the peers
+
+def _resolved(*argv, cores=2):
+    from phi2cpu.bench.run import build_parser, resolve
+
+    return resolve(build_parser().parse_args(list(argv)), cores)
+
+
+def test_default_matrix_is_the_decided_one():
+    a = _resolved()
+    assert a.formats == ["Q4_0", "Q8_0", "Q4_K_M"] and a.threads == [1, 2] and a.runs == 3
+    assert "hf-fp32" not in a.engines and "hf-bf16" not in a.engines and "kl" not in a.sections
+    assert {"openvino", "ort-genai", "torch-int8"} <= set(a.engines) and a.budget_min == 30
+    assert _resolved(cores=16).threads == [1, 16] and _resolved(cores=1).threads == [1]
+    full = _resolved("--full")
+    assert "F16" in full.formats and {"hf-fp32", "hf-bf16"} <= set(full.engines) and "kl" in full.sections
+    quick = _resolved("--quick")
+    assert quick.formats == ["Q4_0"] and quick.threads == [2] and quick.budget_min == 5
+    assert "torch-int8" not in quick.engines and "openvino" in quick.engines
+    # explicit choices win over the defaults
+    assert _resolved("--engines", "hf-fp32", "--formats", "F16").engines == ["phi2cpu", "hf-fp32"]
+
+
+def test_speed_groups_put_each_peer_beside_its_class_at_all_cores_only():
+    from phi2cpu.bench.run import speed_groups
+
+    engs = list(_resolved().engines)
+    groups = speed_groups(["Q4_0", "Q8_0", "Q4_K_M"], [1, 2], engs)
+    assert [(t, f) for t, f, _ in groups] == [(2, "Q4_0"), (2, "Q4_K_M"), (2, "Q8_0"),
+                                              (1, "Q4_0"), (1, "Q4_K_M"), (1, "Q8_0")]
+    cells = {(t, f): members for t, f, members in groups}
+    assert cells[(2, "Q4_0")] == [("phi2cpu", "Q4_0"), ("llama.cpp", "Q4_0"), ("openvino", "int4"),
+                                  ("ort-genai", "int4")]
+    assert cells[(2, "Q8_0")][2:] == [("openvino", "int8"), ("ort-genai", "int8"), ("torch-int8", "int8")]
+    assert cells[(2, "Q4_K_M")] == [("phi2cpu", "Q4_K_M"), ("llama.cpp", "Q4_K_M")]
+    assert all(len(m) == 2 for t, _, m in groups if t == 1)  # only phi2cpu and llama.cpp at 1 thread
+    # without Q4_0 the int4 exports join the first 4-bit format there is; the HF engines join F16
+    alt = {f: m for t, f, m in speed_groups(["Q4_K_M", "F16"], [2], engs + ["hf-fp32"])}
+    assert ("openvino", "int4") in alt["Q4_K_M"] and ("hf-fp32", "F16") in alt["F16"]
+
+
+def test_missing_new_peers_are_named_skips(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    gone = {"openvino_genai", "onnxruntime_genai"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in gone else real(name, *a))
+    assert "openvino_genai" in engines.missing_reason(engines.OPENVINO)
+    assert "onnxruntime_genai" in engines.missing_reason(engines.ORT_GENAI)
+
+
+def test_builder_is_fed_the_rotary_factor_and_a_wrong_cos_cache_is_refused(tmp_path, mini_dir):
+    from phi2cpu.bench import exports
+
+    stage = tmp_path / "stage"
+    cfg = json.loads((mini_dir / "config.json").read_text())
+    cfg.pop("partial_rotary_factor")
+    cfg["rope_parameters"] = {"rope_theta": 10000.0, "partial_rotary_factor": 0.5, "rope_type": "default"}
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(cfg))
+    (src / "model.safetensors").write_bytes(b"x")
+    exports.stage_for_builder(src, stage)
+    staged = json.loads((stage / "config.json").read_text())
+    assert staged["partial_rotary_factor"] == 0.5 == staged["rope_parameters"]["partial_rotary_factor"]
+    assert (stage / "model.safetensors").is_symlink()
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    def model_with_cos(width):
+        out = tmp_path / f"m{width}"
+        out.mkdir()
+        cos = helper.make_tensor("cos_cache", TensorProto.FLOAT, [4, width], [0.0] * 4 * width)
+        graph = helper.make_graph([], "g", [], [], initializer=[cos])
+        onnx.save(helper.make_model(graph), str(out / "model.onnx"))
+        return out
+
+    exports.check_rotary(model_with_cos(16), mini_dir)  # mini: head 64, rotary 32
+    with pytest.raises(exports.AssetError, match="20-wide cos_cache for rotary dims 32"):
+        exports.check_rotary(model_with_cos(20), mini_dir)
+
+
+def test_export_commands():
+    from phi2cpu.bench import exports
+
+    ort4 = exports.command("ort-genai", "int4", Path("S"), Path("O"))
+    assert ort4[-2:] == ["--extra_options", "int4_accuracy_level=4"] and ort4[ort4.index("-p") + 1] == "int4"
+    assert "--extra_options" not in exports.command("ort-genai", "int8", Path("S"), Path("O"))
+    ov = exports.command("openvino", "int8", Path("S"), Path("O"))
+    assert ov[ov.index("--weight-format") + 1] == "int8" and "openvino" in ov
+    assert exports.display_command("openvino", "int4").startswith("python -m optimum.commands.optimum_cli export")
+    with pytest.raises(ValueError):
+        exports.command("openvino", "Q4_0", Path("S"), Path("O"))
+
+
+def test_export_is_made_once_and_never_left_half_made(tmp_path, monkeypatch, mini_dir):
+    import sys
+
+    from phi2cpu.bench import assets, exports
+
+    monkeypatch.setattr(exports, "exporter_missing", lambda engine: None)
+    runs = tmp_path / "runs"
+    runs.write_text("")
+
+    def fake(engine, fmt, src, out, fail=False):
+        code = (f"import pathlib, sys; open({str(runs)!r}, 'a').write('x'); o = pathlib.Path({str(out)!r}); "
+                f"o.mkdir(parents=True); (o / 'openvino_model.xml').write_text('m'); "
+                f"{'sys.exit(3)' if fail else '(o / ' + repr('openvino_model.bin') + ').write_text(1 * chr(0))'}")
+        return [sys.executable, "-c", code]
+
+    cache = assets.Cache(tmp_path / "cache", log=lambda m: None)
+    monkeypatch.setattr(exports, "command", lambda *a: fake(*a, fail=True))
+    with pytest.raises(exports.AssetError, match="export failed \\(exit status 3"):
+        exports.export(cache, "openvino", "int8", mini_dir)
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing under a final name, no temp left
+
+    monkeypatch.setattr(exports, "command", fake)
+    out = exports.export(cache, "openvino", "int8", mini_dir)
+    assert (out / "openvino_model.bin").is_file() and out.name.startswith("phi2-mini-code-")
+    assert out.name.endswith(".openvino-int8") and exports.export(cache, "openvino", "int8", mini_dir) == out
+    assert runs.read_text() == "xx"  # the failed try and the one that made it; the cache served the third
+    monkeypatch.setattr(exports, "exporter_missing", lambda engine: "no tool")
+    assert exports.export(cache, "openvino", "int8", mini_dir) == out  # a cached export needs no tool
+    with pytest.raises(exports.AssetError, match="no tool"):
+        exports.export(cache, "openvino", "int4", mini_dir)
+
+
+def test_peer_check_refuses_a_build_that_computes_another_model():
+    c = quality.PeerCheck("ort-genai", "int4")
+    ref = list(range(32))
+    quality.judge_peer(c, ref, ref[:28] + [0, 0, 0, 0])
+    assert c.status == "ok" and c.top1_agree == pytest.approx(28 / 32)
+    bad = quality.PeerCheck("ort-genai", "int4")
+    quality.judge_peer(bad, ref, ref[:10] + [0] * 22)
+    assert bad.status == "refused" and "31% of 32 positions" in bad.reason
+    assert quality.check_ends(256) == sorted(set(quality.check_ends(256))) and quality.check_ends(256)[-1] == 256
+
+
+def test_worker_lets_a_generate_only_engine_time_itself():
+    from phi2cpu.bench.worker import Server
+
+    class GenerateOnly:
+        def reset(self):
+            raise AssertionError("a generate-only engine is never stepped")
+
+        def prefill_s(self, ids):
+            return 0.5
+
+        def decode(self, prompt, n):
+            return 2.0, list(range(n))
+
+        def greedy(self, ids, n):
+            return {"tokens": [len(ids)] * n, "margins": None, "top": None}
+
+    server = Server.__new__(Server)
+    server.engine = GenerateOnly()
+    assert server.handle({"cmd": "pp", "ids": [1, 2]}) == {"ok": True, "s": 0.5}
+    assert server.handle({"cmd": "tg", "prompt": [1], "n": 3}) == {"ok": True, "s": 2.0, "tokens": [0, 1, 2]}
+    assert server.handle({"cmd": "next", "ids": list(range(10)), "ends": [3, 7]}) == {"ok": True, "tokens": [3, 7]}
+    # a judge without the other engine's margins uses the reference's
+    ref = {"tokens": [1, 2, 3], "margins": [1.0, 0.01, 1.0]}
+    assert quality.judge(ref, {"tokens": [1, 9, 9], "margins": None}, 3)[:2] == ("near-tie", 1)
+
+
+def test_report_ranks_phi2cpu_against_the_best_peer_of_each_class_and_names_every_skip():
+    res = synthetic_results()
+    cell = dict(model="m", load_s=1.0, peak_rss=1 << 30, alternated_with=[], reason="", status="ok")
+    res["speed"] += [
+        {**cell, "engine": "openvino", "format": "int4", "threads": 2, "pp": _summary([40, 42, 41]),
+         "tg": _summary([5, 5, 5])},
+        {**cell, "engine": "ort-genai", "format": "int4", "threads": 2, "pp": _summary([15, 15, 15]),
+         "tg": _summary([6.5, 5.0, 5.0])},
+        {**cell, "engine": "ort-genai", "format": "int8", "threads": 2, "status": "skipped",
+         "reason": "failed its check on phi2-mini-code: 10% of 32", "pp": None, "tg": None},
+    ]
+    rows = {(r["class"], r["which"]): r for r in report.best_by_class(res)}
+    pp, tg = rows[("4-bit", "pp")], rows[("4-bit", "tg")]
+    assert pp["peer"] == "openvino int4" and pp["ratio"] == pytest.approx(21 / 41)
+    assert tg["peer"] == "llama.cpp Q4_0" and tg["ratio"] == pytest.approx(1.0)  # ort's median is 5.0
+    res["peer_checks"] = [{"engine": "ort-genai", "format": "int8", "status": "refused", "top1_agree": 0.1,
+                           "n_positions": 32, "reason": "failed its check"}]
+    res["export_commands"] = {"openvino int4": "python -m optimum.commands.optimum_cli export openvino"}
+    md = report.render_markdown(res)
+    assert "| 2 | 4-bit | prompt 512 | 21.00 (Q4_0) | openvino int4 | 41.00 | **0.51×** |" in md
+    assert "ort-genai int8 threads=2: skipped: failed its check on phi2-mini-code" in md
+    assert "| ort-genai | int8 | 10% of 32 | refused: failed its check |" in md
+    assert "`python -m optimum.commands.optimum_cli export openvino`" in md
+    assert report.compared_format("openvino", "int4") == "Q4_0" and report.compared_format("hf-bf16", "F16") == "F16"

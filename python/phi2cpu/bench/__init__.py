@@ -1,6 +1,7 @@
 """The benchmark and quality harness behind `phi2cpu bench` and `python benchmarks/run.py`.
 
-Modules: engines (phi2cpu, llama.cpp, HF transformers behind one interface), worker (each engine
+Modules: engines and peer_engines (phi2cpu, llama.cpp, OpenVINO GenAI, ONNX Runtime GenAI, torch
+behind one interface), exports (the peers' own exports, cached), worker (each engine
 in its own process), assets (cached models), speed, quality, bandwidth, report, run (the CLI).
 """
 from __future__ import annotations

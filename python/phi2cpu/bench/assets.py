@@ -21,8 +21,8 @@ from typing import Callable, Optional
 from ..checkpoint import expected_gguf_shapes, write_random_checkpoint
 from ..config import PhiConfig
 
-FORMAT_QTYPE = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0"}
-BYTES_PER_PARAM = {"hf-f16": 2.0, "F32": 4.0, "F16": 2.0, "Q8_0": 34 / 32, "Q4_0": 18 / 32}
+FORMAT_QTYPE = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_K_M": "q4_k_m"}
+BYTES_PER_PARAM = {"hf-f16": 2.0, "F32": 4.0, "F16": 2.0, "Q8_0": 34 / 32, "Q4_0": 18 / 32, "Q4_K_M": 0.61}
 RANDOM_SEED = 0
 DISK_MARGIN = 1 << 30
 
@@ -85,6 +85,13 @@ def n_params(config: PhiConfig) -> int:
     return sum(math.prod(s) for s in expected_gguf_shapes(config).values())
 
 
+def source_tag(src_dir: Path) -> str:
+    """A hash of an HF checkpoint's config and the names, sizes and times of its files."""
+    files = sorted(p for p in src_dir.iterdir() if p.suffix in (".json", ".safetensors"))
+    stamp = "".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)};" for p in files)
+    return _digest((src_dir / "config.json").read_bytes(), stamp.encode())
+
+
 def ensure_disk(folder: Path, need_bytes: float, what: str) -> None:
     free = shutil.disk_usage(folder).free
     if free < need_bytes + DISK_MARGIN:
@@ -129,9 +136,7 @@ class Cache:
         """`src_dir` (an HF checkpoint) converted to `fmt` by phi2cpu.quantize, cached."""
         from ..quantize import quantize
 
-        files = sorted(p for p in src_dir.iterdir() if p.suffix in (".json", ".safetensors"))
-        stamp = "".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)};" for p in files)
-        tag = _digest((src_dir / "config.json").read_bytes(), stamp.encode())
+        tag = source_tag(src_dir)
         out = self.folder / f"{src_dir.name}-{tag}.{FORMAT_QTYPE[fmt]}.gguf"
         if out.is_file():
             return out

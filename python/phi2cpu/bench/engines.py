@@ -20,13 +20,30 @@ PHI2CPU = "phi2cpu"
 LLAMA_CPP = "llama.cpp"
 HF_FP32 = "hf-fp32"
 HF_BF16 = "hf-bf16"
-ALL_ENGINES = (PHI2CPU, LLAMA_CPP, HF_FP32, HF_BF16)
-PEERS = (LLAMA_CPP, HF_FP32, HF_BF16)
+OPENVINO = "openvino"
+ORT_GENAI = "ort-genai"
+TORCH_INT8 = "torch-int8"
+ALL_ENGINES = (PHI2CPU, LLAMA_CPP, OPENVINO, ORT_GENAI, TORCH_INT8, HF_FP32, HF_BF16)
+PEERS = ALL_ENGINES[1:]
+TORCH_ENGINES = (HF_FP32, HF_BF16, TORCH_INT8)  # run the HF checkpoint itself
+EXPORT_ENGINES = (OPENVINO, ORT_GENAI)        # run their own export of the HF checkpoint
+FULL_ONLY = (HF_FP32, HF_BF16)                # only in --full runs
+# The formats each non-GGUF engine runs: its own quantization of the HF checkpoint ("F16" for the
+# HF engines: they are compared with phi2cpu's F16 file).
+OWN_FORMATS = {OPENVINO: ("int4", "int8"), ORT_GENAI: ("int4", "int8"), TORCH_INT8: ("int8",),
+               HF_FP32: ("F16",), HF_BF16: ("F16",)}
+WEIGHT_CLASS = {"Q4_0": "4-bit", "Q4_K_M": "4-bit", "int4": "4-bit", "Q8_0": "8-bit", "int8": "8-bit",
+                "F16": "16-bit", "F32": "32-bit"}
 
 
 def uses_gguf(engine: str) -> bool:
-    """llama.cpp runs our GGUF files; the torch engines run the HF checkpoint."""
+    """llama.cpp runs our GGUF files; the others run the HF checkpoint or their own export of it."""
     return engine in (PHI2CPU, LLAMA_CPP)
+
+
+def weight_class(engine: str, fmt: str) -> str:
+    """The class a cell is ranked in: 4-bit, 8-bit, 16-bit (HF fp32 joins 16-bit, beside phi2cpu F16)."""
+    return WEIGHT_CLASS.get(fmt, fmt)
 
 
 def format_label(engine: str, fmt: str) -> str:
@@ -35,28 +52,34 @@ def format_label(engine: str, fmt: str) -> str:
         return "HF fp32"
     if engine == HF_BF16:
         return "HF bf16"
+    if engine == TORCH_INT8:
+        return "dynamic int8"
     return fmt
 
 
 def missing_reason(engine: str) -> Optional[str]:
     """Why `engine` cannot run here, or None when it can (checked without importing it)."""
-    need = {PHI2CPU: ["phi2cpu"], LLAMA_CPP: ["llama_cpp"],
+    need = {PHI2CPU: ["phi2cpu"], LLAMA_CPP: ["llama_cpp"], OPENVINO: ["openvino_genai"],
+            ORT_GENAI: ["onnxruntime_genai"], TORCH_INT8: ["torch", "transformers"],
             HF_FP32: ["torch", "transformers"], HF_BF16: ["torch", "transformers"]}[engine]
+    dist = {OPENVINO: "openvino-genai", ORT_GENAI: "onnxruntime-genai"}
     for module in need:
         if importlib.util.find_spec(module) is None:
-            return f"python package {module!r} is not installed (pip install 'phi2cpu[bench]')"
+            hint = f"pip install {dist[engine]}" if engine in dist else "pip install 'phi2cpu[bench]'"
+            return f"python package {module!r} is not installed ({hint})"
     return None
 
 
 def version_of(engine: str) -> Optional[str]:
     from importlib import metadata
 
-    dist = {PHI2CPU: "phi2cpu", LLAMA_CPP: "llama-cpp-python", HF_FP32: "torch", HF_BF16: "torch"}[engine]
+    dist = {PHI2CPU: "phi2cpu", LLAMA_CPP: "llama-cpp-python", OPENVINO: "openvino-genai",
+            ORT_GENAI: "onnxruntime-genai", TORCH_INT8: "torch", HF_FP32: "torch", HF_BF16: "torch"}[engine]
     try:
         v = metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-    if engine in (HF_FP32, HF_BF16):
+    if engine in TORCH_ENGINES:
         try:
             v += f", transformers {metadata.version('transformers')}"
         except metadata.PackageNotFoundError:
@@ -202,4 +225,12 @@ def make_engine(engine: str):
         return TorchEngine("float32")
     if engine == HF_BF16:
         return TorchEngine("bfloat16")
+    from . import peer_engines
+
+    if engine == OPENVINO:
+        return peer_engines.OpenVinoGenAIEngine()
+    if engine == ORT_GENAI:
+        return peer_engines.OrtGenAIEngine()
+    if engine == TORCH_INT8:
+        return peer_engines.TorchInt8Engine()
     raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ALL_ENGINES)}")

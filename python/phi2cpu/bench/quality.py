@@ -28,6 +28,12 @@ VALIDATION_PROMPT = (
     '    """Read the JSON settings file at path and return a dict."""\n'
 )
 NEAR_TIE = 0.05  # logit units: a top-2 margin this small may flip under any rounding
+# A peer's own 4-bit or 8-bit build is not expected to continue a prompt exactly as phi2cpu F16
+# does, but teacher-forced, its next token should mostly agree; a build that computes another model
+# (a wrong rotary width, a broken export) does not.
+PEER_MIN_TOP1 = 0.75
+PEER_POSITIONS = 32
+PEER_TEXT_TOKENS = 256
 
 
 @dataclass
@@ -61,18 +67,70 @@ def judge(ref: dict, other: dict, n: int) -> tuple[str, int, Optional[float]]:
     k = leading_agreement(ref["tokens"], other["tokens"])
     if k >= n:
         return "OK", k, None
-    margin = min(ref["margins"][k], other["margins"][k])
+    margin = min(m[k] for m in (ref["margins"], other["margins"]) if m is not None)
     return ("near-tie" if margin < NEAR_TIE else "MISMATCH"), k, margin
 
 
 def compare_greedy(pair: Agreement, ref: dict, other: dict, n: int) -> None:
     pair.n_tokens = n
     pair.status, pair.n_agree, pair.margin_at_split = judge(ref, other, n)
+    if ref["top"] is None or other["top"] is None:
+        return  # an engine that gives no logits
     pair.top5_equal = ref["top"]["ids"] == other["top"]["ids"]
     shared = set(ref["top"]["ids"]) & set(other["top"]["ids"])
     a = dict(zip(ref["top"]["ids"], ref["top"]["logits"]))
     b = dict(zip(other["top"]["ids"], other["top"]["logits"]))
     pair.top5_max_abs_diff = max((abs(a[i] - b[i]) for i in shared), default=None)
+
+
+@dataclass
+class PeerCheck:
+    engine: str
+    format: str
+    status: str = "pending"   # ok | refused | skipped | failed
+    reason: str = ""
+    top1_agree: Optional[float] = None  # teacher-forced next tokens equal to the reference's
+    n_positions: int = 0
+
+
+def check_ends(n_ids: int, n: int = PEER_POSITIONS) -> list[int]:
+    """n prefix lengths spread over the text, from 8 tokens up to all of it."""
+    return sorted({int(x) for x in np.linspace(8, n_ids, n)})
+
+
+def judge_peer(check: PeerCheck, ref: list[int], got: list[int]) -> None:
+    check.n_positions = len(ref)
+    check.top1_agree = float(np.mean(np.asarray(ref) == np.asarray(got)))
+    if check.top1_agree >= PEER_MIN_TOP1:
+        check.status = "ok"
+    else:
+        check.status = "refused"
+        check.reason = (f"failed its check on phi2-mini-code: its next token agrees with phi2cpu F16's at "
+                        f"{check.top1_agree:.0%} of {check.n_positions} positions (at least {PEER_MIN_TOP1:.0%} "
+                        f"needed): the build computes another model")
+
+
+def check_peers(checks: list[PeerCheck], ref_path: str, paths: dict[tuple[str, str], str], ids: list[int],
+                threads: int, log: Callable[[str], None], log_path=None) -> None:
+    """Teacher-forced next tokens of each peer build against phi2cpu F16 on the same ids."""
+    ends = check_ends(len(ids))
+    with Worker(PHI2CPU, threads, log_path) as w:
+        w.call("load", path=ref_path, threads=threads, n_ctx=len(ids) + 8)
+        ref = w.call("next", ids=ids, ends=ends)["tokens"]
+    for c in checks:
+        if c.status != "pending":
+            continue
+        try:
+            with Worker(c.engine, threads, log_path) as w:
+                w.call("load", path=paths[(c.engine, c.format)], threads=threads, n_ctx=len(ids) + 8)
+                got = w.call("next", ids=ids, ends=ends)["tokens"]
+        except WorkerError as e:
+            c.status, c.reason = "failed", f"its check on phi2-mini-code failed: {e}"
+            log(f"  {c.engine} {c.format}: {e}")
+            continue
+        judge_peer(c, ref, got)
+        log(f"  {c.engine} {c.format}: next token agrees with phi2cpu F16 at {c.top1_agree:.0%} of "
+            f"{c.n_positions} positions: {c.status}")
 
 
 def _label(engine: str, fmt: str) -> str:

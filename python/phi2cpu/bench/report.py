@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from .engines import HF_BF16, HF_FP32, PHI2CPU, format_label
+from .engines import ALL_ENGINES, HF_BF16, HF_FP32, PHI2CPU, format_label, weight_class
 
-ENGINE_ORDER = ("phi2cpu", "llama.cpp", "hf-fp32", "hf-bf16")
-FORMAT_ORDER = ("F32", "F16", "Q8_0", "Q4_0")
+ENGINE_ORDER = ALL_ENGINES
+FORMAT_ORDER = ("F32", "F16", "Q8_0", "int8", "Q4_K_M", "Q4_0", "int4")
+CLASS_ORDER = ("4-bit", "8-bit", "16-bit", "32-bit")
 
 
 def _order(cell: dict) -> tuple:
@@ -17,8 +18,11 @@ def _order(cell: dict) -> tuple:
 
 
 def compared_format(engine: str, fmt: str) -> str:
-    """The phi2cpu format a peer is compared with: the same file, or F16 for the torch engines."""
-    return "F16" if engine in (HF_FP32, HF_BF16) else fmt
+    """The phi2cpu format a peer is compared with: the same file, F16 for the HF engines, Q4_0 for
+    4-bit exports and Q8_0 for 8-bit ones."""
+    if engine in (HF_FP32, HF_BF16):
+        return "F16"
+    return {"int4": "Q4_0", "int8": "Q8_0"}.get(fmt, fmt)
 
 
 def phi2cpu_cell(cells: list[dict], peer: dict) -> Optional[dict]:
@@ -77,6 +81,49 @@ def speed_table(res: dict) -> list[str]:
               f"generate {w['tg']} tok/s: median (min–max)", "phi2cpu ÷ peer (prompt / generate)",
               "load s", "peak RSS"]
     return _table(header, rows)
+
+
+def best_by_class(res: dict) -> list[dict]:
+    """Per thread count and weight class: phi2cpu's best cell against the best peer's, for prompt
+    and generation separately (the best peer may differ between them)."""
+    cells = [c for c in res.get("speed", []) if c["status"] == "ok"]
+    rows = []
+    for t in sorted({c["threads"] for c in cells}, reverse=True):
+        for cls in CLASS_ORDER:
+            inside = [c for c in cells if c["threads"] == t and weight_class(c["engine"], c["format"]) == cls]
+            for which in ("pp", "tg"):
+                ours = [c for c in inside if c["engine"] == PHI2CPU]
+                peers = [c for c in inside if c["engine"] != PHI2CPU]
+                if not ours:
+                    continue
+                a = max(ours, key=lambda c: c[which]["median"])
+                b = max(peers, key=lambda c: c[which]["median"]) if peers else None
+                rows.append({"threads": t, "class": cls, "which": which, "phi2cpu_format": a["format"],
+                             "phi2cpu": a[which]["median"], "peer": b and f"{b['engine']} {b['format']}",
+                             "peer_tps": b and b[which]["median"],
+                             "ratio": b and a[which]["median"] / b[which]["median"]})
+    return rows
+
+
+def class_table(res: dict) -> list[str]:
+    w = res["config"]["workload"]
+    rows = []
+    for r in best_by_class(res):
+        what = f"prompt {w['pp']}" if r["which"] == "pp" else f"generate {w['tg']}"
+        rows.append([r["threads"], r["class"], what, f"{r['phi2cpu']:.2f} ({r['phi2cpu_format']})",
+                     r["peer"] or "no peer measured", fmt_float(r["peer_tps"], 2),
+                     "–" if r["ratio"] is None else f"**{r['ratio']:.2f}×**"])
+    return _table(["threads", "weight class", "tok/s", "phi2cpu best (format)", "best peer", "peer tok/s",
+                   "phi2cpu ÷ best peer"], rows)
+
+
+def peer_check_table(res: dict) -> list[str]:
+    rows = []
+    for c in res.get("peer_checks", []):
+        agree = "" if c.get("top1_agree") is None else f"{100 * c['top1_agree']:.0f}% of {c['n_positions']}"
+        rows.append([c["engine"], format_label(c["engine"], c["format"]), agree,
+                     c["status"] + (f": {c['reason']}" if c["reason"] else "")])
+    return _table(["engine", "build", "next token = phi2cpu F16's", "verdict"], rows)
 
 
 def fmt_seconds(s: Optional[dict]) -> str:
@@ -195,7 +242,9 @@ def environment_lines(res: dict) -> list[str]:
         f"flags: {' '.join(e['cpu_flags']) or 'n/a'}; memory {fmt_bytes(e.get('mem_total'))}",
         f"- phi2cpu kernels: {e['phi2cpu_isa']} ({e['phi2cpu_isa_reason']})",
         f"- Versions: Python {e['python']}, NumPy {e['numpy']}, phi2cpu {v.get('phi2cpu') or '?'}, "
-        f"llama-cpp-python {v.get('llama.cpp') or 'not installed'}, torch {v.get('hf-fp32') or 'not installed'}",
+        f"llama-cpp-python {v.get('llama.cpp') or 'not installed'}, torch {v.get('hf-fp32') or 'not installed'}, "
+        f"openvino-genai {v.get('openvino') or 'not installed'}, "
+        f"onnxruntime-genai {v.get('ort-genai') or 'not installed'}",
     ]
 
 
@@ -216,6 +265,13 @@ def render_markdown(res: dict) -> str:
                   f"Greedy continuation of a fixed Python prompt on phi2-mini-code (real trained weights), "
                   f"{cfg.get('validate_tokens')} tokens, the same token ids fed to every engine.", ""]
         lines += validation_table(res) + [""]
+    if res.get("peer_checks"):
+        lines += ["The peers' own builds of phi2-mini-code (their exports, made by the commands below, and torch's "
+                  "dynamic int8), teacher-forced on the eval text: the greedy next token after "
+                  "each of 32 prefixes, against phi2cpu F16's. A build below "
+                  f"{100 * res['config'].get('peer_min_top1', 0.75):.0f}% computes another model and is not timed.",
+                  ""]
+        lines += peer_check_table(res) + [""]
     if res.get("speed"):
         lines += speed_section(res)
     if res.get("load"):
@@ -231,9 +287,18 @@ def speed_section(res: dict) -> list[str]:
              f"HF checkpoint `{m.get('hf_checkpoint', '?')}` and its GGUF files; every engine reads the same file "
              f"or checkpoint. Prompt: {w['pp']} tokens from an empty cache. Generate: {w['tg']} greedy tokens, one "
              f"per step, after a {w['tg_prompt']}-token prompt. {w['runs']} counted runs after a warm-up, engines "
-             f"alternating; median (min–max). Ratio above 1 means phi2cpu is faster (torch engines are compared "
-             f"with phi2cpu F16). Load time is with the file in the page cache; peak RSS is the engine's process.", ""]
+             f"alternating; median (min–max). Ratio above 1 means phi2cpu is faster (the HF engines are compared "
+             f"with phi2cpu F16, int4 exports with Q4_0, int8 builds with Q8_0). Load time is with the file in the page cache; peak RSS is the engine's process.", ""]
     lines += speed_table(res) + [""]
+    if any(r["peer"] for r in best_by_class(res)):
+        lines += ["### phi2cpu against the best peer of each weight class", "",
+                  "4-bit: Q4_0, Q4_K_M and the int4 exports; 8-bit: Q8_0, the int8 exports and torch's dynamic "
+                  "int8; 16-bit: F16, HF bf16 and HF fp32. Medians of this run.", ""]
+        lines += class_table(res) + [""]
+    cmds = res.get("export_commands") or {}
+    if cmds:
+        lines += ["Exports (made once, kept in the bench cache): "
+                  + "; ".join(f"{k}: `{v}`" for k, v in cmds.items()) + ".", ""]
     notes = [c for c in sorted(res.get("speed", []), key=_order) if c["status"] != "ok"]
     if notes:
         lines += [f"- {c['engine']} {c['format']} threads={c['threads']}: {c['status']}: {c['reason']}" for c in notes]

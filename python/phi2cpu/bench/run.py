@@ -9,12 +9,15 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import assets, load, quality, report, speed
+from . import assets, exports, load, quality, report, speed
 from .bandwidth import DEFAULT_BYTES, decode_ceiling, read_bandwidth, weight_bytes_per_token
-from .engines import ALL_ENGINES, HF_FP32, LLAMA_CPP, PHI2CPU, missing_reason, uses_gguf
+from .engines import (ALL_ENGINES, EXPORT_ENGINES, FULL_ONLY, HF_BF16, HF_FP32, LLAMA_CPP, OWN_FORMATS, PHI2CPU,
+                      TORCH_ENGINES, missing_reason, uses_gguf, weight_class)
 
 SECTIONS = ("validate", "ppl", "kl", "bandwidth", "load", "speed")
-DEFAULT_FORMATS = ("F16", "Q8_0", "Q4_0")
+DEFAULT_FORMATS = ("Q4_0", "Q8_0", "Q4_K_M")
+FULL_FORMATS = DEFAULT_FORMATS + ("F16",)
+QUICK_FORMATS = ("Q4_0",)
 
 
 def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -49,17 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "prompt/generation speed per format and thread count, the memory-bandwidth ceiling, "
                     "perplexity and KL divergence. Writes results.json, results.md and PNG plots.")
     ap.add_argument("--quick", action="store_true",
-                    help="a smoke run in a few minutes: Q4_0 only, short prompt/generation, all threads only, "
-                         "no torch peers, 1 perplexity window, no KL")
+                    help="a smoke run under 5 minutes: Q4_0 and the 4-bit peers only, short prompt/generation, "
+                         "all cores only, 1 perplexity window, no KL")
+    ap.add_argument("--full", action="store_true",
+                    help="the default matrix plus F16, HF transformers fp32/bf16 and the KL section")
     ap.add_argument("--out", default="bench-out", help="output folder (default bench-out/)")
     ap.add_argument("--results-md", metavar="PATH", help="also write the Markdown report here "
                                                          "(e.g. benchmarks/RESULTS.md)")
     ap.add_argument("--cache-dir", help=f"where generated models are kept (default {assets.default_cache_dir()})")
     ap.add_argument("--shared", help="the shared/ assets folder (default: beside the checkout, or $PHI2CPU_SHARED)")
     ap.add_argument("--config", help="HF config.json of the speed model (default shared/phi-2/config.json)")
-    ap.add_argument("--formats", type=_csv(tuple(assets.FORMAT_QTYPE)), help="default F16,Q8_0,Q4_0")
-    ap.add_argument("--threads", type=_threads, help="thread counts, e.g. 1,2 or 1-4 (default 1..cores)")
-    ap.add_argument("--engines", type=_csv(ALL_ENGINES), help=f"default {','.join(ALL_ENGINES)}")
+    ap.add_argument("--formats", type=_csv(tuple(assets.FORMAT_QTYPE)),
+                    help=f"GGUF formats (default {','.join(DEFAULT_FORMATS)}; --full adds F16); the other "
+                         "peers run their own 4-bit and 8-bit exports beside Q4_0 and Q8_0")
+    ap.add_argument("--threads", type=_threads, help="thread counts, e.g. 1,2 or 1-4 (default 1 and all cores); "
+                                                      "peers other than llama.cpp run at the most only")
+    ap.add_argument("--engines", type=_csv(ALL_ENGINES),
+                    help=f"default {','.join(e for e in ALL_ENGINES if e not in FULL_ONLY)} "
+                         f"(--full adds {','.join(FULL_ONLY)})")
     ap.add_argument("--sections", type=_csv(SECTIONS), help=f"default {','.join(SECTIONS)}")
     ap.add_argument("--runs", type=int, help="counted runs per engine (default 3)")
     ap.add_argument("--load-trials", type=int, help="counted fresh-process loads per engine and format "
@@ -80,13 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(args: argparse.Namespace, cores: int) -> argparse.Namespace:
-    """Fill the defaults that --quick changes."""
+    """Fill the defaults that --quick and --full change (explicit options always win)."""
+    if args.quick and getattr(args, "full", False):
+        raise SystemExit("error: --quick and --full cannot be combined")
     q = args.quick
     pick = lambda value, normal, quick: value if value is not None else (quick if q else normal)  # noqa: E731
-    args.formats = pick(args.formats, list(DEFAULT_FORMATS), ["Q4_0"])
-    args.threads = pick(args.threads, list(range(1, cores + 1)), [cores])
-    args.engines = pick(args.engines, list(ALL_ENGINES), [PHI2CPU, LLAMA_CPP])
-    args.sections = pick(args.sections, list(SECTIONS), ["validate", "ppl", "bandwidth", "load", "speed"])
+    full = getattr(args, "full", False)
+    args.formats = pick(args.formats, list(FULL_FORMATS if full else DEFAULT_FORMATS), list(QUICK_FORMATS))
+    args.threads = pick(args.threads, sorted({1, cores}), [cores])
+    default_engines = [e for e in ALL_ENGINES if full or e not in FULL_ONLY]
+    args.engines = pick(args.engines, default_engines, [PHI2CPU, LLAMA_CPP] + list(EXPORT_ENGINES))
+    default_sections = [s for s in SECTIONS if full or s != "kl"]
+    args.sections = pick(args.sections, default_sections, ["validate", "ppl", "bandwidth", "load", "speed"])
     args.runs = pick(args.runs, 3, 3)
     args.load_trials = pick(args.load_trials, 5, 2)
     args.pp = pick(args.pp, 512, 64)
@@ -99,6 +114,30 @@ def resolve(args: argparse.Namespace, cores: int) -> argparse.Namespace:
         args.engines.insert(0, PHI2CPU)
     args.engines = [e for e in ALL_ENGINES if e in args.engines]
     return args
+
+
+def speed_groups(formats: list[str], threads: list[int], engines: list[str]) -> list[tuple[int, str, list[tuple[str, str]]]]:
+    """The speed matrix in run order: (threads, GGUF format, [(engine, format)]) per group.
+
+    phi2cpu and llama.cpp run every GGUF format at every thread count. The other peers run at the
+    most threads only, in the group of the first GGUF format of their weight class (4-bit exports
+    beside Q4_0 or Q4_K_M, 8-bit beside Q8_0, the HF engines beside F16), so that they alternate
+    with the phi2cpu cell they are ranked against. Most threads first, the smallest format first:
+    under a time budget the headline numbers come first."""
+    top = max(threads)
+    by_size = sorted(formats, key=lambda f: assets.BYTES_PER_PARAM[f])
+    first_of_class = {}
+    for f in by_size:
+        first_of_class.setdefault(weight_class(PHI2CPU, f), f)
+    groups = []
+    for t in sorted(threads, reverse=True):
+        for f in by_size:
+            cells = [(e, f) for e in engines if uses_gguf(e)]
+            if t == top and first_of_class[weight_class(PHI2CPU, f)] == f:
+                cells += [(e, own) for e in engines if not uses_gguf(e)
+                          for own in OWN_FORMATS[e] if weight_class(e, own) == weight_class(PHI2CPU, f)]
+            groups.append((t, f, cells))
+    return groups
 
 
 class Bench:
@@ -117,12 +156,13 @@ class Bench:
         self.cores = max(args.threads)
         self.skipped = {e: r for e in args.engines if (r := missing_reason(e))}
         self.res: dict = {"config": self._config(), "skipped_engines": self.skipped, "models": {}}
+        self.peer_verdicts: dict[str, Optional[str]] = {}  # "engine fmt" -> why it is not timed, or None
 
     def _config(self) -> dict:
         a = self.args
-        return {"quick": a.quick, "formats": a.formats, "threads": a.threads, "engines": a.engines,
+        return {"quick": a.quick, "full": getattr(a, "full", False), "formats": a.formats, "threads": a.threads, "engines": a.engines,
                 "sections": a.sections, "budget_min": a.budget_min, "validate_tokens": a.validate_tokens,
-                "load_trials": a.load_trials, "load_ctx": load.N_CTX,
+                "load_trials": a.load_trials, "load_ctx": load.N_CTX, "peer_min_top1": quality.PEER_MIN_TOP1,
                 "workload": dataclasses.asdict(self.workload())}
 
     def workload(self) -> speed.Workload:
@@ -157,6 +197,35 @@ class Bench:
         res = quality.validate(pairs, paths, tok.encode(quality.VALIDATION_PROMPT), self.cores,
                                self.args.validate_tokens, tok.decode, self.log, self.worker_log, self.skipped)
         self.res["validation"] = [dataclasses.asdict(r) for r in res]
+        peers = [(e, pf) for e in self.args.engines if not uses_gguf(e) and e not in (HF_FP32, HF_BF16)
+                 for pf in OWN_FORMATS[e]]
+        self.validate_peers(peers)
+
+    def validate_peers(self, peers: list[tuple[str, str]]) -> None:
+        """Each peer's own build of phi2-mini-code (its export, or torch's int8) against phi2cpu F16,
+        teacher-forced on the eval text; a build that fails the check is never timed."""
+        mini = self.shared.mini_dir
+        paths = {}
+        checks = []
+        for e, pf in peers:
+            c = quality.PeerCheck(e, pf)
+            checks.append(c)
+            if e in self.skipped:
+                c.status, c.reason = "skipped", self.skipped[e]
+                continue
+            try:
+                paths[(e, pf)] = str(mini) if e in TORCH_ENGINES else str(
+                    exports.export(self.cache, e, pf, mini, self.worker_log))
+            except assets.AssetError as err:
+                c.status, c.reason = "skipped", str(err)
+        if any(c.status == "pending" for c in checks):
+            self.log("validation: the peers' own builds of phi2-mini-code, next tokens against phi2cpu F16")
+            ids = self.tokenizer().encode(self.shared.eval_text.read_text(encoding="utf-8"))[:quality.PEER_TEXT_TOKENS]
+            quality.check_peers(checks, str(self.cache.gguf(mini, "F16")), paths, ids, self.cores, self.log,
+                                self.worker_log)
+        for c in checks:
+            self.peer_verdicts[f"{c.engine} {c.format}"] = None if c.status == "ok" else c.reason
+        self.res.setdefault("peer_checks", []).extend(dataclasses.asdict(c) for c in checks)
 
     def perplexity(self) -> None:
         self.log("perplexity: phi2-mini-code on the eval text")
@@ -241,25 +310,53 @@ class Bench:
         deadline = self.t0 + budget + self.cache.setup_s if budget > 0 else None
         runner = speed.GroupRunner(self.workload(), self.log, self.worker_log)
         cells = []
-        # Most threads first, the smallest format first: under a time budget the headline numbers
-        # come before the slow F16/torch groups and the scaling curve.
-        by_size = sorted(self.args.formats, key=lambda f: assets.BYTES_PER_PARAM[f])
-        for t in sorted(self.args.threads, reverse=True):
-            for f in by_size:
-                engines = [e for e in self.args.engines if uses_gguf(e) or f == "F16"]
-                group = [speed.Cell(e, f, t) for e in engines]
-                cells += group
-                for c in group:
-                    if c.engine in self.skipped:
-                        c.status, c.reason = "skipped", self.skipped[c.engine]
-                live = [c for c in group if c.status == "pending"]
-                paths = {e: str(files[f]) if uses_gguf(e) else str(ckpt) for e in engines}
-                need = lambda e: speed.memory_need(e, files[f].stat().st_size, n_params)  # noqa: E731
-                for sub in speed.split_by_memory([c.engine for c in live], need, int(speed.mem_available() * 0.85)):
-                    self.log(f"speed: {f}, {t} thread{'s' if t > 1 else ''}: {' / '.join(sub)}")
-                    runner.run([c for c in live if c.engine in sub], paths, deadline)
-                self.probe_bandwidth(t)
-                self.res["speed"] = [self._cell_dict(c) for c in cells]
+        for t, f, members in speed_groups(self.args.formats, self.args.threads, self.args.engines):
+            group = [speed.Cell(e, pf, t) for e, pf in members]
+            cells += group
+            paths = {}
+            for c in group:
+                if c.engine in self.skipped:
+                    c.status, c.reason = "skipped", self.skipped[c.engine]
+                    continue
+                try:
+                    paths[c.engine] = self.speed_path(c.engine, c.format, ckpt, files)
+                except assets.AssetError as e:
+                    c.status, c.reason = "skipped", str(e)
+                    self.log(f"  {c.engine} {c.format}: skipped: {e}")
+                    continue
+                if deadline is not None:  # exports made here are setup, not counted in the budget
+                    deadline = self.t0 + budget + self.cache.setup_s
+                why = self.peer_check(c.engine, c.format)
+                if why:
+                    c.status, c.reason = "skipped", why
+                    self.log(f"  {c.engine} {c.format}: skipped: {why}")
+            live = [c for c in group if c.status == "pending"]
+            need = {c.engine: speed.memory_need(c.engine, c.format, files[f].stat().st_size, n_params) for c in live}
+            for sub in speed.split_by_memory([c.engine for c in live], need.__getitem__,
+                                             int(speed.mem_available() * 0.85)):
+                self.log(f"speed: {f}, {t} thread{'s' if t > 1 else ''}: {' / '.join(sub)}")
+                runner.run([c for c in live if c.engine in sub], paths, deadline)
+            self.probe_bandwidth(t)
+            self.res["speed"] = [self._cell_dict(c) for c in cells]
+
+    def speed_path(self, engine: str, fmt: str, ckpt: Path, files: dict[str, Path]) -> str:
+        """What `engine` loads for a speed cell: the GGUF file, the HF checkpoint, or its export."""
+        if uses_gguf(engine):
+            return str(files[fmt])
+        if engine in TORCH_ENGINES:
+            return str(ckpt)
+        self.res.setdefault("export_commands", {})[f"{engine} {fmt}"] = exports.display_command(engine, fmt)
+        return str(exports.export(self.cache, engine, fmt, ckpt, self.worker_log))
+
+    def peer_check(self, engine: str, fmt: str) -> Optional[str]:
+        """None when `engine`'s `fmt` build passed its greedy check on phi2-mini-code (run here if the
+        validation section did not), else why it is not timed."""
+        if uses_gguf(engine) or engine in (HF_FP32, HF_BF16):
+            return None  # validated as the pairs above; their files are phi2cpu's or the checkpoint itself
+        key = f"{engine} {fmt}"
+        if key not in self.peer_verdicts:
+            self.validate_peers([(engine, fmt)])
+        return self.peer_verdicts.get(key)
 
     @staticmethod
     def _cell_dict(c: speed.Cell) -> dict:

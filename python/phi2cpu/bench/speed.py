@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .engines import HF_BF16, HF_FP32, LLAMA_CPP, PHI2CPU
+from .engines import HF_BF16, HF_FP32, LLAMA_CPP, PHI2CPU, TORCH_INT8
 from .worker import Worker, WorkerError
 
 GIB = 1 << 30
@@ -63,10 +63,13 @@ def summarize(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def memory_need(engine: str, model_bytes: int, n_params: int) -> int:
-    """Rough resident bytes of one engine (GGUF engines map the file; torch holds its dtype)."""
-    if engine == HF_FP32:
+def memory_need(engine: str, fmt: str, model_bytes: int, n_params: int) -> int:
+    """Rough resident bytes of one engine (GGUF engines map the file; torch holds its dtype, the
+    int8 one after loading fp32; the exports hold their own weights)."""
+    if engine in (HF_FP32, TORCH_INT8):
         return int(n_params * 4 * 1.1)
+    if fmt in ("int4", "int8"):
+        return int(n_params * (0.7 if fmt == "int4" else 1.2))
     if engine == HF_BF16:
         return int(n_params * 2 * 1.1)
     return model_bytes

@@ -9,6 +9,7 @@ Requests are objects with "cmd"; replies are {"ok": true, ...} or {"ok": false, 
     pp        ids                               -> s (fresh cache, one call)
     tg        prompt, n                         -> s (n single-token steps after the prompt), tokens
     greedy    ids, n                            -> tokens, margins (top-2 logit gap per step), top (first step's top 5)
+    next      ids, ends                         -> tokens: the greedy next token after each prefix ids[:end]
     tokenize  text                              -> ids
     logits    ids, out                          -> writes every position's logits to `out` (.npy)
     nll       ids, window, max_windows          -> nll_sum, n_scored, n_windows
@@ -60,13 +61,20 @@ class Server:
         self.engine.eval([FIRST_TOKEN])
         return {"s": time.perf_counter() - t0}
 
+    # An engine that runs whole generations in its own loop (no per-token call) times itself:
+    # prefill_s(ids) -> s, decode(prompt, n) -> (s, tokens), greedy(ids, n) -> the reply below.
     def pp(self, ids: Sequence[int]) -> dict:
+        if hasattr(self.engine, "prefill_s"):
+            return {"s": self.engine.prefill_s(ids)}
         self.engine.reset()
         t0 = time.perf_counter()
         self.engine.eval(ids)
         return {"s": time.perf_counter() - t0}
 
     def tg(self, prompt: Sequence[int], n: int) -> dict:
+        if hasattr(self.engine, "decode"):
+            s, tokens = self.engine.decode(prompt, n)
+            return {"s": s, "tokens": tokens}
         self.engine.reset()
         tok = _argmax(self.engine.eval(prompt))
         tokens = []
@@ -77,6 +85,9 @@ class Server:
         return {"s": time.perf_counter() - t0, "tokens": tokens}
 
     def greedy(self, ids: Sequence[int], n: int) -> dict:
+        """tokens, margins (top-2 logit gap per step, None when the engine gives no logits), top."""
+        if hasattr(self.engine, "greedy"):
+            return self.engine.greedy(ids, n)
         self.engine.reset()
         logits = self.engine.eval(ids)
         top = np.argsort(-logits[:N_TOKENIZER_VOCAB])[:5]
@@ -89,6 +100,9 @@ class Server:
             if step + 1 < n:
                 logits = self.engine.eval([tokens[-1]])
         return {"tokens": tokens, "margins": margins, "top": first}
+
+    def next(self, ids: Sequence[int], ends: Sequence[int]) -> dict:
+        return {"tokens": [self.greedy(list(ids[:e]), 1)["tokens"][0] for e in ends]}
 
     def tokenize(self, text: str) -> dict:
         return {"ids": self.engine.tokenize(text)}
@@ -117,7 +131,7 @@ class Server:
         cmd = req.pop("cmd")
         if cmd == "quit":
             return {"ok": True, "peak_rss": peak_rss_bytes()}
-        if cmd not in ("load", "first", "pp", "tg", "greedy", "tokenize", "logits", "nll"):
+        if cmd not in ("load", "first", "pp", "tg", "greedy", "next", "tokenize", "logits", "nll"):
             return {"ok": False, "error": f"unknown command {cmd!r}"}
         return {"ok": True, **getattr(self, cmd)(**req)}
 
