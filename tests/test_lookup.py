@@ -151,7 +151,7 @@ def _greedy_run(model, prompt, lookup):
 # GEMV kernels' (on the bundled Q8_0 model, logits by up to 0.18 after PROMPTS[1], ~2e-6 after
 # others), so guesses of 3 or more tokens give log-probs that are not bit-equal yet.
 NOT_BATCH_INVARIANT = pytest.mark.xfail(
-    strict=True, reason="batches of >= 4 tokens use GEMM kernels whose summation order differs from GEMV's")
+    strict=True, reason="passes of >= 4 tokens use GEMM kernels whose logits differ from the GEMV kernels'")
 
 
 @pytest.mark.parametrize("k", [1, 2, pytest.param(4, marks=NOT_BATCH_INVARIANT),
