@@ -240,6 +240,7 @@ def test_default_matrix_is_the_decided_one():
     quick = _resolved("--quick")
     assert quick.formats == ["Q4_0"] and quick.threads == [2] and quick.budget_min == 5
     assert "torch-int8" not in quick.engines and "openvino" in quick.engines
+    assert quick.sections == ["validate", "ppl", "bandwidth", "speed"]
     # explicit choices win over the defaults
     assert _resolved("--engines", "hf-fp32", "--formats", "F16").engines == ["phi2cpu", "hf-fp32"]
 

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "perplexity and KL divergence. Writes results.json, results.md and PNG plots.")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run under 5 minutes: Q4_0 and the 4-bit peers only, short prompt/generation, "
-                         "all cores only, 1 perplexity window, no KL")
+                         "all cores only, 1 perplexity window, no load or KL section")
     ap.add_argument("--full", action="store_true",
                     help="the default matrix plus F16, HF transformers fp32/bf16 and the KL section")
     ap.add_argument("--out", default="bench-out", help="output folder (default bench-out/)")
@@ -101,7 +101,8 @@ def resolve(args: argparse.Namespace, cores: int) -> argparse.Namespace:
     default_engines = [e for e in ALL_ENGINES if full or e not in FULL_ONLY]
     args.engines = pick(args.engines, default_engines, [PHI2CPU, LLAMA_CPP] + list(EXPORT_ENGINES))
     default_sections = [s for s in SECTIONS if full or s != "kl"]
-    args.sections = pick(args.sections, default_sections, ["validate", "ppl", "bandwidth", "load", "speed"])
+    # --quick leaves out the load section: its fresh-process trials cost minutes on a busy machine
+    args.sections = pick(args.sections, default_sections, ["validate", "ppl", "bandwidth", "speed"])
     args.runs = pick(args.runs, 3, 3)
     args.load_trials = pick(args.load_trials, 5, 2)
     args.pp = pick(args.pp, 512, 64)
