@@ -2,10 +2,11 @@
 and both engines compute the same model.
 
 phi2-mini-code (real trained weights) is converted by phi2cpu.quantize to F16, Q8_0, Q4_0, Q4_K_M,
-Q5_0, Q4_1, Q5_1 and IQ4_NL; each file is run by llama.cpp and by phi2cpu: the tokenizations must be equal, the logits
+Q5_0, Q4_1, Q5_1, IQ4_NL, Q2_K, Q3_K_S/M/L, Q4_K_S and Q5_K_S; each file is run by llama.cpp and by phi2cpu: the tokenizations must be equal, the logits
 close, and the greedy continuations the same up to a near-tie. The other way round, an F16 file laid
 out as llama.cpp's converter writes it (no phi2cpu.* keys) is quantized by llama.cpp's own
-quantizer to Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1 and IQ4_NL (mixed types per tensor: Q6_K attn_v/ffn_down in
+quantizer to Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, Q2_K, Q3_K_S/M/L, Q4_K_S and
+Q5_K_S (mixed types per tensor: Q6_K attn_v/ffn_down in
 some layers, Q6_K output even in Q4_0 files), and phi2cpu must run those files with the same
 results. Skipped when llama_cpp is not importable.
 """
@@ -38,7 +39,9 @@ N_GREEDY = 16
 
 
 # llama.cpp's file types (enum llama_ftype) for its quantizer
-LLAMA_FTYPES = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "q8_0": 7, "q4_0": 2, "q5_0": 8, "q4_1": 3, "q5_1": 9, "iq4_nl": 25}
+LLAMA_FTYPES = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "q8_0": 7, "q4_0": 2, "q5_0": 8, "q4_1": 3, "q5_1": 9, "iq4_nl": 25,
+                "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q5_k_s": 16}
+LOW_K = ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q5_k_s"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,8 @@ def llama_files(tmp_path_factory, converter_f16):
 
 @pytest.fixture(scope="module", params=["ours-f16", "ours-q8_0", "ours-q4_0", "ours-q4_k_m", "ours-q5_0", "ours-q4_1",
                                         "ours-q5_1", "ours-iq4_nl", "llama-f16", "llama-q4_k_m", "llama-q5_k_m", "llama-q6_k",
-                                        "llama-q4_0", "llama-q5_0", "llama-q4_1", "llama-q5_1", "llama-iq4_nl"])
+                                        "llama-q4_0", "llama-q5_0", "llama-q4_1", "llama-q5_1", "llama-iq4_nl",
+                                        *[f"{m}-{q}" for q in LOW_K for m in ("ours", "llama")]])
 def pair(request, tmp_path_factory, mini_dir, llama_files):
     """(qtype, phi2cpu model, llama.cpp model) on the same file: written by phi2cpu.quantize
     ("ours-"), or the converter-style F16 file and llama.cpp's quantizations of it ("llama-")."""
@@ -169,6 +173,11 @@ def test_llama_files_are_mixed_and_plain(llama_files):
     assert mixes["q6_k"] == {"Q6_K"} and mixes["q4_0"] >= {"Q4_0", "Q6_K"}
     for legacy in ("q5_0", "q4_1", "q5_1", "iq4_nl"):
         assert mixes[legacy] == {legacy.upper(), "Q6_K"}, mixes[legacy]
+    # separate attn_q/k/v here, so llama.cpp's attn_v rules apply (not its attn_qkv ones): Q2_K bumps attn_v,
+    # ffn_down and attn_output to Q3_K; Q3_K_M's first two attn_v are Q5_K, the rest Q4_K; Q3_K_L's Q5_K
+    assert mixes["q2_k"] == {"Q2_K", "Q3_K", "Q6_K"} and mixes["q3_k_s"] == {"Q3_K", "Q6_K"}
+    assert mixes["q3_k_m"] == {"Q3_K", "Q4_K", "Q5_K", "Q6_K"} and mixes["q3_k_l"] == {"Q3_K", "Q5_K", "Q6_K"}
+    assert mixes["q4_k_s"] == {"Q4_K", "Q5_K", "Q6_K"} and mixes["q5_k_s"] == {"Q5_K", "Q6_K"}
 
 
 def test_llama_files_dequantize_like_gguf_quants(llama_files):
@@ -182,7 +191,7 @@ def test_llama_files_dequantize_like_gguf_quants(llama_files):
             assert np.array_equal(ours.reshape(-1), np.asarray(want, np.float32).reshape(-1)), (qtype, name)
 
 
-@pytest.mark.parametrize("qtype", ["q4_k_m", "q5_k_m", "q6_k", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl"])
+@pytest.mark.parametrize("qtype", ["q4_k_m", "q5_k_m", "q6_k", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl", *LOW_K])
 def test_llama_files_match_reference(llama_files, eval_text, qtype):
     """phi2cpu on llama.cpp's file against the NumPy reference on the same (dequantized) weights."""
     m = phi2cpu.load(llama_files[qtype], threads=2)

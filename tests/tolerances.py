@@ -25,6 +25,18 @@ TOLERANCES = {
     "q4_k_m": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.06},
     "q5_k_m": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.03},
     "q6_k": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.02},
+    # The low-bit K-quant mixes, Q8_K activations as above. Measured on phi2-mini-code (300 positions)
+    # against the reference: q2_k 2.2e-2, q3_k_s 1.6e-2, q3_k_m 1.7e-2, q3_k_l 1.8e-2, q4_k_s 1.7e-2,
+    # q5_k_s 1.8e-2. ppl_rel over F16 (4 windows, our files): +30.2%, +9.2%, +4.7%, +4.1%, +2.0%,
+    # +0.5%; the bounds leave ~1.3-2x of that. phi2cpu vs llama.cpp on the same file (200 positions):
+    # 2.9e-2 (llama.cpp's q2_k), 2.7e-2 (ours), 2.0e-2 (q3_k_m), 2.0e-2 (q3_k_s), 2.4e-2 (q4_k_s),
+    # 1.9e-2 (q5_k_s).
+    "q2_k": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.40},
+    "q3_k_s": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.14},
+    "q3_k_m": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.08},
+    "q3_k_l": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.07},
+    "q4_k_s": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.04},
+    "q5_k_s": {"max_rel": 4e-2, "top1": 0.95, "ppl_rel": 0.03},
 }
 
 # Kernel paths forced against each other on the same file. Summation order is all that differs, so

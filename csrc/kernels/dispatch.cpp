@@ -26,6 +26,11 @@ const TypeKernelsOverride kRefRows[] = {
     {GgmlType::Q8_0, vec_dot_q8_0_q8_0_ref, gemv_q8_0_q8_0_ref, gemm_q8_0_q8_0_ref, nullptr, nullptr},
     {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_ref, gemv_rows<vec_dot_iq4_nl_q8_0_ref>, gemm_rows<vec_dot_iq4_nl_q8_0_ref>,
      nullptr, nullptr},
+    // Q2_K / Q3_K: GEMV and GEMM are loops over the dot (no repack)
+    {GgmlType::Q2_K, vec_dot_q2_K_q8_K_ref, gemv_rows<vec_dot_q2_K_q8_K_ref>, gemm_k_rows<vec_dot_q2_K_q8_K_ref>,
+     nullptr, nullptr},
+    {GgmlType::Q3_K, vec_dot_q3_K_q8_K_ref, gemv_rows<vec_dot_q3_K_q8_K_ref>, gemm_k_rows<vec_dot_q3_K_q8_K_ref>,
+     nullptr, nullptr},
     {GgmlType::Q4_K, vec_dot_q4_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q6_K, vec_dot_q6_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},

@@ -22,6 +22,10 @@ const TypeKernelsOverride kNeonRows[] = {
      quantize_as<block_q8_0, quantize_row_q8_0_neon>},
     {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_neon, gemv_rows<vec_dot_iq4_nl_q8_0_neon>,
      gemm_rows<vec_dot_iq4_nl_q8_0_neon>, nullptr, nullptr},
+    {GgmlType::Q2_K, vec_dot_q2_K_q8_K_neon, gemv_rows<vec_dot_q2_K_q8_K_neon>, gemm_k_rows<vec_dot_q2_K_q8_K_neon>,
+     nullptr, nullptr},
+    {GgmlType::Q3_K, vec_dot_q3_K_q8_K_neon, gemv_rows<vec_dot_q3_K_q8_K_neon>, gemm_k_rows<vec_dot_q3_K_q8_K_neon>,
+     nullptr, nullptr},
 };
 
 }  // namespace

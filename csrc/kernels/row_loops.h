@@ -30,4 +30,11 @@ void gemm_rows(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64
     }
 }
 
+// The same over Q8_K activation rows (the K-quants' activation type).
+template <float (*Dot)(int64_t, const void*, const void*)>
+void gemm_k_rows(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x, float* y,
+                 int64_t ldy) {
+    gemm_rows<Dot, QK_K, sizeof(block_q8_K)>(K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
+
 }  // namespace phi2cpu

@@ -7,7 +7,7 @@ namespace phi2cpu {
 
 // GGML type ids as stored in GGUF tensor infos.
 enum class GgmlType : uint32_t {
-    F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, IQ4_NL = 20
+    F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, IQ4_NL = 20
 };
 
 constexpr int QK8_0 = 32;
@@ -133,6 +133,41 @@ struct block_q6_K {
     uint16_t d;                  // fp16 super-block scale
 };
 static_assert(sizeof(block_q6_K) == 210, "Q6_K block is 210 bytes");
+
+// 16 sub-blocks of 16 with 4-bit scales and mins, 2-bit values q in 0..3:
+//   value = d * (scales[j] & 15) * q - dmin * (scales[j] >> 4)   for element e, j = e / 16.
+// qs holds two halves of 32 bytes; in half h, bits 2k..2k+1 of qs[32h + l] are element 128h + 32k + l.
+struct block_q2_K {
+    uint8_t scales[QK_K / 16];
+    uint8_t qs[QK_K / 4];
+    uint16_t d;                  // fp16 scale of the sub-block scales
+    uint16_t dmin;               // fp16 scale of the sub-block mins
+};
+static_assert(sizeof(block_q2_K) == 84, "Q2_K block is 84 bytes");
+
+// The 2-bit field of element e (0..255) of a Q2_K or Q3_K block's qs.
+inline int k2_low_bits(const uint8_t* qs, int e) { return (qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3; }
+
+// 16 sub-blocks of 16 with signed 6-bit scales, 3-bit values q in -4..3: value = d * sc[j] * q, j = e / 16.
+// q = (2-bit field of e, laid out as in Q2_K) - (bit e / 32 of hmask[e % 32] ? 0 : 4).
+// scales[12]: sc[j] = (low | high << 4) - 32 with low = j < 8 ? scales[j] & 15 : scales[j - 8] >> 4 and
+// high = (scales[8 + j % 4] >> (2 * (j / 4))) & 3.
+struct block_q3_K {
+    uint8_t hmask[QK_K / 8];
+    uint8_t qs[QK_K / 4];
+    uint8_t scales[K_SCALE_SIZE];
+    uint16_t d;                  // fp16 super-block scale
+};
+static_assert(sizeof(block_q3_K) == 110, "Q3_K block is 110 bytes");
+
+inline int q3_scale(const uint8_t* scales, int j) {
+    const int low = j < 8 ? scales[j] & 15 : scales[j - 8] >> 4;
+    const int high = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+    return (low | (high << 4)) - 32;
+}
+inline int q3_quant(const block_q3_K& b, int e) {
+    return k2_low_bits(b.qs, e) - (((b.hmask[e % 32] >> (e / 32)) & 1) ? 0 : 4);
+}
 
 // Activations for the K-quant dot products: value = d * qs[i] (qs in -128..127), with the sums of
 // each 16 consecutive qs precomputed (they carry the min / offset terms of the weight formats).

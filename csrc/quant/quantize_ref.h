@@ -33,4 +33,12 @@ void dequantize_row_q5_K_ref(const block_q5_K* x, float* y, int64_t n);
 void dequantize_row_q6_K_ref(const block_q6_K* x, float* y, int64_t n);
 void dequantize_row_q8_K_ref(const block_q8_K* x, float* y, int64_t n);
 
+// Q2_K / Q3_K (quantize_lowk_ref.cpp): llama.cpp's searches for these types. importance (n floats, one
+// per column, or nullptr) weights each value's squared error in the scale / min search; nullptr is the
+// unweighted search.
+void quantize_row_q2_K_ref(const float* x, block_q2_K* y, int64_t n, const float* importance);
+void quantize_row_q3_K_ref(const float* x, block_q3_K* y, int64_t n, const float* importance);
+void dequantize_row_q2_K_ref(const block_q2_K* x, float* y, int64_t n);
+void dequantize_row_q3_K_ref(const block_q3_K* x, float* y, int64_t n);
+
 }  // namespace phi2cpu

@@ -40,6 +40,9 @@ TypeList all_type_traits();
 // A typed row quantizer / dequantizer as the untyped function of the table.
 template <typename Block, void (*F)(const float*, Block*, int64_t)>
 void quantize_as(const float* x, void* y, int64_t n) { F(x, static_cast<Block*>(y), n); }
+// The unweighted form of a quantizer that takes importance weights (nullptr: none).
+template <typename Block, void (*F)(const float*, Block*, int64_t, const float*)>
+void quantize_unweighted_as(const float* x, void* y, int64_t n) { F(x, static_cast<Block*>(y), n, nullptr); }
 template <typename Block, void (*F)(const Block*, float*, int64_t)>
 void dequantize_as(const void* x, float* y, int64_t n) { F(static_cast<const Block*>(x), y, n); }
 

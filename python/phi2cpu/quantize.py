@@ -8,8 +8,10 @@ AND q4_0 files: it is the most error-sensitive matrix (llama.cpp keeps it at a h
 K-quant mixes: q4_k_m and q5_k_m put the block matrices and token_embd in Q4_K / Q5_K, but ffn_down
 (whose inputs, the gelu outputs, have the heaviest tails) and lm_head in Q6_K; q6_k is Q6_K
 throughout. q4_1, q5_0, q5_1 and iq4_nl are llama.cpp's mixes of those types: every matrix in the
-type, lm_head in Q6_K. A matrix whose rows are not a multiple of its type's block (256 values for
-K-quants) falls back to Q8_0 (to F16 when not even a multiple of 32).
+type, lm_head in Q6_K. q2_k, q3_k_s/m/l, q4_k_s and q5_k_s follow llama.cpp's per-tensor choices
+for a phi2 file (fused attn_qkv; the rule applied is beside each row of MIXES). A matrix whose rows
+are not a multiple of its type's block (256 values for K-quants) falls back to Q8_0 (to F16 when not
+even a multiple of 32).
 
 The types themselves (names, block sizes) come from the engine, phi2cpu._core.types().
 
@@ -49,6 +51,10 @@ class Mix:
     lm_head: str
     file_type: LlamaFileType
     ffn_down: str | None = None
+    attn_qkv: str | None = None
+    attn_output: str | None = None
+    # (type, d): the ffn_down of layers i < n_layer // d takes this type instead (first-layers bump)
+    ffn_down_first: tuple[str, int] | None = None
 
 
 MIXES = {
@@ -63,6 +69,20 @@ MIXES = {
     "q4_k_m": Mix("Q4_K", "Q6_K", LlamaFileType.MOSTLY_Q4_K_M, ffn_down="Q6_K"),
     "q5_k_m": Mix("Q5_K", "Q6_K", LlamaFileType.MOSTLY_Q5_K_M, ffn_down="Q6_K"),
     "q6_k": Mix("Q6_K", "Q6_K", LlamaFileType.MOSTLY_Q6_K),
+    # llama.cpp's rules for these file types on phi2's tensors (attn_qkv fused; lm_head Q6_K in all):
+    # Q2_K: attn_output and ffn_down bumped to Q3_K, the rest Q2_K
+    "q2_k": Mix("Q2_K", "Q6_K", LlamaFileType.MOSTLY_Q2_K, ffn_down="Q3_K", attn_output="Q3_K"),
+    # Q3_K_S: no bumps
+    "q3_k_s": Mix("Q3_K", "Q6_K", LlamaFileType.MOSTLY_Q3_K_S),
+    # Q3_K_M: attn_qkv and attn_output Q4_K; ffn_down Q5_K in layers < n_layer/16, else Q4_K
+    "q3_k_m": Mix("Q3_K", "Q6_K", LlamaFileType.MOSTLY_Q3_K_M, ffn_down="Q4_K", attn_qkv="Q4_K", attn_output="Q4_K",
+                  ffn_down_first=("Q5_K", 16)),
+    # Q3_K_L: attn_qkv Q4_K; attn_output and ffn_down Q5_K
+    "q3_k_l": Mix("Q3_K", "Q6_K", LlamaFileType.MOSTLY_Q3_K_L, ffn_down="Q5_K", attn_qkv="Q4_K", attn_output="Q5_K"),
+    # Q4_K_S: ffn_down Q5_K in layers < n_layer/8
+    "q4_k_s": Mix("Q4_K", "Q6_K", LlamaFileType.MOSTLY_Q4_K_S, ffn_down_first=("Q5_K", 8)),
+    # Q5_K_S: no bumps
+    "q5_k_s": Mix("Q5_K", "Q6_K", LlamaFileType.MOSTLY_Q5_K_S),
 }
 QTYPES = tuple(MIXES)
 LM_HEAD_REASON = ("lm_head is the most error-sensitive matrix; it is kept at Q8_0 in q4_0 files, Q6_K in "
@@ -77,14 +97,20 @@ def recipe_for(qtype: str) -> dict[str, Any]:
     mix = MIXES[qtype]
     recipe = {"qtype": qtype, "blocks": mix.blocks, "token_embd.weight": mix.blocks, "output.weight": mix.lm_head,
               "norms_and_biases": "F32", "output.weight_reason": LM_HEAD_REASON}
-    if mix.ffn_down:
-        recipe["ffn_down"] = mix.ffn_down
+    for part in ("ffn_down", "attn_qkv", "attn_output"):
+        if getattr(mix, part):
+            recipe[part] = getattr(mix, part)
+    if mix.ffn_down_first:
+        t, d = mix.ffn_down_first
+        recipe["ffn_down_first_layers"] = f"{t} in layers < n_layer // {d}"
     if _block(mix.blocks) > 32:
         recipe["k_quant_fallback"] = f"Q8_0 (F16) for matrices whose rows are not a multiple of {_block(mix.blocks)} (32)"
     return recipe
 
 
-def tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> T:
+def tensor_type(name: str, shape: tuple[int, ...], qtype: str, n_layer: int = 0) -> T:
+    """The type of tensor `name` in a `qtype` file of `n_layer` layers (needed by the mixes whose
+    ffn_down depends on the layer)."""
     if len(shape) == 1:
         return T.F32
     mix = MIXES[qtype]
@@ -92,6 +118,16 @@ def tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> T:
         t = mix.lm_head
     elif name.endswith(".ffn_down.weight"):
         t = mix.ffn_down or mix.blocks
+        if mix.ffn_down_first:
+            first, d = mix.ffn_down_first
+            if n_layer <= 0:
+                raise ValueError(f"{qtype}: the type of {name} depends on the layer count")
+            if int(name.split(".")[1]) < n_layer // d:
+                t = first
+    elif name.endswith(".attn_qkv.weight"):
+        t = mix.attn_qkv or mix.blocks
+    elif name.endswith(".attn_output.weight"):
+        t = mix.attn_output or mix.blocks
     else:
         t = mix.blocks
     if shape[-1] % _block(t):
@@ -214,8 +250,8 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
             return data
         return make
 
-    plan = [(n, producer(n, tensor_type(n, shapes[n], qtype)), int(tensor_type(n, shapes[n], qtype)), shapes[n])
-            for n in names]
+    types = {n: tensor_type(n, shapes[n], qtype, config.n_layer) for n in names}
+    plan = [(n, producer(n, types[n]), int(types[n]), shapes[n]) for n in names]
     try:
         with sigterm_raises():  # a terminated run removes its temporary file too
             write_gguf(out, config, plan, tokenizer, int(MIXES[qtype].file_type), recipe, name=_model_name(src),

@@ -149,6 +149,40 @@ float vec_dot_q4_K_q8_K_ref(int64_t n, const void* w, const void* x) { return ve
 
 float vec_dot_q5_K_q8_K_ref(int64_t n, const void* w, const void* x) { return vec_dot_k4_q8_K<block_q5_K>(n, w, x); }
 
+// Per block: d*x.d * sum_j (sc_j & 15) (q . xq)_j  -  dmin*x.d * sum_j (sc_j >> 4) bsums_j (j: 16 sub-blocks of 16).
+float vec_dot_q2_K_q8_K_ref(int64_t n, const void* w, const void* x) {
+    const block_q2_K* a = static_cast<const block_q2_K*>(w);
+    const block_q8_K* b = static_cast<const block_q8_K*>(x);
+    float sum = 0.0f;
+    for (int64_t blk = 0; blk < n / QK_K; blk++) {
+        int32_t isum = 0, msum = 0;
+        for (int j = 0; j < 16; j++) {
+            int32_t s = 0;
+            for (int l = 0; l < 16; l++) s += k2_low_bits(a[blk].qs, 16 * j + l) * int32_t(b[blk].qs[16 * j + l]);
+            isum += (a[blk].scales[j] & 15) * s;
+            msum += (a[blk].scales[j] >> 4) * int32_t(b[blk].bsums[j]);
+        }
+        sum += fp16_to_fp32(a[blk].d) * b[blk].d * float(isum) - fp16_to_fp32(a[blk].dmin) * b[blk].d * float(msum);
+    }
+    return sum;
+}
+
+float vec_dot_q3_K_q8_K_ref(int64_t n, const void* w, const void* x) {
+    const block_q3_K* a = static_cast<const block_q3_K*>(w);
+    const block_q8_K* b = static_cast<const block_q8_K*>(x);
+    float sum = 0.0f;
+    for (int64_t blk = 0; blk < n / QK_K; blk++) {
+        int32_t isum = 0;
+        for (int j = 0; j < 16; j++) {
+            int32_t s = 0;
+            for (int l = 0; l < 16; l++) s += q3_quant(a[blk], 16 * j + l) * int32_t(b[blk].qs[16 * j + l]);
+            isum += q3_scale(a[blk].scales, j) * s;
+        }
+        sum += fp16_to_fp32(a[blk].d) * b[blk].d * float(isum);
+    }
+    return sum;
+}
+
 float vec_dot_q6_K_q8_K_ref(int64_t n, const void* w, const void* x) {
     const block_q6_K* a = static_cast<const block_q6_K*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
