@@ -24,7 +24,7 @@ from phi2cpu.perplexity import perplexity
 def quality(args) -> None:
     text = open(args.eval, encoding="utf-8").read()
     models = {t: phi2cpu.load(args.model, threads=args.threads, kv_type=t) for t in ("f16", "f32")}
-    for t, m in models.items():
+    for t, m in models.items() if not args.skip_perplexity else ():
         r = perplexity(m, text, window=args.window)
         print(f"perplexity kv={t}: {r.ppl:.4f} over {r.n_windows} windows of {args.window} tokens")
     ids = models["f32"].tokenize(text)
@@ -75,6 +75,7 @@ def main() -> None:
     q.add_argument("--tokens", type=int, default=128)
     q.add_argument("--window", type=int, default=512)
     q.add_argument("--threads", type=int, default=2)
+    q.add_argument("--skip-perplexity", action="store_true", help="only the greedy agreement")
     s = sub.add_parser("speed")
     s.add_argument("model")
     s.add_argument("--ctx", type=int, default=1536)
