@@ -245,7 +245,7 @@ def test_bad_interventions_are_refused_and_change_nothing(model, ids, make, mess
 
 # --- batches and tensors ---------------------------------------------------------------------------
 def test_batched_capture_equals_one_prompt_at_a_time(f32_path, ids):
-    m = phi2cpu.load(f32_path, threads=2, n_ctx=64, repack_cache=False)
+    m = phi2cpu.load(f32_path, threads=2, n_ctx=64, repack_cache=False, kv_type="f32")
     prompts = ["def add(a, b):\n    return a + b", list(ids[:50]), "import os", list(ids[20:60]), "x = 1"]
     names = ["attn_probs.*", "head_out.1", "resid_post.*", "ln_final"]
     batch = m.run_with_cache(prompts, names=names, interventions=interp.steer(np.ones(256), layers=2, positions=[3]))
