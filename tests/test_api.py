@@ -23,13 +23,13 @@ def f32_path(mini_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(f32_path):
-    return phi2cpu.load(f32_path, threads=2, n_ctx=512)
+    return phi2cpu.load(f32_path, threads=2, n_ctx=512, kv_type="f32")
 
 
 def test_hidden_states_match_the_reference(model, f32_path):
     ids = model.tokenize(PROMPT)
     cfg, w = reference.load_reference_weights(f32_path)
-    want = reference.reference_hidden_states(cfg, w, ids)
+    want = reference.reference_hidden_states(cfg, w, ids, kv_type=model.kv_type)
     got = model.hidden_states(ids)
     assert got.shape == (cfg.n_layer + 1, len(ids), cfg.n_embd) and got.dtype == np.float32
     for layer in range(cfg.n_layer + 1):
@@ -96,7 +96,7 @@ def test_save_and_load_state_reuses_a_prompt(model, f32_path, tmp_path):
     want = model.eval(ids)
     path = tmp_path / "prompt.state"
     model.save_state(path)
-    fresh = phi2cpu.load(f32_path, threads=1, n_ctx=512)
+    fresh = phi2cpu.load(f32_path, threads=1, n_ctx=512, kv_type=model.kv_type)
     fresh.load_state(path)
     assert fresh.n_past == len(ids) and fresh.tokens == ids
     nxt = int(np.argmax(want[:50295]))

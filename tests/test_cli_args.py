@@ -503,11 +503,12 @@ def test_file_type_guessed_from_tensors_when_not_recorded():
 def test_memory_for_full_size_phi2():
     from phi2cpu.modelinfo import memory_needed
 
-    mem = memory_needed(PhiConfig(), 1_600_000_000, 2048)
+    mem = memory_needed(PhiConfig(), 1_600_000_000, 2048, "f32")
     assert mem.kv_cache == 2 * 32 * 2048 * 2560 * 4 == 1_342_177_280   # 1.25 GiB of f32 K and V
     acts = 256 * (7 * 2560 + 10240) * 4 + 51200 * 4 + 256 * (40 * 292 + 10240 * 4)
     assert mem.activations == acts and mem.total == 1_600_000_000 + mem.kv_cache + acts
-    assert memory_needed(PhiConfig(), 0, 100).kv_cache == 2 * 32 * 100 * 2560 * 4
+    assert memory_needed(PhiConfig(), 0, 100, "f32").kv_cache == 2 * 32 * 100 * 2560 * 4
+    assert memory_needed(PhiConfig(), 0, 2048).kv_cache == 2 * 32 * 2048 * 2560 * 2  # the f16 default: half
 
 
 def test_info_shows_file_type_bits_and_memory(monkeypatch, capsys):

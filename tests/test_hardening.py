@@ -263,7 +263,7 @@ def _state_cases(good: dict) -> dict[str, tuple[dict, str]]:
         "tokens-float": ({**good, "tokens": tokens.astype(np.float32)}, "tokens has dtype float32, expected an integer"),
         "k-nan": ({**good, "k": nan_k}, "k holds NaN or infinite values"),
         "v-inf": ({**good, "v": inf_v}, "v holds NaN or infinite values"),
-        "k-float64": ({**good, "k": k.astype(np.float64)}, "k has dtype float64, expected float32"),
+        "k-float64": ({**good, "k": k.astype(np.float64)}, "k has dtype float64, expected float16 or float32"),
         "k-object": ({**good, "k": np.array([None, 1], dtype=object)}, "k has dtype object"),
         "no-v": ({key: a for key, a in three.items() if key != "v"}, "no v array"),
         "npy-header-lies": ({**good, "k": _npy_header((2, 10**9, 64)) + b"\0" * 64},

@@ -34,7 +34,7 @@ def f32_path(tmp_path_factory, mini_dir):
 
 @pytest.fixture(scope="module")
 def model(f32_path):
-    return phi2cpu.load(f32_path, threads=2, repack_cache=False)
+    return phi2cpu.load(f32_path, threads=2, repack_cache=False, kv_type="f32")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def assert_acts_match(cache, acts, names, tol=CAPTURE_REL):
 # --- capture ---------------------------------------------------------------------------------------
 def test_every_capture_matches_reference(model, ref, ids):
     cache = model.run_with_cache(ids)
-    acts, logits = reference.reference_run(*ref, ids)
+    acts, logits = reference.reference_run(*ref, ids, kv_type=model.kv_type)
     c = model.config
     assert sorted(cache) == sorted(acts) == sorted(interp.all_names(c.n_layer))
     assert cache["attn_probs.0"].shape == (c.n_head, len(ids), len(ids))
@@ -74,10 +74,10 @@ def test_attention_probabilities_on_every_kernel_path(f32_path, ref, ids):
     """Probabilities come from the scores each ISA's attention kernel leaves; every path must leave
     them proportional to the softmax it used (scalar: normalised, SIMD: the exponentials)."""
     code = ("import sys, json, numpy as np, phi2cpu;"
-            "m = phi2cpu.load(sys.argv[1], threads=2, repack_cache=False);"
+            "m = phi2cpu.load(sys.argv[1], threads=2, repack_cache=False, kv_type='f32');"
             "c = m.run_with_cache(json.loads(sys.argv[2]), names=['attn_probs.*'], logits=False);"
             "np.save(sys.stdout.buffer, c.stack('attn_probs'))")
-    acts, _ = reference.reference_run(*ref, ids)
+    acts, _ = reference.reference_run(*ref, ids, kv_type="f32")
     want = np.stack([acts[f"attn_probs.{i}"] for i in range(ref[0].n_layer)])
     for isa in _core.available_isas().split(", "):
         out = subprocess.run([sys.executable, "-c", code, str(f32_path), json.dumps([int(t) for t in ids])],
@@ -144,7 +144,7 @@ def _interventions(model, ref, ids):
     c = model.config
     rng = np.random.default_rng(3)
     donor_ids = list(ids[::-1])
-    donor, _ = reference.reference_run(*ref, donor_ids)
+    donor, _ = reference.reference_run(*ref, donor_ids, kv_type=model.kv_type)
     return {
         "steer every position": interp.steer(rng.normal(0, 2.0, c.n_embd), layers=[1, 4]),
         "steer chosen positions": interp.steer(rng.normal(0, 2.0, c.n_embd), layers=2, positions=[0, 5, 40], scale=1.5),
@@ -167,7 +167,7 @@ def test_interventions_match_reference(model, ref, ids):
     for label, ivs in _interventions(model, ref, ids).items():
         cache = model.run_with_cache(ids, names=names, interventions=ivs)
         flat = [interp.expand_scalar(iv, model.config) for iv in ivs]
-        acts, logits = reference.reference_run(*ref, ids, flat)
+        acts, logits = reference.reference_run(*ref, ids, flat, kv_type=model.kv_type)
         want = [k for k in cache]
         assert_acts_match(cache, acts, want)
         assert rel(cache.logits, logits) <= CAPTURE_REL, label
@@ -194,8 +194,9 @@ def test_interventions_during_generation_match_reference(model, ref, ids):
     v = np.random.default_rng(5).normal(0, 3.0, c.n_embd)
     prompt = ids[:12]
     ivs = interp.steer(v, layers=[2], positions=None) + [interp.scale_heads(3, [1], 0.0, c.n_head, c.head_dim)]
-    want = reference.reference_greedy(*ref, prompt, 10, [interp.expand_scalar(i, c) for i in ivs])
-    plain = reference.reference_greedy(*ref, prompt, 10)
+    want = reference.reference_greedy(*ref, prompt, 10, [interp.expand_scalar(i, c) for i in ivs],
+                                      kv_type=model.kv_type)
+    plain = reference.reference_greedy(*ref, prompt, 10, kv_type=model.kv_type)
     assert want != plain
     text = model.detokenize(prompt)
     with model.intervene(*ivs):
@@ -211,7 +212,7 @@ def test_steering_at_later_positions_reaches_generated_tokens(model, ref, ids):
     c = model.config
     prompt = list(ids[:8])
     ivs = interp.steer(np.random.default_rng(6).normal(0, 4.0, c.n_embd), layers=1, positions=[10, 11])
-    want = reference.reference_greedy(*ref, prompt, 6, ivs)
+    want = reference.reference_greedy(*ref, prompt, 6, ivs, kv_type=model.kv_type)
     model.reset()
     with model.intervene(*ivs):
         seq = list(prompt)
@@ -244,7 +245,7 @@ def test_bad_interventions_are_refused_and_change_nothing(model, ids, make, mess
 
 # --- batches and tensors ---------------------------------------------------------------------------
 def test_batched_capture_equals_one_prompt_at_a_time(f32_path, ids):
-    m = phi2cpu.load(f32_path, threads=2, n_ctx=64, repack_cache=False)
+    m = phi2cpu.load(f32_path, threads=2, n_ctx=64, repack_cache=False, kv_type="f32")
     prompts = ["def add(a, b):\n    return a + b", list(ids[:50]), "import os", list(ids[20:60]), "x = 1"]
     names = ["attn_probs.*", "head_out.1", "resid_post.*", "ln_final"]
     batch = m.run_with_cache(prompts, names=names, interventions=interp.steer(np.ones(256), layers=2, positions=[3]))

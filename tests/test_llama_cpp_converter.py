@@ -55,7 +55,7 @@ def test_converter_q8_0_matches_the_reference(files, eval_text):
     m = phi2cpu.load(files["q8_0"], threads=2)
     ids = m.tokenize(eval_text[:20_000])[:200]
     cfg, w = reference.load_reference_weights(files["q8_0"])
-    want = reference.reference_logits(cfg, w, ids)
+    want = reference.reference_logits(cfg, w, ids, kv_type=m.kv_type)
     got = m.logits(ids)
     tol = TOLERANCES["q8_0"]
     assert np.abs(got - want).max() / np.abs(want).max() <= tol["max_rel"]

@@ -198,7 +198,7 @@ def test_llama_files_match_reference(llama_files, eval_text, qtype):
     ids = m.tokenize(eval_text[:6000])[:200]
     got = m.logits(ids)
     cfg, weights = reference.load_reference_weights(llama_files[qtype])
-    want = reference.reference_logits(cfg, weights, ids)
+    want = reference.reference_logits(cfg, weights, ids, kv_type=m.kv_type)
     tol = TOLERANCES[qtype]
     rel = float(np.abs(got - want).max() / np.abs(want).max())
     assert rel <= tol["max_rel"], f"{qtype}: logits drift {rel:.2e}"

@@ -15,7 +15,7 @@ from phi2cpu import _core, reference
 from phi2cpu.checkpoint import write_random_checkpoint
 from phi2cpu.errors import ContextFullError, Phi2Error
 from phi2cpu.quantize import quantize
-from tolerances import ISA_MAX_REL, TOLERANCES
+from tolerances import ISA_MAX_REL, KV_F16_MAX_REL, TOLERANCES
 
 N_VALID = 50295
 
@@ -37,12 +37,16 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-def assert_matches_reference(path, ids, qtype):
-    tol = TOLERANCES[qtype]
-    m = phi2cpu.load(path, threads=2)
+def assert_matches_reference(path, ids, qtype, kv_type="f32"):
+    """The engine against the reference's same math: with an f32 cache to the type's tolerance, with
+    an f16 cache (the reference rounding keys and values alike) to KV_F16_MAX_REL more."""
+    tol = dict(TOLERANCES[qtype])
+    if kv_type == "f16":
+        tol["max_rel"] += KV_F16_MAX_REL
+    m = phi2cpu.load(path, threads=2, kv_type=kv_type)
     got = m.logits(ids)
     cfg, weights = reference.load_reference_weights(path)
-    want = reference.reference_logits(cfg, weights, ids)
+    want = reference.reference_logits(cfg, weights, ids, kv_type=m.kv_type)
     assert got.shape == want.shape == (len(ids), 51200)
     assert rel_err(got, want) <= tol["max_rel"], f"{qtype}: logits drift {rel_err(got, want):.2e}"
     agree = (got[:, :N_VALID].argmax(1) == want[:, :N_VALID].argmax(1)).mean()
@@ -134,12 +138,20 @@ def test_mini_logits_match_reference(mini_files, eval_text, qtype):
     assert_matches_reference(mini_files[qtype], ids, qtype)
 
 
+@pytest.mark.parametrize("qtype", ["f16", "q8_0"])
+def test_mini_f16_cache_matches_reference(mini_files, eval_text, qtype):
+    m = phi2cpu.load(mini_files[qtype], threads=2)
+    assert m.kv_type == "f16"  # the default
+    ids = m.tokenize(eval_text[:6000])[:300]
+    assert_matches_reference(mini_files[qtype], ids, qtype, kv_type="f16")
+
+
 def test_mini_f16_greedy_text_equals_reference(mini_files):
     m = phi2cpu.load(mini_files["f16"], threads=2)
     prompt = "import os\n\n\ndef read_config(path):\n"
     ids = m.tokenize(prompt)
     cfg, weights = reference.load_reference_weights(mini_files["f16"])
-    want = reference.reference_greedy(cfg, weights, ids, 32)
+    want = reference.reference_greedy(cfg, weights, ids, 32, kv_type=m.kv_type)
     got_text = m.generate(prompt, max_tokens=32, temperature=0)
     assert got_text == m.detokenize(want)
     assert len(want) == 32

@@ -325,9 +325,9 @@ def test_info_file_type_bits_and_memory(ckpt, tmp_path, capsys, qtype, name):
     n_bytes = sum(int(t.n_bytes) for t in r.tensors)
     n_params = sum(int(np.prod(t.shape)) for t in r.tensors)
     assert f"bits/weight:   {n_bytes * 8 / n_params:.2f} " in out
-    kv = 2 * 2 * 100 * 160 * 4   # K and V, fp32: 2 layers, 100 positions, n_embd 160
+    kv = 2 * 2 * 100 * 160 * 2   # K and V, f16 (the default): 2 layers, 100 positions, n_embd 160
     flat = " ".join(out.split())
-    assert f"KV cache {kv / 1024:.2f} KiB (f32 K and V: 2 x 2 layers x 100 positions x 160 x 4 bytes)" in flat
+    assert f"KV cache {kv / 1024:.2f} KiB (f16 K and V: 2 x 2 layers x 100 positions x 160 x 2 bytes)" in flat
     line = next(x for x in out.splitlines() if x.startswith("memory at --ctx 100: "))
     acts = 100 * (7 * 160 + 320) * 4 + 51200 * 4 + 100 * (2 * 292 + 320 * 4)
     total = (n_bytes + kv + acts) / 2**20

@@ -106,9 +106,18 @@ Config config_from_dict(const py::dict& d) {
     return c;
 }
 
+KVType kv_type_of(const std::string& name) {
+    if (name == "f16") return KVType::F16;
+    if (name == "f32") return KVType::F32;
+    throw std::invalid_argument("kv_type must be \"f16\" or \"f32\", got \"" + name + "\"");
+}
+
 std::unique_ptr<Model> make_model(const std::string& path, const py::dict& config, const py::list& tensors,
-                                  int n_ctx, int n_threads, const std::string& repack_cache) {
+                                  int n_ctx, int n_threads, const std::string& repack_cache, int n_seq,
+                                  const std::string& kv_type) {
     const Config cfg = config_from_dict(config);
+    const KVType kv = kv_type_of(kv_type);
+    if (n_seq < 1) throw std::invalid_argument("n_seq must be a positive integer, got " + std::to_string(n_seq));
     std::vector<TensorEntry> entries;
     for (const auto& item : tensors) {
         const auto tup = item.cast<py::tuple>();
@@ -121,7 +130,7 @@ std::unique_ptr<Model> make_model(const std::string& path, const py::dict& confi
     }
     py::gil_scoped_release release;
     try {
-        return std::make_unique<Model>(path, cfg, entries, n_ctx, n_threads, repack_cache);
+        return std::make_unique<Model>(path, cfg, entries, n_ctx, n_threads, repack_cache, n_seq, kv);
     } catch (const std::system_error& e) {  // the thread pool could not start its workers
         throw SetupError(std::string(e.what()) + " (fewer --threads may fit this process's limits)");
     }
@@ -137,6 +146,31 @@ py::array_t<float> forward(Model& m, py::array_t<int32_t, py::array::c_style | p
     {
         py::gil_scoped_release release;
         m.forward(ids, n, all_logits, dst);
+    }
+    return out;
+}
+
+using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+// A batch of entries as four equal-length 1-D arrays -> logits (rows asked for, n_vocab).
+py::array_t<float> decode(Model& m, IntArray tokens, IntArray positions, IntArray seqs,
+                          py::array_t<bool, py::array::c_style | py::array::forcecast> logits) {
+    const py::ssize_t n = tokens.ndim() == 1 ? tokens.shape(0) : -1;
+    for (const py::array* a : {static_cast<const py::array*>(&positions), static_cast<const py::array*>(&seqs),
+                               static_cast<const py::array*>(&logits)})
+        if (n < 0 || a->ndim() != 1 || a->shape(0) != n)
+            throw std::invalid_argument("decode: tokens, positions, seqs and logits must be 1-D of one length");
+    std::vector<BatchEntry> batch(static_cast<size_t>(n));
+    py::ssize_t n_out = 0;
+    for (py::ssize_t i = 0; i < n; i++) {
+        batch[size_t(i)] = BatchEntry{tokens.data()[i], positions.data()[i], seqs.data()[i], logits.data()[i]};
+        n_out += logits.data()[i];
+    }
+    py::array_t<float> out({n_out, py::ssize_t(m.config().n_vocab)});
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        m.decode(batch.data(), int(n), dst);
     }
     return out;
 }
@@ -246,21 +280,30 @@ py::array_t<float> unembed(Model& m, py::array_t<float, py::array::c_style | py:
     return out;
 }
 
-py::tuple get_state(const Model& m) {
-    const auto shape = std::vector<py::ssize_t>{m.config().n_layer, m.n_past(), m.config().n_embd};
-    py::array_t<float> k(shape), v(shape);
-    m.read_state(k.mutable_data(), v.mutable_data());
+py::tuple get_state(const Model& m, int seq) {
+    const auto shape = std::vector<py::ssize_t>{m.config().n_layer, m.n_past(seq), m.config().n_embd};
+    const py::dtype dt(m.kv_type() == KVType::F16 ? "float16" : "float32");
+    py::array k(dt, shape), v(dt, shape);
+    m.read_state(seq, k.mutable_data(), v.mutable_data());
     return py::make_tuple(k, v);
 }
 
-void set_state(Model& m, py::array_t<float, py::array::c_style | py::array::forcecast> k,
-               py::array_t<float, py::array::c_style | py::array::forcecast> v) {
+// k, v: float16 arrays (taken as they are) or anything castable to float32.
+void set_state(Model& m, const py::array& k_in, const py::array& v_in, int seq) {
     const Config& c = m.config();
+    const bool half = k_in.dtype().kind() == 'f' && k_in.itemsize() == 2;
+    if (half != (v_in.dtype().kind() == 'f' && v_in.itemsize() == 2))
+        throw std::invalid_argument("state arrays k and v must have one dtype");
+    auto contiguous = [&](const py::array& a) -> py::array {
+        if (half) return py::array::ensure(a, py::array::c_style);
+        return py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
+    };
+    const py::array k = contiguous(k_in), v = contiguous(v_in);
     for (const auto* a : {&k, &v})
         if (a->ndim() != 3 || a->shape(0) != c.n_layer || a->shape(2) != c.n_embd || a->shape(1) != k.shape(1))
             throw std::invalid_argument("state arrays must both be (n_layer=" + std::to_string(c.n_layer) +
                                         ", n_past, n_embd=" + std::to_string(c.n_embd) + ")");
-    m.write_state(int(k.shape(1)), k.data(), v.data());
+    m.write_state(seq, int(k.shape(1)), k.data(), v.data(), half ? KVType::F16 : KVType::F32);
 }
 
 }  // namespace
@@ -308,9 +351,13 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<Model>(m, "Model")
         .def(py::init(&make_model), py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_ctx"),
-             py::arg("n_threads"), py::arg("repack_cache") = "",
+             py::arg("n_threads"), py::arg("repack_cache") = "", py::arg("n_seq") = 1, py::arg("kv_type") = "f16",
              "Map a GGUF file. tensors: [(name, ggml_type, numpy_shape, absolute_offset)]. repack_cache: "
-             "the folder of repack cache files (\"\": repack into memory).")
+             "the folder of repack cache files (\"\": repack into memory). n_seq sequences get a KV cache of "
+             "n_ctx positions each, stored as kv_type (\"f16\" or \"f32\").")
+        .def("decode", &decode, py::arg("tokens"), py::arg("positions"), py::arg("seqs"), py::arg("logits"),
+             "Run a batch of entries (token, position, sequence, wants logits) of any sequences; each sequence's "
+             "positions continue it without gaps. float32 logits (entries with logits, n_vocab).")
         .def("forward", &forward, py::arg("tokens"), py::arg("all_logits") = false,
              "Append tokens to the KV cache; float32 logits (n or 1, n_vocab).")
         .def("forward_hidden", &forward_hidden, py::arg("tokens"), py::arg("layers"), py::arg("logits") = false,
@@ -326,13 +373,21 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("has_edits", &Model::has_edits)
         .def("unembed", &unembed, py::arg("x"), py::arg("norm") = true,
              "Final LayerNorm (when norm) and lm_head on residual rows (n, n_embd) -> logits (n, n_vocab).")
-        .def("get_state", &get_state, "The KV cache of the cached positions: (k, v), each (n_layer, n_past, n_embd).")
-        .def("set_state", &set_state, py::arg("k"), py::arg("v"), "Replace the KV cache with get_state's arrays.")
-        .def("reset", &Model::reset)
-        .def("truncate", &Model::truncate, py::arg("n"))
+        .def("get_state", &get_state, py::arg("seq") = 0,
+             "The KV cache of a sequence's cached positions: (k, v), each (n_layer, n_past, n_embd), float16 or "
+             "float32 as the cache stores them.")
+        .def("set_state", &set_state, py::arg("k"), py::arg("v"), py::arg("seq") = 0,
+             "Replace a sequence's KV cache with get_state's arrays (float16 or float32; converted to the cache type).")
+        .def("reset", &Model::reset, py::arg("seq") = 0)
+        .def("truncate", &Model::truncate, py::arg("n"), py::arg("seq") = 0)
+        .def("copy_seq", &Model::copy_seq, py::arg("src"), py::arg("dst"), py::arg("n"),
+             "Sequence dst gets the first n cached positions of src.")
+        .def("seq_n_past", &Model::n_past, py::arg("seq"))
+        .def_property_readonly("n_seq", &Model::n_seq)
+        .def_property_readonly("kv_type", [](const Model& m) { return m.kv_type() == KVType::F16 ? "f16" : "f32"; })
         .def("check_files", &Model::check_files,
              "Raises FileError once the model file or its repack cache changed under the mapping.")
-        .def_property_readonly("n_past", &Model::n_past)
+        .def_property_readonly("n_past", [](const Model& m) { return m.n_past(0); })
         .def_property_readonly("n_ctx", &Model::n_ctx)
         .def_property_readonly("n_threads", &Model::n_threads)
         .def_property_readonly("repack_report", [](const Model& m) {

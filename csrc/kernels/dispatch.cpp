@@ -66,6 +66,7 @@ Kernels scalar_kernels() {
     k.gelu_new_f32 = gelu_new_f32_ref;
     k.rope_neox_f32 = rope_neox_f32_ref;
     k.attn_head_f32 = attn_head_f32_ref;
+    k.attn_head_f16 = attn_head_f16_ref;
     return k;
 }
 

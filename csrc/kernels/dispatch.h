@@ -57,6 +57,9 @@ struct Kernels {
     // On return scores[0..n_kv) are proportional to the softmax probabilities used (captures read them).
     void (*attn_head_f32)(int head_dim, int n_kv, const float* q, const float* k, const float* v,
                           int64_t kv_stride, float scale, float* scores, float* out);
+    // The same over an IEEE half cache (k, v elements widened to f32; scores and softmax in f32).
+    void (*attn_head_f16)(int head_dim, int n_kv, const float* q, const uint16_t* k, const uint16_t* v,
+                          int64_t kv_stride, float scale, float* scores, float* out);
 
     const TypeKernels& of(GgmlType t) const { return types[size_t(t)]; }
     void override_rows(const TypeKernelsOverride* rows, size_t n);

@@ -41,6 +41,7 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.gelu_new_f32 = gelu_new_f32_neon;
     k.rope_neox_f32 = rope_neox_f32_neon;
     k.attn_head_f32 = attn_head_f32_neon;
+    k.attn_head_f16 = attn_head_f16_neon;
     paths.push_back(k);
 }
 

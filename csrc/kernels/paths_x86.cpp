@@ -72,6 +72,7 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.gelu_new_f32 = gelu_new_f32_avx2;
     k.rope_neox_f32 = rope_neox_f32_avx2;
     k.attn_head_f32 = attn_head_f32_avx2;
+    k.attn_head_f16 = attn_head_f16_avx2;
     paths.push_back(k);
     if (!f.avx512_vnni) return;
     k.isa = "avx512";
@@ -81,6 +82,7 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.gelu_new_f32 = gelu_new_f32_avx512;
     k.rope_neox_f32 = rope_neox_f32_avx512;
     k.attn_head_f32 = attn_head_f32_avx512;
+    k.attn_head_f16 = attn_head_f16_avx512;
     paths.push_back(k);
 }
 

@@ -348,6 +348,23 @@ void test_elementwise(const Kernels& k) {
                 k.attn_head_f32(hd, n_kv, q.data(), kk.data(), vv.data(), stride, scale, s1.data(), o1.data());
                 check(all_close(o1, o0, t), std::string(k.isa) + " attn_head_f32 head_dim=" + std::to_string(hd) +
                                                 " n_kv=" + std::to_string(n_kv) + " q_sigma=" + std::to_string(int(qs)));
+                // an IEEE half cache: the f32 math on the widened halves (equal up to FMA contraction)
+                std::vector<uint16_t> kh(kk.size()), vh(vv.size());
+                std::vector<float> kw(kk.size()), vw(vv.size());
+                for (size_t i = 0; i < kk.size(); i++) {
+                    kh[i] = fp32_to_fp16(kk[i]);
+                    vh[i] = fp32_to_fp16(vv[i]);
+                    kw[i] = fp16_to_fp32(kh[i]);
+                    vw[i] = fp16_to_fp32(vh[i]);
+                }
+                std::vector<float> s2(s0), o2(o0), s3(s0), o3(o0);
+                attn_head_f32_ref(hd, n_kv, q.data(), kw.data(), vw.data(), stride, scale, s0.data(), o0.data());
+                attn_head_f16_ref(hd, n_kv, q.data(), kh.data(), vh.data(), stride, scale, s2.data(), o2.data());
+                check(all_close(o2, o0, t), "ref attn_head_f16 is attn_head_f32 on the widened halves head_dim=" +
+                                                std::to_string(hd) + " n_kv=" + std::to_string(n_kv));
+                k.attn_head_f16(hd, n_kv, q.data(), kh.data(), vh.data(), stride, scale, s3.data(), o3.data());
+                check(all_close(o3, o2, t), std::string(k.isa) + " attn_head_f16 head_dim=" + std::to_string(hd) +
+                                                " n_kv=" + std::to_string(n_kv) + " q_sigma=" + std::to_string(int(qs)));
             }
         }
     }

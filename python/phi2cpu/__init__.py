@@ -28,21 +28,24 @@ def default_model_path() -> Path:
 
 
 def load(path: Union[str, os.PathLike, None] = None, threads: Optional[int] = None, n_ctx: int = 2048,
-         repack_cache: Union[bool, str, os.PathLike, None] = None) -> Model:
+         repack_cache: Union[bool, str, os.PathLike, None] = None, n_seq: int = 1, kv_type: str = "f16") -> Model:
     """Map a phi2 GGUF file (ours or llama.cpp's) and return a :class:`Model`.
 
     ``path`` None loads the bundled demo model, and a string that is no existing path is looked
     up in the model store (``"phi-2:q4_0"``, as ``phi2cpu pull`` names it); ``threads`` None uses
     the physical cores; ``n_ctx`` is the KV-cache length in tokens. ``repack_cache``: where the
     weights repacked for this CPU are kept between loads (see :mod:`phi2cpu.repack_cache`): None
-    the model store (or $PHI2CPU_REPACK_CACHE), a folder, or False to repack on every load."""
+    the model store (or $PHI2CPU_REPACK_CACHE), a folder, or False to repack on every load.
+    ``n_seq``: sequences the KV cache holds (each ``n_ctx`` positions, allocated as they fill), for
+    :meth:`Model.forward_batch` and :meth:`Model.generate_batch`. ``kv_type``: "f16" (default: half
+    the bytes per position) or "f32" keys and values; attention scores and softmax are float32 either way."""
     if path is None:
         path = default_model_path()
     elif isinstance(path, str):
         from .store import resolve
 
         path = resolve(path)
-    return Model(path, threads=threads, n_ctx=n_ctx, repack_cache=repack_cache)
+    return Model(path, threads=threads, n_ctx=n_ctx, repack_cache=repack_cache, n_seq=n_seq, kv_type=kv_type)
 
 
 __all__ = [

@@ -33,12 +33,21 @@ def types() -> List[Dict[str, Any]]:
     have it), activations (the type a matrix's input is quantized to)."""
 
 class Model:
-    """A mapped GGUF file, its KV cache and a thread pool."""
+    """A mapped GGUF file, the KV cache of n_seq sequences and a thread pool. The single-sequence
+    calls (forward, forward_hidden, run_with_cache, get_state, ...) work on sequence 0."""
 
     def __init__(self, path: str, config: Dict[str, Any], tensors: List[Tuple[str, int, Sequence[int], int]],
-                 n_ctx: int, n_threads: int, repack_cache: str = "") -> None:
+                 n_ctx: int, n_threads: int, repack_cache: str = "", n_seq: int = 1, kv_type: str = "f16") -> None:
         """tensors: (name, ggml_type, numpy_shape, absolute_offset) for every tensor in the file;
-        repack_cache: the folder of repack cache files ("" repacks into memory)."""
+        repack_cache: the folder of repack cache files ("" repacks into memory); n_seq sequences get
+        n_ctx positions each, keys and values stored as kv_type ("f16" or "f32")."""
+
+    def decode(self, tokens: npt.ArrayLike, positions: npt.ArrayLike, seqs: npt.ArrayLike, logits: npt.ArrayLike
+               ) -> npt.NDArray[np.float32]:
+        """Run a batch of entries (tokens[i] at positions[i] of sequence seqs[i]; logits[i] asks for
+        its row), four 1-D arrays of one length. Each sequence's positions continue it without gaps,
+        in batch order. float32 logits (entries asking, n_vocab). ValueError (unknown sequence, bad
+        token, position gap) or ContextError (a sequence full) leave the cache unchanged."""
 
     def forward(self, tokens: npt.ArrayLike, all_logits: bool = False) -> npt.NDArray[np.float32]:
         """Append tokens to the KV cache; float32 logits (n or 1, n_vocab)."""
@@ -63,18 +72,28 @@ class Model:
     def unembed(self, x: npt.ArrayLike, norm: bool = True) -> npt.NDArray[np.float32]:
         """Final LayerNorm (when norm) and lm_head on residual rows (n, n_embd) -> logits (n, n_vocab)."""
 
-    def get_state(self) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """The KV cache of the cached positions: (k, v), each (n_layer, n_past, n_embd)."""
+    def get_state(self, seq: int = 0) -> Tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        """A sequence's cached positions: (k, v), each (n_layer, n_past, n_embd), float16 or float32
+        as the cache stores them."""
 
-    def set_state(self, k: npt.ArrayLike, v: npt.ArrayLike) -> None:
-        """Replace the KV cache with get_state's arrays."""
+    def set_state(self, k: npt.ArrayLike, v: npt.ArrayLike, seq: int = 0) -> None:
+        """Replace a sequence's cache with get_state's arrays (float16 or float32, converted to the cache type)."""
 
-    def reset(self) -> None: ...
-    def truncate(self, n: int) -> None:
-        """Keep only the first n cached positions."""
+    def reset(self, seq: int = 0) -> None: ...
+    def truncate(self, n: int, seq: int = 0) -> None:
+        """Keep only the first n cached positions of a sequence."""
 
+    def copy_seq(self, src: int, dst: int, n: int) -> None:
+        """Sequence dst gets the first n cached positions of src."""
+
+    def seq_n_past(self, seq: int) -> int: ...
     @property
-    def n_past(self) -> int: ...
+    def n_seq(self) -> int: ...
+    @property
+    def kv_type(self) -> str: ...
+    @property
+    def n_past(self) -> int:
+        """Sequence 0's cached positions."""
     @property
     def n_ctx(self) -> int: ...
     @property

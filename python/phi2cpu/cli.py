@@ -206,6 +206,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     info.add_argument("-c", "--ctx", "--ctx-size", type=_positive_int, default=None, metavar="N",
                       help="context size for the memory estimate (default: 2048, or the trained "
                            "context when that is shorter)")
+    info.add_argument("--kv-type", choices=("f16", "f32"), default="f16",
+                      help="KV cache type for the memory estimate (default: f16)")
     info.add_argument("--system", action="store_true",
                       help="also (or only) describe this machine: CPU, cores, default threads, and which "
                            "kernel path runs and why")
@@ -424,6 +426,9 @@ def _engine_args(p: argparse.ArgumentParser, ctx: bool) -> None:
     if ctx:
         p.add_argument("-c", "--ctx", "--ctx-size", type=_positive_int, default=2048, metavar="N",
                        help="context window in tokens, prompt included (default: 2048)")
+    p.add_argument("--kv-type", choices=("f16", "f32"), default=None,
+                   help="how the KV cache stores keys and values (default: f16, half the bytes of f32; "
+                        "attention scores stay f32)")
 
 
 def _version() -> str:
@@ -435,12 +440,14 @@ def _version() -> str:
         return "unknown"
 
 
-def _load(path: str, threads: Optional[int], n_ctx: int):
+def _load(path: str, threads: Optional[int], n_ctx: int, kv_type: Optional[str] = None):
     import phi2cpu
 
     kwargs = {"n_ctx": n_ctx}
     if threads is not None:
         kwargs["threads"] = threads
+    if kv_type is not None:
+        kwargs["kv_type"] = kv_type
     return phi2cpu.load(path, **kwargs)
 
 
@@ -496,7 +503,7 @@ def _load_timed(args: argparse.Namespace):
     """The model named by args, and the seconds loading took."""
     path = _model_path(args)
     t = time.perf_counter()
-    model = _load(path, args.threads, args.ctx)
+    model = _load(path, args.threads, args.ctx, args.kv_type)
     return model, time.perf_counter() - t
 
 
@@ -618,7 +625,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         except ImportError as e:
             raise Phi2Error(str(e)) from None
         return serve_from_cli(args, path, defaults=defaults, api_key=api_key, origins=origins)
-    model = _load(path, args.threads, args.ctx)
+    model = _load(path, args.threads, args.ctx, args.kv_type)
     template = template or for_model(model)
     name = args.aliases[0] if args.aliases else (name_of(path) or os.path.basename(path))
     if name.endswith(".gguf") and not args.aliases:
@@ -674,7 +681,7 @@ def _system_lines() -> list:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .gguf_io import read_model_file
-    from .modelinfo import MAX_BATCH, bits_per_weight, file_type_name, memory_needed
+    from .modelinfo import KV_BYTES, MAX_BATCH, bits_per_weight, file_type_name, memory_needed
 
     if args.system:
         print("\n".join(_system_lines()))
@@ -722,12 +729,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if n_params:
         out.append(f"bits/weight:   {bits_per_weight(tensor_bytes, n_params):.2f} "
                    f"({_fmt_bytes(tensor_bytes)} of tensors)")
-    mem = memory_needed(mf.config, tensor_bytes, args.ctx)
+    mem = memory_needed(mf.config, tensor_bytes, args.ctx, args.kv_type)
     out += [f"memory at --ctx {mem.n_ctx}: {_fmt_bytes(mem.total)} in the engine (the Python process and "
             "tokenizer come on top)",
             f"  weights      {_fmt_bytes(mem.weights):>12}",
-            f"  KV cache     {_fmt_bytes(mem.kv_cache):>12}  (f32 K and V: 2 x {mf.config.n_layer} layers x "
-            f"{mem.n_ctx} positions x {mf.config.n_embd} x 4 bytes)",
+            f"  KV cache     {_fmt_bytes(mem.kv_cache):>12}  ({args.kv_type} K and V: 2 x {mf.config.n_layer} "
+            f"layers x {mem.n_ctx} positions x {mf.config.n_embd} x {KV_BYTES[args.kv_type]} bytes)",
             f"  activations  {_fmt_bytes(mem.activations):>12}  (a batch of "
             f"{min(mem.n_ctx, MAX_BATCH)} tokens)"]
     if mf.recipe:
@@ -753,7 +760,7 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
     from .perplexity import perplexity
 
     text = _read_text_file(args.file)
-    model = _load(_resolve(args.model), args.threads, args.window)
+    model = _load(_resolve(args.model), args.threads, args.window, args.kv_type)
     res = perplexity(model, text, window=args.window, max_windows=args.max_windows, progress=not args.quiet)
     print(f"windows: {res.n_windows} x {args.window} tokens, scored tokens: {res.n_scored}, "
           f"mean nll: {res.nll_mean:.6f}")

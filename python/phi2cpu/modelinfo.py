@@ -60,7 +60,7 @@ def file_type_name(kv: Mapping[str, Any], tensors: Mapping[str, Any]) -> str:
 @dataclass(frozen=True)
 class Memory:
     weights: int       # every tensor's bytes: repacked matrices replace their file pages one for one
-    kv_cache: int      # K and V, fp32, for every layer and position
+    kv_cache: int      # K and V (f16 or f32) for every layer and position of one sequence
     activations: int   # one batch's fp32 activations and its quantized copy for the matmuls
     n_ctx: int
 
@@ -69,10 +69,14 @@ class Memory:
         return self.weights + self.kv_cache + self.activations
 
 
-def memory_needed(config: PhiConfig, tensor_bytes: int, n_ctx: int) -> Memory:
-    """Bytes a loaded model holds at a context of n_ctx tokens (csrc/model: KVCache, Model buffers)."""
+KV_BYTES = {"f16": 2, "f32": 4}  # per cached element, by kv_type
+
+
+def memory_needed(config: PhiConfig, tensor_bytes: int, n_ctx: int, kv_type: str = "f16") -> Memory:
+    """Bytes a loaded model holds at a context of n_ctx tokens with one sequence's cache of kv_type
+    (csrc/model: KVCache, Model buffers)."""
     d, ff = config.n_embd, config.n_ff
-    kv = 2 * config.n_layer * n_ctx * d * 4
+    kv = 2 * config.n_layer * n_ctx * d * KV_BYTES[kv_type]
     batch = min(n_ctx, MAX_BATCH)
     floats = batch * (7 * d + ff) + config.n_vocab   # x h att tmp (d each), qkv (3d), ff; last logits
     # the widest matmul input (ff values a token) quantized for the dot kernels, at most Q8_K's

@@ -56,9 +56,12 @@ def _linear(w: dict[str, np.ndarray], name: str, x: np.ndarray) -> np.ndarray:
     return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
 
 
-def attention(c: PhiConfig, w: dict[str, np.ndarray], i: int, h: np.ndarray, tap=None) -> np.ndarray:
+def attention(c: PhiConfig, w: dict[str, np.ndarray], i: int, h: np.ndarray, tap=None, kv_type: str = "f32"
+              ) -> np.ndarray:
     """Causal self-attention of layer i on h (T, n_embd). tap(name, array) -> array sees the
-    probabilities (n_head, T, T), the per-head outputs (T, n_head, head_dim) and the dense output."""
+    probabilities (n_head, T, T), the per-head outputs (T, n_head, head_dim) and the dense output.
+    kv_type "f16" rounds the rotated keys and the values to IEEE half, as the engine's f16 cache
+    stores them; scores and softmax stay float32."""
     tap = tap or (lambda name, a: a)
     T, hd = h.shape[0], c.head_dim
     if f"blk.{i}.attn_qkv.weight" in w:
@@ -67,6 +70,10 @@ def attention(c: PhiConfig, w: dict[str, np.ndarray], i: int, h: np.ndarray, tap
         q, k, v = (_linear(w, f"blk.{i}.attn_{x}", h) for x in "qkv")
     q, k, v = (t.reshape(T, c.n_head, hd).transpose(1, 0, 2) for t in (q, k, v))   # (n_head, T, hd)
     q, k = rotary(q, c.n_rot, c.rope_theta), rotary(k, c.n_rot, c.rope_theta)
+    if kv_type == "f16":
+        k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+    elif kv_type != "f32":
+        raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
     scores = q @ k.transpose(0, 2, 1) / np.float32(np.sqrt(hd))                   # (n_head, T, T)
     scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
     p = np.exp(scores - scores.max(-1, keepdims=True))
@@ -75,7 +82,7 @@ def attention(c: PhiConfig, w: dict[str, np.ndarray], i: int, h: np.ndarray, tap
     return tap(f"attn_out.{i}", _linear(w, f"blk.{i}.attn_output", z.reshape(T, c.n_embd)))
 
 
-def _forward(c: PhiConfig, w: dict[str, np.ndarray], ids, tap) -> np.ndarray:
+def _forward(c: PhiConfig, w: dict[str, np.ndarray], ids, tap, kv_type: str = "f32") -> np.ndarray:
     """The whole network; tap(name, array) -> array sees (and may replace) every named activation
     of phi2cpu.interp's scheme. Returns the logits (len(ids), n_vocab)."""
     x = w["token_embd.weight"][np.asarray(ids, dtype=np.int64)].astype(np.float32)
@@ -84,7 +91,7 @@ def _forward(c: PhiConfig, w: dict[str, np.ndarray], ids, tap) -> np.ndarray:
         h = tap(f"ln.{i}", layer_norm(x, w[f"blk.{i}.attn_norm.weight"], w[f"blk.{i}.attn_norm.bias"], c.norm_eps))
         pre = tap(f"mlp_pre.{i}", _linear(w, f"blk.{i}.ffn_up", h))
         mlp = tap(f"mlp_out.{i}", _linear(w, f"blk.{i}.ffn_down", tap(f"mlp_post.{i}", gelu_new(pre))))
-        x = tap(f"resid_post.{i}", x + attention(c, w, i, h, tap) + mlp)
+        x = tap(f"resid_post.{i}", x + attention(c, w, i, h, tap, kv_type) + mlp)
     h = tap("ln_final", layer_norm(x, w["output_norm.weight"], w["output_norm.bias"], c.norm_eps))
     return _linear(w, "output", h).astype(np.float32)
 
@@ -114,10 +121,11 @@ def apply_interventions(name: str, a: np.ndarray, interventions) -> np.ndarray:
     return out
 
 
-def reference_run(config: PhiConfig, weights: dict[str, np.ndarray], ids, interventions=()
+def reference_run(config: PhiConfig, weights: dict[str, np.ndarray], ids, interventions=(), kv_type: str = "f32"
                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(every named activation of phi2cpu.interp's scheme, logits) for a fresh sequence, with
-    ``interventions`` (objects with name, op, rows, positions, cols) applied where they name."""
+    ``interventions`` (objects with name, op, rows, positions, cols) applied where they name and
+    the keys and values rounded as a ``kv_type`` cache stores them (see :func:`attention`)."""
     ivs = [iv for iv in interventions if iv.name.split(".")[0] != "attn_probs"]
     acts: dict[str, np.ndarray] = {}
 
@@ -126,28 +134,30 @@ def reference_run(config: PhiConfig, weights: dict[str, np.ndarray], ids, interv
         acts[name] = a
         return a
 
-    logits = _forward(config, weights, ids, tap)
+    logits = _forward(config, weights, ids, tap, kv_type)
     return acts, logits
 
 
-def reference_hidden_states(config: PhiConfig, weights: dict[str, np.ndarray], ids) -> list[np.ndarray]:
+def reference_hidden_states(config: PhiConfig, weights: dict[str, np.ndarray], ids, kv_type: str = "f32"
+                            ) -> list[np.ndarray]:
     """The residual stream (len(ids), n_embd) at n_layer + 1 points: the token embeddings, then
     after each layer (before the final LayerNorm)."""
-    acts, _ = reference_run(config, weights, ids)
+    acts, _ = reference_run(config, weights, ids, kv_type=kv_type)
     return [acts["resid_pre.0"]] + [acts[f"resid_post.{i}"] for i in range(config.n_layer)]
 
 
-def reference_logits(config: PhiConfig, weights: dict[str, np.ndarray], ids, interventions=()) -> np.ndarray:
+def reference_logits(config: PhiConfig, weights: dict[str, np.ndarray], ids, interventions=(),
+                     kv_type: str = "f32") -> np.ndarray:
     """Logits (len(ids), n_vocab) for tokens at positions 0..len(ids)-1."""
-    return reference_run(config, weights, ids, interventions)[1]
+    return reference_run(config, weights, ids, interventions, kv_type)[1]
 
 
-def reference_greedy(config: PhiConfig, weights: dict[str, np.ndarray], ids, n_new: int, interventions=()
-                     ) -> list[int]:
+def reference_greedy(config: PhiConfig, weights: dict[str, np.ndarray], ids, n_new: int, interventions=(),
+                     kv_type: str = "f32") -> list[int]:
     """Greedy continuation: the n_new argmax tokens, never an id without a token."""
     seq = [int(t) for t in ids]
     for _ in range(n_new):
-        logits = reference_logits(config, weights, seq, interventions)[-1]
+        logits = reference_logits(config, weights, seq, interventions, kv_type)[-1]
         logits[N_TOKENIZER_VOCAB:] = -np.inf
         seq.append(int(np.argmax(logits)))
     return seq[len(ids):]

@@ -18,7 +18,8 @@ from .errors import ModelFileError
 _HEADER_SLACK = 1 << 16  # an .npy member's header, beyond its data
 
 
-def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, kind: type, limit: int, where: str) -> np.ndarray:
+def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, kind: Union[type, tuple], limit: int, where: str
+            ) -> np.ndarray:
     with zf.open(info) as m:
         version = npy.read_magic(m)
         if version not in ((1, 0), (2, 0)):
@@ -28,8 +29,9 @@ def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, kind: type, limit: int, 
             shape, fortran, dtype = read_header(m)
         except Exception as e:  # numpy parses the header as Python source: SyntaxError, TokenError, ...
             raise ValueError(f"{where}: bad .npy header ({e.__class__.__name__})") from None
-        if dtype.hasobject or not np.issubdtype(dtype, kind):
-            want = "an integer type" if kind is np.integer else np.dtype(kind).name
+        allowed = kind if isinstance(kind, tuple) else (kind,)
+        if dtype.hasobject or not any(np.issubdtype(dtype, k) for k in allowed):
+            want = "an integer type" if kind is np.integer else " or ".join(np.dtype(k).name for k in allowed)
             raise ModelFileError(f"{where} has dtype {dtype}, expected {want}")
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes > limit:
@@ -41,8 +43,10 @@ def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, kind: type, limit: int, 
     return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
 
 
-def read_state_arrays(path: Union[str, os.PathLike], limits: dict[str, tuple[type, int]]) -> dict[str, np.ndarray]:
-    """The arrays named in `limits` ({name: (dtype kind, most data bytes)}) from the .npz at `path`.
+def read_state_arrays(path: Union[str, os.PathLike], limits: dict[str, tuple[Union[type, tuple], int]]
+                      ) -> dict[str, np.ndarray]:
+    """The arrays named in `limits` ({name: (dtype kind or a tuple of dtypes, most data bytes)}) from
+    the .npz at `path`.
     A missing file raises the OSError naming it; anything else wrong is a ModelFileError."""
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise ModelFileError(f"{path}: not a regular file")

@@ -29,40 +29,48 @@ inline float32x4_t gelu4(float32x4_t v) {
     return vmulq_f32(v, vdivq_f32(e, vaddq_f32(e, vdupq_n_f32(1.0f))));
 }
 
-// q . k_r for the 8 rows r = 0..7 of k (stride floats apart) over hd4 (a multiple of 4) dims,
+// Four cached elements as f32: an f32 cache or an IEEE half cache (widened exactly).
+inline float32x4_t load4(const float* p) { return vld1q_f32(p); }
+inline float32x4_t load4(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+inline float kv_f32(float x) { return x; }
+inline float kv_f32(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
+
+// q . k_r for the 8 rows r = 0..7 of k (stride elements apart) over hd4 (a multiple of 4) dims,
 // into s[0..8).
-inline void dot8_rows(int hd4, const float* q, const float* k, int64_t stride, float* s) {
+template <typename T>
+inline void dot8_rows(int hd4, const float* q, const T* k, int64_t stride, float* s) {
     float32x4_t a[8];
     for (int r = 0; r < 8; r++) a[r] = vdupq_n_f32(0.0f);
     for (int d = 0; d < hd4; d += 4) {
         const float32x4_t qd = vld1q_f32(q + d);
-        for (int r = 0; r < 8; r++) a[r] = vfmaq_f32(a[r], qd, vld1q_f32(k + r * stride + d));
+        for (int r = 0; r < 8; r++) a[r] = vfmaq_f32(a[r], qd, load4(k + r * stride + d));
     }
     // pairwise-add tree: lane r of each result is the full sum of a[r] (a[4 + r])
     vst1q_f32(s, vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3])));
     vst1q_f32(s + 4, vpaddq_f32(vpaddq_f32(a[4], a[5]), vpaddq_f32(a[6], a[7])));
 }
 
-inline float dot_row(int head_dim, const float* q, const float* k) {
+template <typename T>
+inline float dot_row(int head_dim, const float* q, const T* k) {
     float32x4_t acc = vdupq_n_f32(0.0f);
     int d = 0;
-    for (; d + 4 <= head_dim; d += 4) acc = vfmaq_f32(acc, vld1q_f32(q + d), vld1q_f32(k + d));
+    for (; d + 4 <= head_dim; d += 4) acc = vfmaq_f32(acc, vld1q_f32(q + d), load4(k + d));
     float s = vaddvq_f32(acc);
-    for (; d < head_dim; d++) s += q[d] * k[d];
+    for (; d < head_dim; d++) s += q[d] * kv_f32(k[d]);
     return s;
 }
 
-// out += sum_{r < R} p[r] * row r of v (rows stride floats apart), over head_dim floats.
-template <int R>
-inline void axpy_rows(int head_dim, const float* p, const float* v, int64_t stride, float* out) {
+// out += sum_{r < R} p[r] * row r of v (rows stride elements apart), over head_dim floats.
+template <int R, typename T>
+inline void axpy_rows(int head_dim, const float* p, const T* v, int64_t stride, float* out) {
     int d = 0;
     for (; d + 4 <= head_dim; d += 4) {
         float32x4_t acc = vld1q_f32(out + d);
-        for (int r = 0; r < R; r++) acc = vfmaq_n_f32(acc, vld1q_f32(v + r * stride + d), p[r]);
+        for (int r = 0; r < R; r++) acc = vfmaq_n_f32(acc, load4(v + r * stride + d), p[r]);
         vst1q_f32(out + d, acc);
     }
     for (; d < head_dim; d++)
-        for (int r = 0; r < R; r++) out[d] += p[r] * v[r * stride + d];
+        for (int r = 0; r < R; r++) out[d] += p[r] * kv_f32(v[r * stride + d]);
 }
 
 }  // namespace
@@ -117,15 +125,18 @@ void rope_neox_f32_neon(int n_head, int head_dim, int n_rot, int pos, float thet
     });
 }
 
-void attn_head_f32_neon(int head_dim, int n_kv, const float* q, const float* k, const float* v,
-                        int64_t kv_stride, float scale, float* scores, float* out) {
+namespace {
+
+template <typename T>
+void attn_head_neon(int head_dim, int n_kv, const float* q, const T* k, const T* v, int64_t kv_stride, float scale,
+                    float* scores, float* out) {
     const int hd4 = head_dim & ~3;
     // scores = scale * q.k_j, eight keys per step (a head's keys are contiguous: the hardware prefetcher streams them)
     int j = 0;
     for (; j + 8 <= n_kv; j += 8) {
         dot8_rows(hd4, q, k + j * kv_stride, kv_stride, scores + j);
         for (int d = hd4; d < head_dim; d++)
-            for (int r = 0; r < 8; r++) scores[j + r] += q[d] * k[(j + r) * kv_stride + d];
+            for (int r = 0; r < 8; r++) scores[j + r] += q[d] * kv_f32(k[(j + r) * kv_stride + d]);
     }
     for (; j < n_kv; j++) scores[j] = dot_row(head_dim, q, k + j * kv_stride);
 
@@ -167,6 +178,18 @@ void attn_head_f32_neon(int head_dim, int n_kv, const float* q, const float* k, 
     int d = 0;
     for (; d + 4 <= head_dim; d += 4) vst1q_f32(out + d, vmulq_n_f32(vld1q_f32(out + d), inv));
     for (; d < head_dim; d++) out[d] *= inv;
+}
+
+}  // namespace
+
+void attn_head_f32_neon(int head_dim, int n_kv, const float* q, const float* k, const float* v,
+                        int64_t kv_stride, float scale, float* scores, float* out) {
+    attn_head_neon(head_dim, n_kv, q, k, v, kv_stride, scale, scores, out);
+}
+
+void attn_head_f16_neon(int head_dim, int n_kv, const float* q, const uint16_t* k, const uint16_t* v,
+                        int64_t kv_stride, float scale, float* scores, float* out) {
+    attn_head_neon(head_dim, n_kv, q, k, v, kv_stride, scale, scores, out);
 }
 
 }  // namespace phi2cpu

@@ -33,5 +33,7 @@ void gelu_new_f32_neon(int64_t n, float* x);
 void rope_neox_f32_neon(int n_head, int head_dim, int n_rot, int pos, float theta, float* x);
 void attn_head_f32_neon(int head_dim, int n_kv, const float* q, const float* k, const float* v,
                         int64_t kv_stride, float scale, float* scores, float* out);
+void attn_head_f16_neon(int head_dim, int n_kv, const float* q, const uint16_t* k, const uint16_t* v,
+                        int64_t kv_stride, float scale, float* scores, float* out);
 
 }  // namespace phi2cpu

@@ -287,21 +287,40 @@ void softmax_f32_ref(int64_t n, float* x) {
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 
-void attn_head_f32_ref(int head_dim, int n_kv, const float* q, const float* k, const float* v,
-                       int64_t kv_stride, float scale, float* scores, float* out) {
+namespace {
+
+inline float kv_f32(float x) { return x; }
+inline float kv_f32(uint16_t h) { return fp16_to_fp32(h); }
+
+// The math of attn_head_f32_ref over cached rows of type T, each element widened to f32 as it is read.
+template <typename T>
+void attn_head_ref(int head_dim, int n_kv, const float* q, const T* k, const T* v, int64_t kv_stride, float scale,
+                   float* scores, float* out) {
     for (int j = 0; j < n_kv; j++) {
-        const float* kj = k + j * kv_stride;
+        const T* kj = k + j * kv_stride;
         float s = 0.0f;
-        for (int d = 0; d < head_dim; d++) s += q[d] * kj[d];
+        for (int d = 0; d < head_dim; d++) s += q[d] * kv_f32(kj[d]);
         scores[j] = s * scale;
     }
     softmax_f32_ref(n_kv, scores);
     for (int d = 0; d < head_dim; d++) out[d] = 0.0f;
     for (int j = 0; j < n_kv; j++) {
-        const float* vj = v + j * kv_stride;
+        const T* vj = v + j * kv_stride;
         const float p = scores[j];
-        for (int d = 0; d < head_dim; d++) out[d] += p * vj[d];
+        for (int d = 0; d < head_dim; d++) out[d] += p * kv_f32(vj[d]);
     }
+}
+
+}  // namespace
+
+void attn_head_f32_ref(int head_dim, int n_kv, const float* q, const float* k, const float* v,
+                       int64_t kv_stride, float scale, float* scores, float* out) {
+    attn_head_ref(head_dim, n_kv, q, k, v, kv_stride, scale, scores, out);
+}
+
+void attn_head_f16_ref(int head_dim, int n_kv, const float* q, const uint16_t* k, const uint16_t* v,
+                       int64_t kv_stride, float scale, float* scores, float* out) {
+    attn_head_ref(head_dim, n_kv, q, k, v, kv_stride, scale, scores, out);
 }
 
 }  // namespace phi2cpu

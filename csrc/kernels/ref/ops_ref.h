@@ -56,5 +56,9 @@ void softmax_f32_ref(int64_t n, float* x);
 // k and v rows are kv_stride floats apart; out gets head_dim floats; scores is scratch of n_kv.
 void attn_head_f32_ref(int head_dim, int n_kv, const float* q, const float* k, const float* v,
                        int64_t kv_stride, float scale, float* scores, float* out);
+// The same over an IEEE half cache: k and v elements are widened to f32 exactly; scores, softmax
+// and the weighted sum stay f32 (Phi-2's scores overflow in f16).
+void attn_head_f16_ref(int head_dim, int n_kv, const float* q, const uint16_t* k, const uint16_t* v,
+                       int64_t kv_stride, float scale, float* scores, float* out);
 
 }  // namespace phi2cpu

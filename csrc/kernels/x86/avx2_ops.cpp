@@ -39,13 +39,22 @@ inline __m256 gelu8(__m256 v) {
     return _mm256_mul_ps(v, _mm256_div_ps(e, _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
 }
 
-// q . k_r for the 8 rows r = 0..7 of k (stride floats apart) over hd8 (a multiple of 8) dims.
-inline __m256 dot8_rows(int hd8, const float* q, const float* k, int64_t stride) {
+// Eight cached elements as f32: an f32 cache or an IEEE half cache (F16C widens exactly).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline float kv_f32(float x) { return x; }
+inline float kv_f32(uint16_t h) { return _cvtsh_ss(h); }
+inline float dot_row(int n, const float* q, const float* k) { return vec_dot_f32_f32_avx2(n, q, k); }
+inline float dot_row(int n, const float* q, const uint16_t* k) { return vec_dot_f16_f32_avx2(n, k, q); }
+
+// q . k_r for the 8 rows r = 0..7 of k (stride elements apart) over hd8 (a multiple of 8) dims.
+template <typename T>
+inline __m256 dot8_rows(int hd8, const float* q, const T* k, int64_t stride) {
     __m256 a[8];
     for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
     for (int d = 0; d < hd8; d += 8) {
         const __m256 qd = _mm256_loadu_ps(q + d);
-        for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + r * stride + d), a[r]);
+        for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(qd, load8(k + r * stride + d), a[r]);
     }
     // transpose-add: lane r of the result is the full sum of a[r]
     const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
@@ -54,18 +63,18 @@ inline __m256 dot8_rows(int hd8, const float* q, const float* k, int64_t stride)
 }
 
 
-// out += sum_{r < R} p[r] * row r of v (rows stride floats apart), over head_dim floats.
-template <int R>
-inline void axpy_rows(int head_dim, const float* p, const float* v, int64_t stride, float* out) {
+// out += sum_{r < R} p[r] * row r of v (rows stride elements apart), over head_dim floats.
+template <int R, typename T>
+inline void axpy_rows(int head_dim, const float* p, const T* v, int64_t stride, float* out) {
     int d = 0;
     for (; d + 8 <= head_dim; d += 8) {
         __m256 acc = _mm256_loadu_ps(out + d);
         for (int r = 0; r < R; r++)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(p[r]), _mm256_loadu_ps(v + r * stride + d), acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(p[r]), load8(v + r * stride + d), acc);
         _mm256_storeu_ps(out + d, acc);
     }
     for (; d < head_dim; d++)
-        for (int r = 0; r < R; r++) out[d] += p[r] * v[r * stride + d];
+        for (int r = 0; r < R; r++) out[d] += p[r] * kv_f32(v[r * stride + d]);
 }
 
 }  // namespace
@@ -122,17 +131,20 @@ void rope_neox_f32_avx2(int n_head, int head_dim, int n_rot, int pos, float thet
     });
 }
 
-void attn_head_f32_avx2(int head_dim, int n_kv, const float* q, const float* k, const float* v,
-                        int64_t kv_stride, float scale, float* scores, float* out) {
+namespace {
+
+template <typename T>
+void attn_head_avx2(int head_dim, int n_kv, const float* q, const T* k, const T* v, int64_t kv_stride, float scale,
+                    float* scores, float* out) {
     const int hd8 = head_dim & ~7;
     // scores = scale * q.k_j, eight keys per step (a head's keys are contiguous: the hardware prefetcher streams them)
     int j = 0;
     for (; j + 8 <= n_kv; j += 8) {
         _mm256_storeu_ps(scores + j, dot8_rows(hd8, q, k + j * kv_stride, kv_stride));
         for (int d = hd8; d < head_dim; d++)
-            for (int r = 0; r < 8; r++) scores[j + r] += q[d] * k[(j + r) * kv_stride + d];
+            for (int r = 0; r < 8; r++) scores[j + r] += q[d] * kv_f32(k[(j + r) * kv_stride + d]);
     }
-    for (; j < n_kv; j++) scores[j] = vec_dot_f32_f32_avx2(head_dim, q, k + j * kv_stride);
+    for (; j < n_kv; j++) scores[j] = dot_row(head_dim, q, k + j * kv_stride);
 
     // softmax numerators e_j = exp(s_j - max); the sum in f64 like the ref
     const __m256 vscale = _mm256_set1_ps(scale);
@@ -174,6 +186,18 @@ void attn_head_f32_avx2(int head_dim, int n_kv, const float* q, const float* k, 
     int d = 0;
     for (; d < hd8; d += 8) _mm256_storeu_ps(out + d, _mm256_mul_ps(_mm256_loadu_ps(out + d), vinv));
     for (; d < head_dim; d++) out[d] *= inv;
+}
+
+}  // namespace
+
+void attn_head_f32_avx2(int head_dim, int n_kv, const float* q, const float* k, const float* v,
+                        int64_t kv_stride, float scale, float* scores, float* out) {
+    attn_head_avx2(head_dim, n_kv, q, k, v, kv_stride, scale, scores, out);
+}
+
+void attn_head_f16_avx2(int head_dim, int n_kv, const float* q, const uint16_t* k, const uint16_t* v,
+                        int64_t kv_stride, float scale, float* scores, float* out) {
+    attn_head_avx2(head_dim, n_kv, q, k, v, kv_stride, scale, scores, out);
 }
 
 }  // namespace phi2cpu

@@ -42,8 +42,17 @@ inline __m512 transpose_sum16(const __m512* a) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(u01, u23, 0x88), _mm512_shuffle_f32x4(u01, u23, 0xdd));
 }
 
-// q . k_r for the 16 rows r of k (stride floats apart) over head_dim dims.
-inline __m512 dot16_rows(int head_dim, const float* q, const float* k, int64_t stride) {
+// The first lanes (mask m) of sixteen cached elements as f32, from an f32 or an IEEE half cache.
+inline __m512 load16(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load16(__mmask16 m, const uint16_t* p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline float dot_row(int n, const float* q, const float* k) { return vec_dot_f32_f32_avx512(n, q, k); }
+inline float dot_row(int n, const float* q, const uint16_t* k) { return vec_dot_f16_f32_avx512(n, k, q); }
+
+// q . k_r for the 16 rows r of k (stride elements apart) over head_dim dims.
+template <typename T>
+inline __m512 dot16_rows(int head_dim, const float* q, const T* k, int64_t stride) {
     __m512 a[16];
 #pragma GCC unroll 16
     for (int r = 0; r < 16; r++) a[r] = _mm512_setzero_ps();
@@ -51,25 +60,25 @@ inline __m512 dot16_rows(int head_dim, const float* q, const float* k, int64_t s
         const __mmask16 m = first_lanes16(head_dim - d);
         const __m512 qd = _mm512_maskz_loadu_ps(m, q + d);
 #pragma GCC unroll 16
-        for (int r = 0; r < 16; r++) a[r] = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m, k + r * stride + d), a[r]);
+        for (int r = 0; r < 16; r++) a[r] = _mm512_fmadd_ps(qd, load16(m, k + r * stride + d), a[r]);
     }
     return transpose_sum16(a);
 }
 
 // out[0..n) = inv * sum_j p_j v_j[0..n) for n <= 16 * NV: NV accumulators stay in registers while
 // the value rows stream by; only the last vector may be partial.
-template <int NV>
-void pv_pass(int n, int n_kv, const float* p, const float* v, int64_t stride, __m512 inv, float* out) {
+template <int NV, typename T>
+void pv_pass(int n, int n_kv, const float* p, const T* v, int64_t stride, __m512 inv, float* out) {
     const __mmask16 last = first_lanes16(n - 16 * (NV - 1));
     __m512 acc[NV];
 #pragma GCC unroll 8
     for (int c = 0; c < NV; c++) acc[c] = _mm512_setzero_ps();
     for (int j = 0; j < n_kv; j++) {
         const __m512 pj = _mm512_set1_ps(p[j]);
-        const float* vj = v + j * stride;
+        const T* vj = v + j * stride;
 #pragma GCC unroll 8
-        for (int c = 0; c < NV - 1; c++) acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 16 * c), acc[c]);
-        acc[NV - 1] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(last, vj + 16 * (NV - 1)), acc[NV - 1]);
+        for (int c = 0; c < NV - 1; c++) acc[c] = _mm512_fmadd_ps(pj, load16(vj + 16 * c), acc[c]);
+        acc[NV - 1] = _mm512_fmadd_ps(pj, load16(last, vj + 16 * (NV - 1)), acc[NV - 1]);
     }
 #pragma GCC unroll 8
     for (int c = 0; c < NV - 1; c++) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], inv));
@@ -120,14 +129,17 @@ void rope_neox_f32_avx512(int n_head, int head_dim, int n_rot, int pos, float th
     });
 }
 
-void attn_head_f32_avx512(int head_dim, int n_kv, const float* q, const float* k, const float* v,
-                          int64_t kv_stride, float scale, float* scores, float* out) {
+namespace {
+
+template <typename T>
+void attn_head_avx512(int head_dim, int n_kv, const float* q, const T* k, const T* v, int64_t kv_stride, float scale,
+                      float* scores, float* out) {
     // scores = scale * q.k_j, sixteen keys per step (a head's keys are one contiguous stream)
     int j = 0;
     for (; j + 16 <= n_kv; j += 16)
         _mm512_storeu_ps(scores + j, _mm512_mul_ps(dot16_rows(head_dim, q, k + j * kv_stride, kv_stride),
                                                    _mm512_set1_ps(scale)));
-    for (; j < n_kv; j++) scores[j] = vec_dot_f32_f32_avx512(head_dim, q, k + j * kv_stride) * scale;
+    for (; j < n_kv; j++) scores[j] = dot_row(head_dim, q, k + j * kv_stride) * scale;
 
     // softmax numerators e_j = exp(s_j - max); the sum in f64 like the ref
     __m512 vmax = _mm512_set1_ps(-INFINITY);
@@ -146,10 +158,23 @@ void attn_head_f32_avx512(int head_dim, int n_kv, const float* q, const float* k
     const __m512 vinv = _mm512_set1_ps(float(1.0 / _mm512_reduce_add_pd(_mm512_add_pd(s0, s1))));
 
     // out = inv * sum_j e_j v_j, up to 128 dims held in registers per pass over the values
-    constexpr void (*kPass[])(int, int, const float*, const float*, int64_t, __m512, float*) = {
-        nullptr, pv_pass<1>, pv_pass<2>, pv_pass<3>, pv_pass<4>, pv_pass<5>, pv_pass<6>, pv_pass<7>, pv_pass<8>};
+    constexpr void (*kPass[])(int, int, const float*, const T*, int64_t, __m512, float*) = {
+        nullptr,         pv_pass<1, T>, pv_pass<2, T>, pv_pass<3, T>, pv_pass<4, T>,
+        pv_pass<5, T>,   pv_pass<6, T>, pv_pass<7, T>, pv_pass<8, T>};
     for (int d0 = 0; d0 < head_dim; d0 += 128)
         kPass[std::min(8, (head_dim - d0 + 15) / 16)](head_dim - d0, n_kv, scores, v + d0, kv_stride, vinv, out + d0);
+}
+
+}  // namespace
+
+void attn_head_f32_avx512(int head_dim, int n_kv, const float* q, const float* k, const float* v,
+                          int64_t kv_stride, float scale, float* scores, float* out) {
+    attn_head_avx512(head_dim, n_kv, q, k, v, kv_stride, scale, scores, out);
+}
+
+void attn_head_f16_avx512(int head_dim, int n_kv, const float* q, const uint16_t* k, const uint16_t* v,
+                          int64_t kv_stride, float scale, float* scores, float* out) {
+    attn_head_avx512(head_dim, n_kv, q, k, v, kv_stride, scale, scores, out);
 }
 
 }  // namespace phi2cpu

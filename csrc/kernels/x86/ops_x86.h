@@ -35,6 +35,8 @@ void gelu_new_f32_avx2(int64_t n, float* x);
 void rope_neox_f32_avx2(int n_head, int head_dim, int n_rot, int pos, float theta, float* x);
 void attn_head_f32_avx2(int head_dim, int n_kv, const float* q, const float* k, const float* v,
                         int64_t kv_stride, float scale, float* scores, float* out);
+void attn_head_f16_avx2(int head_dim, int n_kv, const float* q, const uint16_t* k, const uint16_t* v,
+                        int64_t kv_stride, float scale, float* scores, float* out);
 
 float vec_dot_f32_f32_avx512(int64_t n, const void* w, const void* x);
 float vec_dot_f16_f32_avx512(int64_t n, const void* w, const void* x);
@@ -54,6 +56,8 @@ void layernorm_f32_avx512(int64_t n, const float* x, const float* w, const float
 void gelu_new_f32_avx512(int64_t n, float* x);
 void rope_neox_f32_avx512(int n_head, int head_dim, int n_rot, int pos, float theta, float* x);
 void attn_head_f32_avx512(int head_dim, int n_kv, const float* q, const float* k, const float* v,
+                          int64_t kv_stride, float scale, float* scores, float* out);
+void attn_head_f16_avx512(int head_dim, int n_kv, const float* q, const uint16_t* k, const uint16_t* v,
                           int64_t kv_stride, float scale, float* scores, float* out);
 float vec_dot_q4_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
 float vec_dot_q5_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
