@@ -47,7 +47,7 @@ def llama_tool(bin_dir: str | None, name: str) -> Path | None:
 
 
 def build_files(model_dir: Path, eval_text: str, out: Path, types: list[str], llama_bin: str | None,
-                chunks: int | None) -> tuple[Path, dict[str, Path]]:
+                chunks: int | None, plain: bool = True) -> tuple[Path, dict[str, Path]]:
     f16 = out / "f16.gguf"
     if not f16.exists():
         quantize(model_dir, f16, "f16", progress=False)
@@ -61,7 +61,7 @@ def build_files(model_dir: Path, eval_text: str, out: Path, types: list[str], ll
     files: dict[str, Path] = {}
     lq = llama_tool(llama_bin, "llama-quantize")
     for t in types:
-        for label, kw in ((t, {}), (f"{t}+imatrix", {"imatrix": im_path})):
+        for label, kw in ((t, {}), (f"{t}+imatrix", {"imatrix": im_path}))[0 if plain else 1:]:
             p = out / f"{label.replace('+', '.')}.gguf"
             if not p.exists():
                 quantize(f16, p, t, progress=False, **kw)
@@ -133,11 +133,12 @@ def main() -> int:
     ap.add_argument("--windows", type=int, default=None, help="score at most N windows (default: all)")
     ap.add_argument("--chunks", type=int, default=None, help="calibration chunks (default: all)")
     ap.add_argument("--llama-cpp-bin", default=None)
+    ap.add_argument("--no-plain", action="store_true", help="only the files made with the imatrix")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     eval_text = args.eval_text.read_text(encoding="utf-8")
     f16, files = build_files(args.model_dir, eval_text, args.out, args.types.split(","), args.llama_cpp_bin,
-                             args.chunks)
+                             args.chunks, plain=not args.no_plain)
     res = score(f16, files, eval_text, args.windows, args.out / "quant_quality.json")
     (args.out / "quant_quality.md").write_text(markdown(res))
     print(markdown(res))

@@ -15,8 +15,6 @@
 namespace phi2cpu {
 namespace {
 
-inline float fp16_round(float v) { return fp16_to_fp32(fp32_to_fp16(v)); }
-
 // Weighted squared error of x ~ d * q + m.
 float affine_error(const float* x, const float* w, int n, float d, float m, const int* q) {
     float e = 0;
