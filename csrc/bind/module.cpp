@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <thread>
+#include <vector>
 
 #include "kernels/dispatch.h"
 #include "model/errors.h"
@@ -27,9 +29,13 @@ const TypeTraits& traits_or_throw(uint32_t type) {
     return *tt;
 }
 
-// f32 array of shape (..., n) -> uint8 array of shape (..., row_bytes(n)), the GGUF bytes.
-py::array_t<uint8_t> quantize(py::array_t<float, py::array::c_style | py::array::forcecast> x, uint32_t type) {
+// f32 array of shape (..., n) -> uint8 array of shape (..., row_bytes(n)), the GGUF bytes. With
+// importance (n weights, one per column) the type's weighted search runs instead, rows on all cores.
+py::array_t<uint8_t> quantize(py::array_t<float, py::array::c_style | py::array::forcecast> x, uint32_t type,
+                              std::optional<py::array_t<float, py::array::c_style | py::array::forcecast>> importance) {
     const TypeTraits& tt = traits_or_throw(type);
+    if (importance && !tt.quantize_weighted)
+        throw std::invalid_argument(std::string("quantize: ") + tt.name + " has no importance-weighted quantizer");
     if (x.ndim() < 1) throw std::invalid_argument("quantize: need at least one dimension");
     const int64_t n = x.shape(x.ndim() - 1);
     if (n % tt.block_size != 0)
@@ -41,11 +47,25 @@ py::array_t<uint8_t> quantize(py::array_t<float, py::array::c_style | py::array:
     std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
     shape.back() = py::ssize_t(rb);
     py::array_t<uint8_t> out(shape);
+    if (importance && (importance->ndim() != 1 || importance->shape(0) != n))
+        throw std::invalid_argument("quantize: importance must hold one weight per column (" + std::to_string(n) + ")");
     const float* src = x.data();
     uint8_t* dst = out.mutable_data();
-    {
+    if (!importance) {
         py::gil_scoped_release release;
         for (int64_t r = 0; r < rows; r++) tt.quantize(src + r * n, dst + r * rb, n);
+        return out;
+    }
+    const float* imp = importance->data();
+    {
+        py::gil_scoped_release release;
+        const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(rows, std::thread::hardware_concurrency()));
+        std::vector<std::thread> pool;
+        for (int64_t t = 0; t < workers; t++)
+            pool.emplace_back([&, t] {
+                for (int64_t r = t; r < rows; r += workers) tt.quantize_weighted(src + r * n, dst + r * rb, n, imp);
+            });
+        for (auto& th : pool) th.join();
     }
     return out;
 }
@@ -310,8 +330,9 @@ void set_state(Model& m, const py::array& k_in, const py::array& v_in, int seq) 
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "phi2cpu C++ engine";
-    m.def("quantize", &quantize, py::arg("x"), py::arg("type"),
-          "Quantize float32 rows (last axis) to GGUF block bytes of the given GGML type id.");
+    m.def("quantize", &quantize, py::arg("x"), py::arg("type"), py::arg("importance") = py::none(),
+          "Quantize float32 rows (last axis) to GGUF block bytes of the given GGML type id; with importance "
+          "(one non-negative weight per column) by the type's importance-weighted search.");
     m.def("dequantize", &dequantize, py::arg("data"), py::arg("type"), py::arg("n"),
           "Dequantize GGUF block bytes to float32 rows of length n.");
 
@@ -343,11 +364,13 @@ PYBIND11_MODULE(_core, m) {
                   d["type_size"] = tt.type_size;
                   d["weight"] = kernels().of(tt.type).vec_dot != nullptr;
                   d["activations"] = type_traits(tt.vec_dot_type)->name;
+                  d["weighted"] = tt.quantize_weighted != nullptr;
                   out.append(d);
               }
               return out;
           }, "The tensor types the engine knows, in id order: id, name, block_size, type_size, weight (matrices may "
-             "have it), activations (the type a matrix's input is quantized to).");
+             "have it), activations (the type a matrix's input is quantized to), weighted (it has an importance-weighted "
+             "quantizer).");
 
     py::class_<Model>(m, "Model")
         .def(py::init(&make_model), py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_ctx"),

@@ -1,6 +1,7 @@
 #include "quant/traits.h"
 
 #include "quant/quantize_ref.h"
+#include "quant/quantize_weighted.h"
 
 namespace phi2cpu {
 namespace {
@@ -19,30 +20,41 @@ const TypeTraits kTraits[] = {
     {GgmlType::F16, "F16", 1, 2, quantize_as<uint16_t, quantize_row_f16_ref>,
      dequantize_as<uint16_t, dequantize_row_f16_ref>, GgmlType::F32},
     {GgmlType::Q4_0, "Q4_0", QK4_0, sizeof(block_q4_0), quantize_as<block_q4_0, quantize_row_q4_0_ref>,
-     dequantize_as<block_q4_0, dequantize_row_q4_0_ref>, GgmlType::Q8_0},
+     dequantize_as<block_q4_0, dequantize_row_q4_0_ref>, GgmlType::Q8_0,
+     quantize_weighted_as<block_q4_0, quantize_row_q4_0_weighted>},
     {GgmlType::Q4_1, "Q4_1", QK4_1, sizeof(block_q4_1), quantize_as<block_q4_1, quantize_row_q4_1_ref>,
-     dequantize_as<block_q4_1, dequantize_row_q4_1_ref>, GgmlType::Q8_0},
+     dequantize_as<block_q4_1, dequantize_row_q4_1_ref>, GgmlType::Q8_0,
+     quantize_weighted_as<block_q4_1, quantize_row_q4_1_weighted>},
     {GgmlType::Q5_0, "Q5_0", QK5_0, sizeof(block_q5_0), quantize_as<block_q5_0, quantize_row_q5_0_ref>,
-     dequantize_as<block_q5_0, dequantize_row_q5_0_ref>, GgmlType::Q8_0},
+     dequantize_as<block_q5_0, dequantize_row_q5_0_ref>, GgmlType::Q8_0,
+     quantize_weighted_as<block_q5_0, quantize_row_q5_0_weighted>},
     {GgmlType::Q5_1, "Q5_1", QK5_1, sizeof(block_q5_1), quantize_as<block_q5_1, quantize_row_q5_1_ref>,
-     dequantize_as<block_q5_1, dequantize_row_q5_1_ref>, GgmlType::Q8_0},
+     dequantize_as<block_q5_1, dequantize_row_q5_1_ref>, GgmlType::Q8_0,
+     quantize_weighted_as<block_q5_1, quantize_row_q5_1_weighted>},
     {GgmlType::Q8_0, "Q8_0", QK8_0, sizeof(block_q8_0), quantize_as<block_q8_0, quantize_row_q8_0_ref>,
-     dequantize_as<block_q8_0, dequantize_row_q8_0_ref>, GgmlType::Q8_0},
+     dequantize_as<block_q8_0, dequantize_row_q8_0_ref>, GgmlType::Q8_0,
+     quantize_weighted_as<block_q8_0, quantize_row_q8_0_weighted>},
     {GgmlType::Q2_K, "Q2_K", QK_K, sizeof(block_q2_K), quantize_unweighted_as<block_q2_K, quantize_row_q2_K_ref>,
-     dequantize_as<block_q2_K, dequantize_row_q2_K_ref>, GgmlType::Q8_K},
+     dequantize_as<block_q2_K, dequantize_row_q2_K_ref>, GgmlType::Q8_K,
+     quantize_weighted_as<block_q2_K, quantize_row_q2_K_ref>},
     {GgmlType::Q3_K, "Q3_K", QK_K, sizeof(block_q3_K), quantize_unweighted_as<block_q3_K, quantize_row_q3_K_ref>,
-     dequantize_as<block_q3_K, dequantize_row_q3_K_ref>, GgmlType::Q8_K},
+     dequantize_as<block_q3_K, dequantize_row_q3_K_ref>, GgmlType::Q8_K,
+     quantize_weighted_as<block_q3_K, quantize_row_q3_K_ref>},
     {GgmlType::Q4_K, "Q4_K", QK_K, sizeof(block_q4_K), quantize_as<block_q4_K, quantize_row_q4_K_ref>,
-     dequantize_as<block_q4_K, dequantize_row_q4_K_ref>, GgmlType::Q8_K},
+     dequantize_as<block_q4_K, dequantize_row_q4_K_ref>, GgmlType::Q8_K,
+     quantize_weighted_as<block_q4_K, quantize_row_q4_K_weighted>},
     {GgmlType::Q5_K, "Q5_K", QK_K, sizeof(block_q5_K), quantize_as<block_q5_K, quantize_row_q5_K_ref>,
-     dequantize_as<block_q5_K, dequantize_row_q5_K_ref>, GgmlType::Q8_K},
+     dequantize_as<block_q5_K, dequantize_row_q5_K_ref>, GgmlType::Q8_K,
+     quantize_weighted_as<block_q5_K, quantize_row_q5_K_weighted>},
     {GgmlType::Q6_K, "Q6_K", QK_K, sizeof(block_q6_K), quantize_as<block_q6_K, quantize_row_q6_K_ref>,
-     dequantize_as<block_q6_K, dequantize_row_q6_K_ref>, GgmlType::Q8_K},
+     dequantize_as<block_q6_K, dequantize_row_q6_K_ref>, GgmlType::Q8_K,
+     quantize_weighted_as<block_q6_K, quantize_row_q6_K_weighted>},
     // activations only: no weight kernel pairs with it (the loader rejects it as a weight type)
     {GgmlType::Q8_K, "Q8_K", QK_K, sizeof(block_q8_K), quantize_as<block_q8_K, quantize_row_q8_K_ref>,
      dequantize_as<block_q8_K, dequantize_row_q8_K_ref>, GgmlType::Q8_K},
     {GgmlType::IQ4_NL, "IQ4_NL", QK4_NL, sizeof(block_iq4_nl), quantize_as<block_iq4_nl, quantize_row_iq4_nl_ref>,
-     dequantize_as<block_iq4_nl, dequantize_row_iq4_nl_ref>, GgmlType::Q8_0},
+     dequantize_as<block_iq4_nl, dequantize_row_iq4_nl_ref>, GgmlType::Q8_0,
+     quantize_weighted_as<block_iq4_nl, quantize_row_iq4_nl_weighted>},
 };
 
 }  // namespace

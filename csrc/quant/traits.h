@@ -10,6 +10,8 @@ namespace phi2cpu {
 
 using quantize_row_fn = void (*)(const float* x, void* y, int64_t n);
 using dequantize_row_fn = void (*)(const void* x, float* y, int64_t n);
+// importance: one weight per column (n values) for the squared error of each element; may be nullptr
+using quantize_weighted_fn = void (*)(const float* x, void* y, int64_t n, const float* importance);
 
 struct TypeTraits {
     GgmlType type;
@@ -19,6 +21,7 @@ struct TypeTraits {
     quantize_row_fn quantize;     // from f32 (n a multiple of block_size)
     dequantize_row_fn dequantize; // to f32
     GgmlType vec_dot_type;        // what activations are converted to before the dot product
+    quantize_weighted_fn quantize_weighted = nullptr;  // importance-weighted search (weight types)
 };
 
 // GGML type ids are below this; kernel tables are indexed by them.
@@ -43,6 +46,11 @@ void quantize_as(const float* x, void* y, int64_t n) { F(x, static_cast<Block*>(
 // The unweighted form of a quantizer that takes importance weights (nullptr: none).
 template <typename Block, void (*F)(const float*, Block*, int64_t, const float*)>
 void quantize_unweighted_as(const float* x, void* y, int64_t n) { F(x, static_cast<Block*>(y), n, nullptr); }
+// The same, with importance weights.
+template <typename Block, void (*F)(const float*, Block*, int64_t, const float*)>
+void quantize_weighted_as(const float* x, void* y, int64_t n, const float* importance) {
+    F(x, static_cast<Block*>(y), n, importance);
+}
 template <typename Block, void (*F)(const Block*, float*, int64_t)>
 void dequantize_as(const void* x, float* y, int64_t n) { F(static_cast<const Block*>(x), y, n); }
 

@@ -10,8 +10,9 @@ FileError = ModelFileError
 ContextError = ContextFullError
 SetupError = Phi2Error
 
-def quantize(x: npt.ArrayLike, type: int) -> npt.NDArray[np.uint8]:
-    """Quantize float32 rows (last axis) to GGUF block bytes of the given GGML type id."""
+def quantize(x: npt.ArrayLike, type: int, importance: Optional[npt.ArrayLike] = None) -> npt.NDArray[np.uint8]:
+    """Quantize float32 rows (last axis) to GGUF block bytes of the given GGML type id; with importance
+    (one non-negative weight per column) by the type's importance-weighted search."""
 
 def dequantize(data: npt.ArrayLike, type: int, n: int) -> npt.NDArray[np.float32]:
     """Dequantize GGUF block bytes to float32 rows of length n."""
@@ -30,7 +31,7 @@ def available_isas() -> str:
 
 def types() -> List[Dict[str, Any]]:
     """The tensor types the engine knows, in id order: id, name, block_size, type_size, weight (matrices may
-    have it), activations (the type a matrix's input is quantized to)."""
+    have it), activations (the type a matrix's input is quantized to), weighted (it has an importance-weighted quantizer)."""
 
 class Model:
     """A mapped GGUF file, the KV cache of n_seq sequences and a thread pool. The single-sequence

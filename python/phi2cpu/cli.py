@@ -1,4 +1,4 @@
-"""The `phi2cpu` command: run, chat, serve, info, perplexity, quantize, pull, list, rm."""
+"""The `phi2cpu` command: run, chat, serve, info, perplexity, imatrix, quantize, pull, list, rm."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 from . import server_limits as limits
@@ -222,9 +223,31 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="tokens per window (default: 512)")
     ppl.add_argument("--max-windows", type=_positive_int, default=None, metavar="N",
                      help="score at most N windows (default: all)")
+    ppl.add_argument("--kl-base", metavar="BASE", default=None,
+                     help="also report the mean KL divergence of MODEL's next-token distribution from BASE's "
+                          "(e.g. the F16 file MODEL was quantized from)")
     ppl.add_argument("--quiet", "-q", action="store_true", help="no progress bar; print only the result lines")
     _engine_args(ppl, ctx=False)
     ppl.set_defaults(func=_cmd_perplexity)
+
+    imx = sub.add_parser("imatrix", help="collect an importance matrix for `quantize --imatrix`",
+                         formatter_class=fmt,
+                         description="Run MODEL over the UTF-8 calibration text in TEXT and write, per weight "
+                                     "matrix, each input column's sum of squares and the token count, as "
+                                     "llama.cpp's imatrix GGUF (llama-quantize --imatrix reads it too).",
+                         epilog="example:\n  phi2cpu imatrix phi-2.f16.gguf calibration.txt -o phi-2-imatrix.gguf\n"
+                                "  phi2cpu quantize phi-2.f16.gguf phi-2.q4_k_m.gguf q4_k_m --imatrix phi-2-imatrix.gguf\n\n"
+                                "Keep the calibration text apart from any text you evaluate on.")
+    imx.add_argument("model", metavar="MODEL", help="model file (F16 or F32 is best)")
+    imx.add_argument("text", metavar="TEXT", help="UTF-8 calibration text file")
+    imx.add_argument("-o", "--output", required=True, metavar="FILE", help="imatrix file to write (.gguf)")
+    imx.add_argument("--chunk-size", type=_positive_int, default=512, metavar="N",
+                     help="tokens per chunk, each run from an empty cache (default: 512)")
+    imx.add_argument("--chunks", type=_positive_int, default=None, metavar="N",
+                     help="use at most N chunks (default: all whole chunks of TEXT)")
+    imx.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _engine_args(imx, ctx=False)
+    imx.set_defaults(func=_cmd_imatrix)
 
     srv = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                          formatter_class=fmt, usage="phi2cpu serve [options] [MODEL | -m MODEL]",
@@ -314,7 +337,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sub.add_parser("bench", help="benchmark against llama.cpp and HF transformers; see `phi2cpu bench --help`",
                    add_help=False)
     return top, {"run": run, "chat": chat, "info": info, "perplexity": ppl, "serve": srv, "pull": pull,
-                 "list": lst, "rm": rm}
+                 "list": lst, "rm": rm, "imatrix": imx}
 
 
 def _chat_template_arg(p: argparse.ArgumentParser) -> None:
@@ -761,10 +784,29 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
 
     text = _read_text_file(args.file)
     model = _load(_resolve(args.model), args.threads, args.window, args.kv_type)
-    res = perplexity(model, text, window=args.window, max_windows=args.max_windows, progress=not args.quiet)
+    base = _load(_resolve(args.kl_base), args.threads, args.window, args.kv_type) if args.kl_base else None
+    res = perplexity(model, text, window=args.window, max_windows=args.max_windows, progress=not args.quiet,
+                     base=base)
     print(f"windows: {res.n_windows} x {args.window} tokens, scored tokens: {res.n_scored}, "
           f"mean nll: {res.nll_mean:.6f}")
     print(f"ppl = {res.ppl:.4f}")
+    if res.kl_mean is not None:
+        print(f"mean KL divergence from {args.kl_base} = {res.kl_mean:.6f} nats")
+    return 0
+
+
+def _cmd_imatrix(args: argparse.Namespace) -> int:
+    from . import imatrix
+
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise Phi2Error(f"{out.parent}: output directory does not exist")
+    text = _read_text_file(args.text)
+    model = _load(_resolve(args.model), args.threads, args.chunk_size)
+    im = imatrix.collect(model, text, chunk_size=args.chunk_size, max_chunks=args.chunks,
+                         dataset=Path(args.text).name, progress=not args.quiet)
+    imatrix.save(im, out)
+    print(f"wrote {out}: {len(im.sums)} matrices, {im.chunk_count} chunks x {im.chunk_size} tokens")
     return 0
 
 

@@ -31,6 +31,22 @@ class PerplexityResult:
     nll_mean: float
     n_scored: int
     n_windows: int
+    kl_mean: Optional[float] = None  # mean KL(base || model) in nats per scored position, with a base
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    m = x.max(axis=1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+
+
+def window_kl(base_logits: np.ndarray, logits: np.ndarray, n: int) -> np.ndarray:
+    """KL(softmax(base) || softmax(logits)) of the first n rows, in float64."""
+    out = np.empty(n, dtype=np.float64)
+    for a in range(0, n, _ROWS):
+        lb, lm = _log_softmax(base_logits[a: min(a + _ROWS, n)]), _log_softmax(logits[a: min(a + _ROWS, n)])
+        out[a: a + lb.shape[0]] = (np.exp(lb) * (lb - lm)).sum(axis=1)
+    return out
 
 
 def window_nll(logits: np.ndarray, ids) -> np.ndarray:
@@ -51,6 +67,7 @@ def perplexity(
     window: int = 512,
     max_windows: Optional[int] = None,
     progress: bool = False,
+    base=None,
 ) -> PerplexityResult:
     if not (_is_int(window) and window >= 2):
         raise Phi2Error(f"window must be an integer >= 2, got {window!r}")
@@ -58,7 +75,11 @@ def perplexity(
         raise Phi2Error(f"max_windows must be an integer >= 1 or None, got {max_windows!r}")
     if window > model.n_ctx:
         raise ContextFullError(f"window is {window} tokens; the context holds {model.n_ctx}")
+    if base is not None and window > base.n_ctx:
+        raise ContextFullError(f"window is {window} tokens; the base model's context holds {base.n_ctx}")
     ids = model.tokenizer.encode(text)
+    if base is not None and base.tokenizer.encode(text) != ids:
+        raise Phi2Error("the base model tokenizes the text differently; KL divergence needs the same tokens")
     n_windows = len(ids) // window
     if n_windows == 0:
         raise Phi2Error(f"text is {len(ids)} tokens; one window needs {window}")
@@ -67,7 +88,7 @@ def perplexity(
 
     from tqdm import tqdm
 
-    total, count = 0.0, 0
+    total, count, kl_total = 0.0, 0, 0.0
     with tqdm(total=n_windows, disable=not progress, unit="window", file=sys.stderr) as bar:
         for w in range(n_windows):
             chunk = ids[w * window: (w + 1) * window]
@@ -76,10 +97,16 @@ def perplexity(
             nll = window_nll(logits, chunk)
             total += float(nll.sum())
             count += nll.size
+            if base is not None:
+                base.reset()
+                kl_total += float(window_kl(base.eval(chunk, all_logits=True), logits, nll.size).sum())
             bar.set_postfix(ppl=f"{_exp(total / count):.4f}")
             bar.update(1)
     mean = total / count
-    return PerplexityResult(ppl=_exp(mean), nll_mean=mean, n_scored=count, n_windows=n_windows)
+    return PerplexityResult(ppl=_exp(mean), nll_mean=mean, n_scored=count, n_windows=n_windows,
+                            kl_mean=kl_total / count if base is not None else None)
 
 
-perplexity.__doc__ = "Perplexity of `model` on `text`.\n\n" + PROTOCOL
+perplexity.__doc__ = ("Perplexity of `model` on `text`; with `base` (e.g. the F16 model) also the mean KL "
+                      "divergence of `model`'s next-token distribution from `base`'s over the same positions.\n\n"
+                      + PROTOCOL)

@@ -220,10 +220,12 @@ def chat_template_of(src: Path) -> Optional[str]:
 
 
 def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bool = True,
-             allow_requantize: bool = False) -> dict[str, Any]:
+             allow_requantize: bool = False, imatrix: str | Path | None = None) -> dict[str, Any]:
     """Convert `src` (HF checkpoint dir or phi2 GGUF) to a GGUF at `out`. Returns a summary.
     `qtype` is case-blind (q4_k_m or Q4_K_M). A GGUF whose matrices are not F32/F16/BF16 is refused
-    unless `allow_requantize`, and so is an `out` that is `src`."""
+    unless `allow_requantize`, and so is an `out` that is `src`. With `imatrix` (an importance-matrix
+    file, see phi2cpu.imatrix) every matrix it has statistics for is quantized by its type's
+    importance-weighted search; the others (token_embd, a lookup) as without it."""
     if not isinstance(qtype, str) or qtype.lower() not in QTYPES:
         raise ValueError(f"qtype must be one of {', '.join(QTYPES)}, not {qtype!r}")
     qtype = qtype.lower()
@@ -240,12 +242,21 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
     template = chat_template_of(src)
     shapes = expected_gguf_shapes(config)
     recipe = recipe_for(qtype)
+    im = None
+    if imatrix is not None:
+        from . import imatrix as imx
+        im = imx.load(imatrix)
+        imx.check_fits(im, imatrix, shapes)
+        recipe["imatrix"] = {"file": Path(imatrix).name, "datasets": im.datasets, "chunks": im.chunk_count,
+                             "entries": len(im.sums)}
+    weighted_types = {t["id"] for t in _core.types() if t.get("weighted")}
     bar = tqdm(total=len(names), desc=f"quantize {qtype}", unit="tensor", disable=None if progress else True)
 
     def producer(name: str, ttype: T) -> Callable[[], np.ndarray]:
         def make() -> np.ndarray:
             x = load(name)
-            data = x if ttype == T.F32 else _core.quantize(x, int(ttype))
+            imp = im.importance(name) if im is not None and int(ttype) in weighted_types else None
+            data = x if ttype == T.F32 else _core.quantize(x, int(ttype), imp)
             bar.update(1)
             return data
         return make
@@ -287,13 +298,16 @@ is refused unless --allow-requantize (each rounding adds error); OUT == SRC is a
                          "q4_k_m/q5_k_m keep ffn_down and lm_head in Q6_K)")
     ap.add_argument("--allow-requantize", action="store_true",
                     help="accept a source GGUF whose weights are already quantized (Q8_0, Q4_K, ...)")
+    ap.add_argument("--imatrix", metavar="FILE", default=None,
+                    help="importance matrix (from `phi2cpu imatrix` or llama-imatrix, GGUF or .dat): weights each "
+                         "column's rounding error by how large its inputs are on the calibration text")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.type and args.qtype and args.type != args.qtype:
         ap.error(f"TYPE {args.type} and --type {args.qtype} differ; give one")
     try:
         s = quantize(args.src, args.out, args.type or args.qtype or "q8_0", progress=not args.quiet,
-                     allow_requantize=args.allow_requantize)
+                     allow_requantize=args.allow_requantize, imatrix=args.imatrix)
     except (Phi2Error, OSError) as e:
         print(f"{prog.split()[0]}: error: {error_message(e)}", file=sys.stderr)
         return 1
