@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "quant/fp16.h"
+#include "quant/quantize_ref.h"
 #include "quant/quantize_weighted.h"
 #include "quant/weighted_fit.h"
 
@@ -183,6 +184,47 @@ void quantize_row_q6_K_weighted(const float* x, block_q6_K* y, int64_t n, const 
             }
         }
     });
+}
+
+}  // namespace phi2cpu
+
+namespace phi2cpu {
+namespace {
+
+template <typename Block, void (*Q)(const float*, Block*, int64_t, const float*),
+          void (*D)(const Block*, float*, int64_t)>
+void best_of_weighted(const float* x, Block* y, int64_t n, const float* importance) {
+    if (!importance) {
+        Q(x, y, n, nullptr);
+        return;
+    }
+    float uniform[QK_K], a[QK_K], b[QK_K];
+    std::fill(uniform, uniform + QK_K, 1.0f);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float* xb = x + i * QK_K;
+        const float* imp = importance + i * QK_K;
+        if (std::all_of(imp, imp + QK_K, [](float v) { return v == 0.0f; })) imp = uniform;
+        Block weighted, plain;
+        Q(xb, &weighted, QK_K, imp);
+        Q(xb, &plain, QK_K, nullptr);
+        D(&weighted, a, QK_K);
+        D(&plain, b, QK_K);
+        double ew = 0, ep = 0;
+        for (int j = 0; j < QK_K; j++) {
+            ew += double(imp[j]) * double(a[j] - xb[j]) * double(a[j] - xb[j]);
+            ep += double(imp[j]) * double(b[j] - xb[j]) * double(b[j] - xb[j]);
+        }
+        y[i] = ew <= ep ? weighted : plain;
+    }
+}
+
+}  // namespace
+
+void quantize_row_q2_K_weighted(const float* x, block_q2_K* y, int64_t n, const float* importance) {
+    best_of_weighted<block_q2_K, quantize_row_q2_K_ref, dequantize_row_q2_K_ref>(x, y, n, importance);
+}
+void quantize_row_q3_K_weighted(const float* x, block_q3_K* y, int64_t n, const float* importance) {
+    best_of_weighted<block_q3_K, quantize_row_q3_K_ref, dequantize_row_q3_K_ref>(x, y, n, importance);
 }
 
 }  // namespace phi2cpu
