@@ -219,7 +219,7 @@ def test_unsupported_types(quantized, tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    supported = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL"
+    supported = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS"
     with pytest.raises(ModelFileError, match=rf"ffn_up\.weight has type BF16; phi2cpu supports {supported}$"):
         read_model_file(tmp_path / "bf16.gguf")
     mf, tensors = _tiny_tensors(quantized["f32"], retype={"blk.0.attn_norm.weight": T.Q8_0})

@@ -25,6 +25,7 @@ void gemm_q4_0_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_by
 float vec_dot_q4_K_q8_K_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q5_K_q8_K_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q6_K_q8_K_avx2(int64_t n, const void* w, const void* x);
+float vec_dot_iq4_xs_q8_K_avx2(int64_t n, const void* w, const void* x);
 void quantize_row_q8_K_avx2(const float* x, block_q8_K* y, int64_t n);
 void gemm_f32_panel16_avx2(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
                            int64_t ldy, bool accumulate);
@@ -56,5 +57,6 @@ void attn_head_f32_avx512(int head_dim, int n_kv, const float* q, const float* k
 float vec_dot_q4_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
 float vec_dot_q5_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
 float vec_dot_q6_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
+float vec_dot_iq4_xs_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
 
 }  // namespace phi2cpu
