@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "kernels/dispatch.h"
+#include "kernels/threadpool.h"
 #include "model/errors.h"
 #include "model/model.h"
 #include "model/repack_cache.h"
@@ -27,9 +28,12 @@ const TypeTraits& traits_or_throw(uint32_t type) {
     return *tt;
 }
 
-// f32 array of shape (..., n) -> uint8 array of shape (..., row_bytes(n)), the GGUF bytes.
-py::array_t<uint8_t> quantize(py::array_t<float, py::array::c_style | py::array::forcecast> x, uint32_t type) {
+// f32 array of shape (..., n) -> uint8 array of shape (..., row_bytes(n)), the GGUF bytes. Rows are
+// independent, so `threads` workers share them without changing a byte.
+py::array_t<uint8_t> quantize(py::array_t<float, py::array::c_style | py::array::forcecast> x, uint32_t type,
+                              int threads) {
     const TypeTraits& tt = traits_or_throw(type);
+    if (threads < 1) throw std::invalid_argument("quantize: threads must be at least 1");
     if (x.ndim() < 1) throw std::invalid_argument("quantize: need at least one dimension");
     const int64_t n = x.shape(x.ndim() - 1);
     if (n % tt.block_size != 0)
@@ -45,7 +49,20 @@ py::array_t<uint8_t> quantize(py::array_t<float, py::array::c_style | py::array:
     uint8_t* dst = out.mutable_data();
     {
         py::gil_scoped_release release;
-        for (int64_t r = 0; r < rows; r++) tt.quantize(src + r * n, dst + r * rb, n);
+        const auto rows_of = [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; r++) tt.quantize(src + r * n, dst + r * rb, n);
+        };
+        const int workers = int(std::min<int64_t>(threads, rows));
+        if (workers <= 1) {
+            rows_of(0, rows);
+        } else {
+            try {
+                ThreadPool pool(workers);
+                pool.parallel_for(rows, std::max<int64_t>(1, rows / (8 * int64_t(workers))), rows_of);
+            } catch (const std::system_error&) {  // no workers could start: the same rows on this thread
+                rows_of(0, rows);
+            }
+        }
     }
     return out;
 }
@@ -267,8 +284,9 @@ void set_state(Model& m, py::array_t<float, py::array::c_style | py::array::forc
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "phi2cpu C++ engine";
-    m.def("quantize", &quantize, py::arg("x"), py::arg("type"),
-          "Quantize float32 rows (last axis) to GGUF block bytes of the given GGML type id.");
+    m.def("quantize", &quantize, py::arg("x"), py::arg("type"), py::arg("threads") = 1,
+          "Quantize float32 rows (last axis) to GGUF block bytes of the given GGML type id, the rows "
+          "shared by `threads` threads (the bytes do not depend on it).");
     m.def("dequantize", &dequantize, py::arg("data"), py::arg("type"), py::arg("n"),
           "Dequantize GGUF block bytes to float32 rows of length n.");
 

@@ -7,8 +7,8 @@ AND q4_0 files: it is the most error-sensitive matrix (llama.cpp keeps it at a h
 
 K-quant mixes: q4_k_m and q5_k_m put the block matrices and token_embd in Q4_K / Q5_K, but ffn_down
 (whose inputs, the gelu outputs, have the heaviest tails) and lm_head in Q6_K; q6_k is Q6_K
-throughout. q4_1, q5_0, q5_1 and iq4_nl are llama.cpp's mixes of those types: every matrix in the
-type, lm_head in Q6_K. A matrix whose rows are not a multiple of its type's block (256 values for
+throughout. q4_1, q5_0, q5_1, iq4_nl and iq4_xs are llama.cpp's mixes of those types: every matrix
+in the type, lm_head in Q6_K, and for iq4_nl/iq4_xs ffn_down of the first n_layer/8 layers in Q5_K. A matrix whose rows are not a multiple of its type's block (256 values for
 K-quants) falls back to Q8_0 (to F16 when not even a multiple of 32).
 
 The types themselves (names, block sizes) come from the engine, phi2cpu._core.types().
@@ -49,6 +49,7 @@ class Mix:
     lm_head: str
     file_type: LlamaFileType
     ffn_down: str | None = None
+    ffn_down_early: str | None = None  # ffn_down of the first n_layer // 8 layers, where it differs
 
 
 MIXES = {
@@ -59,14 +60,15 @@ MIXES = {
     "q4_1": Mix("Q4_1", "Q6_K", LlamaFileType.MOSTLY_Q4_1),
     "q5_0": Mix("Q5_0", "Q6_K", LlamaFileType.MOSTLY_Q5_0),
     "q5_1": Mix("Q5_1", "Q6_K", LlamaFileType.MOSTLY_Q5_1),
-    "iq4_nl": Mix("IQ4_NL", "Q6_K", LlamaFileType.MOSTLY_IQ4_NL),
+    "iq4_nl": Mix("IQ4_NL", "Q6_K", LlamaFileType.MOSTLY_IQ4_NL, ffn_down_early="Q5_K"),
+    "iq4_xs": Mix("IQ4_XS", "Q6_K", LlamaFileType.MOSTLY_IQ4_XS, ffn_down_early="Q5_K"),
     "q4_k_m": Mix("Q4_K", "Q6_K", LlamaFileType.MOSTLY_Q4_K_M, ffn_down="Q6_K"),
     "q5_k_m": Mix("Q5_K", "Q6_K", LlamaFileType.MOSTLY_Q5_K_M, ffn_down="Q6_K"),
     "q6_k": Mix("Q6_K", "Q6_K", LlamaFileType.MOSTLY_Q6_K),
 }
 QTYPES = tuple(MIXES)
 LM_HEAD_REASON = ("lm_head is the most error-sensitive matrix; it is kept at Q8_0 in q4_0 files, Q6_K in "
-                  "K-quant, q4_1, q5_0, q5_1 and iq4_nl files (as llama.cpp does), F16/F32 in float files")
+                  "K-quant, q4_1, q5_0, q5_1, iq4_nl and iq4_xs files (as llama.cpp does), F16/F32 in float files")
 
 
 def _block(type_name: str) -> int:
@@ -79,19 +81,22 @@ def recipe_for(qtype: str) -> dict[str, Any]:
               "norms_and_biases": "F32", "output.weight_reason": LM_HEAD_REASON}
     if mix.ffn_down:
         recipe["ffn_down"] = mix.ffn_down
+    if mix.ffn_down_early:
+        recipe["ffn_down_first_eighth_of_layers"] = mix.ffn_down_early
     if _block(mix.blocks) > 32:
         recipe["k_quant_fallback"] = f"Q8_0 (F16) for matrices whose rows are not a multiple of {_block(mix.blocks)} (32)"
     return recipe
 
 
-def tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> T:
+def tensor_type(name: str, shape: tuple[int, ...], qtype: str, n_layer: int = 0) -> T:
     if len(shape) == 1:
         return T.F32
     mix = MIXES[qtype]
     if name == "output.weight":
         t = mix.lm_head
     elif name.endswith(".ffn_down.weight"):
-        t = mix.ffn_down or mix.blocks
+        early = mix.ffn_down_early and int(name.split(".")[1]) < n_layer // 8
+        t = mix.ffn_down_early if early else (mix.ffn_down or mix.blocks)
     else:
         t = mix.blocks
     if shape[-1] % _block(t):
@@ -184,12 +189,16 @@ def chat_template_of(src: Path) -> Optional[str]:
 
 
 def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bool = True,
-             allow_requantize: bool = False) -> dict[str, Any]:
+             allow_requantize: bool = False, threads: int | None = None) -> dict[str, Any]:
     """Convert `src` (HF checkpoint dir or phi2 GGUF) to a GGUF at `out`. Returns a summary.
     `qtype` is case-blind (q4_k_m or Q4_K_M). A GGUF whose matrices are not F32/F16/BF16 is refused
-    unless `allow_requantize`, and so is an `out` that is `src`."""
+    unless `allow_requantize`, and so is an `out` that is `src`. Each tensor's rows are quantized by
+    `threads` threads (default: every core); the file's bytes do not depend on it."""
     if not isinstance(qtype, str) or qtype.lower() not in QTYPES:
         raise ValueError(f"qtype must be one of {', '.join(QTYPES)}, not {qtype!r}")
+    threads = (os.cpu_count() or 1) if threads is None else threads
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise Phi2Error(f"threads must be a whole number of at least 1, not {threads!r}")
     qtype = qtype.lower()
     src, out = Path(src), Path(out)
     if not src.exists():
@@ -209,13 +218,13 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
     def producer(name: str, ttype: T) -> Callable[[], np.ndarray]:
         def make() -> np.ndarray:
             x = load(name)
-            data = x if ttype == T.F32 else _core.quantize(x, int(ttype))
+            data = x if ttype == T.F32 else _core.quantize(x, int(ttype), threads)
             bar.update(1)
             return data
         return make
 
-    plan = [(n, producer(n, tensor_type(n, shapes[n], qtype)), int(tensor_type(n, shapes[n], qtype)), shapes[n])
-            for n in names]
+    types = {n: tensor_type(n, shapes[n], qtype, config.n_layer) for n in names}
+    plan = [(n, producer(n, types[n]), int(types[n]), shapes[n]) for n in names]
     try:
         with sigterm_raises():  # a terminated run removes its temporary file too
             write_gguf(out, config, plan, tokenizer, int(MIXES[qtype].file_type), recipe, name=_model_name(src),
@@ -251,13 +260,15 @@ is refused unless --allow-requantize (each rounding adds error); OUT == SRC is a
                          "q4_k_m/q5_k_m keep ffn_down and lm_head in Q6_K)")
     ap.add_argument("--allow-requantize", action="store_true",
                     help="accept a source GGUF whose weights are already quantized (Q8_0, Q4_K, ...)")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="threads sharing each tensor's rows (default: every core; the output is the same)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.type and args.qtype and args.type != args.qtype:
         ap.error(f"TYPE {args.type} and --type {args.qtype} differ; give one")
     try:
         s = quantize(args.src, args.out, args.type or args.qtype or "q8_0", progress=not args.quiet,
-                     allow_requantize=args.allow_requantize)
+                     allow_requantize=args.allow_requantize, threads=args.threads)
     except (Phi2Error, OSError) as e:
         print(f"{prog.split()[0]}: error: {error_message(e)}", file=sys.stderr)
         return 1
