@@ -2,13 +2,14 @@
 and both engines compute the same model.
 
 phi2-mini-code (real trained weights) is converted by phi2cpu.quantize to F16, Q8_0, Q4_0, Q4_K_M,
-Q5_0, Q4_1, Q5_1, IQ4_NL, Q2_K, Q3_K_S/M/L, Q4_K_S and Q5_K_S; each file is run by llama.cpp and by phi2cpu: the tokenizations must be equal, the logits
+Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q2_K, Q3_K_S/M/L, Q4_K_S and Q5_K_S; each file is run by llama.cpp and by phi2cpu: the tokenizations must be equal, the logits
 close, and the greedy continuations the same up to a near-tie. The other way round, an F16 file laid
 out as llama.cpp's converter writes it (no phi2cpu.* keys) is quantized by llama.cpp's own
-quantizer to Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, Q2_K, Q3_K_S/M/L, Q4_K_S and
+quantizer to Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q2_K, Q3_K_S/M/L, Q4_K_S and
 Q5_K_S (mixed types per tensor: Q6_K attn_v/ffn_down in
 some layers, Q6_K output even in Q4_0 files), and phi2cpu must run those files with the same
-results. Skipped when llama_cpp is not importable.
+results. Our IQ4_XS bytes equal llama.cpp's quantizer's, and our mixes give every tensor of a
+16-layer model llama.cpp's type. Skipped when llama_cpp is not importable.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ N_GREEDY = 16
 
 # llama.cpp's file types (enum llama_ftype) for its quantizer
 LLAMA_FTYPES = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "q8_0": 7, "q4_0": 2, "q5_0": 8, "q4_1": 3, "q5_1": 9, "iq4_nl": 25,
-                "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q5_k_s": 16}
+                "iq4_xs": 30, "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q5_k_s": 16}
 LOW_K = ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q5_k_s"]
 
 
@@ -70,9 +71,9 @@ def llama_files(tmp_path_factory, converter_f16):
 
 
 @pytest.fixture(scope="module", params=["ours-f16", "ours-q8_0", "ours-q4_0", "ours-q4_k_m", "ours-q5_0", "ours-q4_1",
-                                        "ours-q5_1", "ours-iq4_nl", "llama-f16", "llama-q4_k_m", "llama-q5_k_m", "llama-q6_k",
+                                        "ours-q5_1", "ours-iq4_nl", "ours-iq4_xs", "llama-f16", "llama-q4_k_m", "llama-q5_k_m", "llama-q6_k",
                                         "llama-q4_0", "llama-q5_0", "llama-q4_1", "llama-q5_1", "llama-iq4_nl",
-                                        *[f"{m}-{q}" for q in LOW_K for m in ("ours", "llama")]])
+                                        "llama-iq4_xs", *[f"{m}-{q}" for q in LOW_K for m in ("ours", "llama")]])
 def pair(request, tmp_path_factory, mini_dir, llama_files):
     """(qtype, phi2cpu model, llama.cpp model) on the same file: written by phi2cpu.quantize
     ("ours-"), or the converter-style F16 file and llama.cpp's quantizations of it ("llama-")."""
@@ -171,7 +172,7 @@ def test_llama_files_are_mixed_and_plain(llama_files):
         mixes[qtype] = {t.type_name for t in mf.tensors.values() if len(t.shape) == 2}
     assert {"Q4_K", "Q6_K"} <= mixes["q4_k_m"] and {"Q5_K", "Q6_K"} <= mixes["q5_k_m"]
     assert mixes["q6_k"] == {"Q6_K"} and mixes["q4_0"] >= {"Q4_0", "Q6_K"}
-    for legacy in ("q5_0", "q4_1", "q5_1", "iq4_nl"):
+    for legacy in ("q5_0", "q4_1", "q5_1", "iq4_nl", "iq4_xs"):
         assert mixes[legacy] == {legacy.upper(), "Q6_K"}, mixes[legacy]
     # separate attn_q/k/v here, so llama.cpp's attn_v rules apply (not its attn_qkv ones): Q2_K bumps attn_v,
     # ffn_down and attn_output to Q3_K; Q3_K_M's first two attn_v are Q5_K, the rest Q4_K; Q3_K_L's Q5_K
@@ -191,7 +192,7 @@ def test_llama_files_dequantize_like_gguf_quants(llama_files):
             assert np.array_equal(ours.reshape(-1), np.asarray(want, np.float32).reshape(-1)), (qtype, name)
 
 
-@pytest.mark.parametrize("qtype", ["q4_k_m", "q5_k_m", "q6_k", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl", *LOW_K])
+@pytest.mark.parametrize("qtype", ["q4_k_m", "q5_k_m", "q6_k", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl", "iq4_xs", *LOW_K])
 def test_llama_files_match_reference(llama_files, eval_text, qtype):
     """phi2cpu on llama.cpp's file against the NumPy reference on the same (dequantized) weights."""
     m = phi2cpu.load(llama_files[qtype], threads=2)
@@ -203,6 +204,68 @@ def test_llama_files_match_reference(llama_files, eval_text, qtype):
     rel = float(np.abs(got - want).max() / np.abs(want).max())
     assert rel <= tol["max_rel"], f"{qtype}: logits drift {rel:.2e}"
     assert (got[:, :N_VALID].argmax(1) == want[:, :N_VALID].argmax(1)).mean() >= tol["top1"]
+
+
+def test_iq4_xs_quantizer_bytes_equal_llama_cpp(llama_files):
+    """Our IQ4_XS encoder is llama.cpp's algorithm: on every IQ4_XS tensor llama.cpp wrote from the
+    F16 file (no importance matrix), our bytes are its bytes."""
+    src, out = read_model_file(llama_files["f16"]), read_model_file(llama_files["iq4_xs"])
+    n = 0
+    for name, t in out.tensors.items():
+        if t.type_name != "IQ4_XS":
+            continue
+        f = src.tensors[name]
+        x = _core.dequantize(np.asarray(src.raw(name)).reshape(f.shape[0], -1), f.ggml_type, f.shape[-1])
+        assert np.array_equal(_core.quantize(x, t.ggml_type), np.asarray(out.raw(name)).reshape(x.shape[0], -1)), name
+        n += 1
+    assert n >= 6 * 6, n  # every block matrix and token_embd
+
+
+@pytest.fixture(scope="module")
+def deep_f16(tmp_path_factory, mini_dir):
+    """The mini model with 16 layers (copies of its 6), converter-style F16: deep enough that
+    llama.cpp's rules for the first n_layer/8 layers pick some tensors."""
+    import json
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    d = tmp_path_factory.mktemp("deep")
+    cfg = json.loads((mini_dir / "config.json").read_text())
+    n_mini, cfg["num_hidden_layers"] = cfg["num_hidden_layers"], 16
+    (d / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(mini_dir / "tokenizer.json", d / "tokenizer.json")
+    tensors = {}
+    for f in mini_dir.glob("*.safetensors"):
+        tensors.update(load_file(f))
+    deep = {}
+    for k, v in tensors.items():
+        if ".layers." not in k:
+            deep[k] = v
+            continue
+        i = int(k.split(".layers.")[1].split(".")[0])
+        for j in range(i, 16, n_mini):
+            deep[k.replace(f".layers.{i}.", f".layers.{j}.")] = v
+    save_file(deep, str(d / "model.safetensors"))
+    from converter_style import write_converter_style_f16
+
+    return write_converter_style_f16(d, d / "deep.f16.gguf")
+
+
+@pytest.mark.parametrize("qtype", ["iq4_xs", "iq4_nl"])
+def test_mix_types_equal_llama_cpp(deep_f16, tmp_path, qtype):
+    """Our mix gives every tensor llama.cpp's type (its separate attn_q/k/v are our attn_qkv)."""
+    from phi2cpu.quantize import tensor_type
+
+    theirs = read_model_file(_llama_quantize(deep_f16, tmp_path / f"deep.{qtype}.gguf", qtype))
+    n_layer = theirs.config.n_layer
+    got, want = {}, {}
+    for name, t in theirs.tensors.items():
+        ours = name.replace(".attn_q.", ".attn_qkv.").replace(".attn_k.", ".attn_qkv.").replace(".attn_v.", ".attn_qkv.")
+        got.setdefault(ours, set()).add(t.type_name)
+        want[ours] = {tensor_type(ours, tuple(t.shape), qtype, n_layer).name}  # the row length decides
+    assert got == want
+    assert got["blk.1.ffn_down.weight"] == {"Q5_K"} and got["blk.2.ffn_down.weight"] == {qtype.upper()}
 
 
 def test_llama_files_perplexity(llama_files, eval_text):

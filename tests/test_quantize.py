@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
+from phi2cpu import _core
 from phi2cpu.checkpoint import HFCheckpoint, write_random_checkpoint
 from phi2cpu.errors import ModelFileError
 from phi2cpu.gguf_io import read_model_file, write_gguf
@@ -219,7 +220,7 @@ def test_unsupported_types(quantized, tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    supported = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL"
+    supported = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS"
     with pytest.raises(ModelFileError, match=rf"ffn_up\.weight has type BF16; phi2cpu supports {supported}$"):
         read_model_file(tmp_path / "bf16.gguf")
     mf, tensors = _tiny_tensors(quantized["f32"], retype={"blk.0.attn_norm.weight": T.Q8_0})
@@ -311,7 +312,7 @@ def test_out_must_not_be_src(quantized, tmp_path, capsys):
 @pytest.mark.parametrize("qtype, name", [
     ("f32", "all F32"), ("f16", "F16"), ("q8_0", "Q8_0"), ("q4_0", "Q4_0"), ("q4_k_m", "Q4_K - Medium"),
     ("q5_k_m", "Q5_K - Medium"), ("q6_k", "Q6_K"), ("q5_0", "Q5_0"), ("q4_1", "Q4_1"), ("q5_1", "Q5_1"),
-    ("iq4_nl", "IQ4_NL - 4.5 bpw"),
+    ("iq4_nl", "IQ4_NL - 4.5 bpw"), ("iq4_xs", "IQ4_XS - 4.25 bpw"),
 ])
 def test_info_file_type_bits_and_memory(ckpt, tmp_path, capsys, qtype, name):
     from phi2cpu.cli import main as cli_main
@@ -332,3 +333,23 @@ def test_info_file_type_bits_and_memory(ckpt, tmp_path, capsys, qtype, name):
     acts = 100 * (7 * 160 + 320) * 4 + 51200 * 4 + 100 * (2 * 292 + 320 * 4)
     total = (n_bytes + kv + acts) / 2**20
     assert line.startswith(f"memory at --ctx 100: {total:.2f} MiB"), (line, total)
+
+
+def test_threads_do_not_change_a_byte(ckpt, tmp_path, capsys):
+    """Rows are shared among threads; every type's bytes, and the whole file's, are the same."""
+    x = np.random.default_rng(5).standard_normal((37, 512)).astype(np.float32)
+    for t in _core.types():
+        if t["weight"] and t["block_size"] > 1:
+            one = _core.quantize(x, t["id"], threads=1)
+            assert np.array_equal(_core.quantize(x, t["id"], threads=3), one), t["name"]
+            assert np.array_equal(_core.quantize(x, t["id"], threads=64), one), t["name"]  # more threads than rows
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        _core.quantize(x, int(T.Q8_0), threads=0)
+    paths = [tmp_path / f"t{n}.gguf" for n in (1, 2)]
+    for n, path in zip((1, 2), paths):
+        quantize(ckpt, path, "q5_0", progress=False, threads=n)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert main([str(ckpt), str(tmp_path / "t0.gguf"), "--type", "q8_0", "--threads", "0", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "threads must be a whole number of at least 1, not 0" in err and err.count("\n") == 1
+    assert not (tmp_path / "t0.gguf").exists()

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/dispatch.h"
+#include "kernels/threadpool.h"
 #include "model/errors.h"
 #include "model/model.h"
 #include "model/repack_cache.h"
@@ -30,10 +31,13 @@ const TypeTraits& traits_or_throw(uint32_t type) {
 }
 
 // f32 array of shape (..., n) -> uint8 array of shape (..., row_bytes(n)), the GGUF bytes. With
-// importance (n weights, one per column) the type's weighted search runs instead, rows on all cores.
+// importance (n weights, one per column) the type's weighted search runs instead. Rows are
+// independent, so `threads` workers share them without changing a byte.
 py::array_t<uint8_t> quantize(py::array_t<float, py::array::c_style | py::array::forcecast> x, uint32_t type,
-                              std::optional<py::array_t<float, py::array::c_style | py::array::forcecast>> importance) {
+                              std::optional<py::array_t<float, py::array::c_style | py::array::forcecast>> importance,
+                              int threads) {
     const TypeTraits& tt = traits_or_throw(type);
+    if (threads < 1) throw std::invalid_argument("quantize: threads must be at least 1");
     if (importance && !tt.quantize_weighted)
         throw std::invalid_argument(std::string("quantize: ") + tt.name + " has no importance-weighted quantizer");
     if (x.ndim() < 1) throw std::invalid_argument("quantize: need at least one dimension");
@@ -53,19 +57,26 @@ py::array_t<uint8_t> quantize(py::array_t<float, py::array::c_style | py::array:
     uint8_t* dst = out.mutable_data();
     if (!importance) {
         py::gil_scoped_release release;
-        for (int64_t r = 0; r < rows; r++) tt.quantize(src + r * n, dst + r * rb, n);
-        return out;
-    }
-    const float* imp = importance->data();
-    {
-        py::gil_scoped_release release;
-        const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(rows, std::thread::hardware_concurrency()));
-        std::vector<std::thread> pool;
-        for (int64_t t = 0; t < workers; t++)
-            pool.emplace_back([&, t] {
-                for (int64_t r = t; r < rows; r += workers) tt.quantize_weighted(src + r * n, dst + r * rb, n, imp);
-            });
-        for (auto& th : pool) th.join();
+        const float* imp = importance ? importance->data() : nullptr;
+        const auto rows_of = [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; r++) {
+                if (imp)
+                    tt.quantize_weighted(src + r * n, dst + r * rb, n, imp);
+                else
+                    tt.quantize(src + r * n, dst + r * rb, n);
+            }
+        };
+        const int workers = int(std::min<int64_t>(threads, rows));
+        if (workers <= 1) {
+            rows_of(0, rows);
+        } else {
+            try {
+                ThreadPool pool(workers);
+                pool.parallel_for(rows, std::max<int64_t>(1, rows / (8 * int64_t(workers))), rows_of);
+            } catch (const std::system_error&) {  // no workers could start: the same rows on this thread
+                rows_of(0, rows);
+            }
+        }
     }
     return out;
 }
@@ -331,8 +342,10 @@ void set_state(Model& m, const py::array& k_in, const py::array& v_in, int seq) 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "phi2cpu C++ engine";
     m.def("quantize", &quantize, py::arg("x"), py::arg("type"), py::arg("importance") = py::none(),
+          py::arg("threads") = 1,
           "Quantize float32 rows (last axis) to GGUF block bytes of the given GGML type id; with importance "
-          "(one non-negative weight per column) by the type's importance-weighted search.");
+          "(one non-negative weight per column) by the type's importance-weighted search. The rows are "
+          "shared by `threads` threads (the bytes do not depend on it).");
     m.def("dequantize", &dequantize, py::arg("data"), py::arg("type"), py::arg("n"),
           "Dequantize GGUF block bytes to float32 rows of length n.");
 

@@ -34,6 +34,8 @@ const TypeKernelsOverride kRefRows[] = {
     {GgmlType::Q4_K, vec_dot_q4_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q6_K, vec_dot_q6_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::IQ4_XS, vec_dot_iq4_xs_q8_K_ref, gemv_rows<vec_dot_iq4_xs_q8_K_ref>,
+     gemm_rows<vec_dot_iq4_xs_q8_K_ref, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
 };
 
 }  // namespace

@@ -26,6 +26,12 @@ const TypeKernelsOverride kNeonRows[] = {
      nullptr, nullptr},
     {GgmlType::Q3_K, vec_dot_q3_K_q8_K_neon, gemv_rows<vec_dot_q3_K_q8_K_neon>, gemm_k_rows<vec_dot_q3_K_q8_K_neon>,
      nullptr, nullptr},
+    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_neon, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::Q5_K, vec_dot_q5_K_q8_K_neon, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_neon, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::IQ4_XS, vec_dot_iq4_xs_q8_K_neon, gemv_rows<vec_dot_iq4_xs_q8_K_neon>,
+     gemm_rows<vec_dot_iq4_xs_q8_K_neon, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
+    {GgmlType::Q8_K, nullptr, nullptr, nullptr, nullptr, quantize_as<block_q8_K, quantize_row_q8_K_neon>},
 };
 
 }  // namespace

@@ -30,6 +30,8 @@ const TypeKernelsOverride kAvx2Rows[] = {
     {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx2, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx2, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx2, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::IQ4_XS, vec_dot_iq4_xs_q8_K_avx2, gemv_rows<vec_dot_iq4_xs_q8_K_avx2>,
+     gemm_rows<vec_dot_iq4_xs_q8_K_avx2, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
     {GgmlType::Q8_K, nullptr, nullptr, nullptr, nullptr, quantize_as<block_q8_K, quantize_row_q8_K_avx2>},
 };
 
@@ -56,6 +58,8 @@ const TypeKernelsOverride kAvx512Rows[] = {
     {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::IQ4_XS, vec_dot_iq4_xs_q8_K_avx512vnni, gemv_rows<vec_dot_iq4_xs_q8_K_avx512vnni>,
+     gemm_rows<vec_dot_iq4_xs_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
 };
 
 }  // namespace

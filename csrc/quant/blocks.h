@@ -7,7 +7,8 @@ namespace phi2cpu {
 
 // GGML type ids as stored in GGUF tensor infos.
 enum class GgmlType : uint32_t {
-    F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, IQ4_NL = 20
+    F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, IQ4_NL = 20,
+    IQ4_XS = 23
 };
 
 constexpr int QK8_0 = 32;
@@ -167,6 +168,23 @@ inline int q3_scale(const uint8_t* scales, int j) {
 }
 inline int q3_quant(const block_q3_K& b, int e) {
     return k2_low_bits(b.qs, e) - (((b.hmask[e % 32] >> (e / 32)) & 1) ? 0 : 4);
+}
+
+// IQ4_NL's values in 256-value super-blocks of eight sub-blocks of 32, each with a 6-bit scale
+// ls in 0..63 (low 4 bits in nibble j%2 of scales_l[j/2], high 2 bits in bits 2j..2j+1 of scales_h).
+// Sub-block j's nibbles are qs[16j..16j+16), laid out as in IQ4_NL.
+// value = d * (ls - 32) * kIQ4NLValues[q]
+struct block_iq4_xs {
+    uint16_t d;                  // fp16 super-block scale
+    uint16_t scales_h;
+    uint8_t scales_l[QK_K / 64];
+    uint8_t qs[QK_K / 2];
+};
+static_assert(sizeof(block_iq4_xs) == 136, "IQ4_XS block is 136 bytes");
+
+// The signed scale (ls - 32, in -32..31) of sub-block j (0..7) of an IQ4_XS block.
+inline int iq4xs_scale(const block_iq4_xs& b, int j) {
+    return (((b.scales_l[j / 2] >> (4 * (j % 2))) & 15) | (((b.scales_h >> (2 * j)) & 3) << 4)) - 32;
 }
 
 // Activations for the K-quant dot products: value = d * qs[i] (qs in -128..127), with the sums of

@@ -18,6 +18,10 @@ void dequantize_row_q4_1_ref(const block_q4_1* x, float* y, int64_t n);
 void dequantize_row_q5_1_ref(const block_q5_1* x, float* y, int64_t n);
 void quantize_row_iq4_nl_ref(const float* x, block_iq4_nl* y, int64_t n);
 void dequantize_row_iq4_nl_ref(const block_iq4_nl* x, float* y, int64_t n);
+// IQ4_XS (quantize_iq4_xs_ref.cpp): `importance` (n values, one per column; nullable) weights each
+// value's squared error in the scale search, as llama.cpp's imatrix weights do; nullptr weights x^2.
+void quantize_row_iq4_xs_ref(const float* x, block_iq4_xs* y, int64_t n, const float* importance);
+void dequantize_row_iq4_xs_ref(const block_iq4_xs* x, float* y, int64_t n);
 void quantize_row_f16_ref(const float* x, uint16_t* y, int64_t n);
 void dequantize_row_f16_ref(const uint16_t* x, float* y, int64_t n);
 

@@ -14,6 +14,9 @@ void copy_to_f32(const void* x, float* y, int64_t n) {
     const float* in = static_cast<const float*>(x);
     for (int64_t i = 0; i < n; i++) y[i] = in[i];
 }
+void quantize_iq4_xs_unweighted(const float* x, void* y, int64_t n) {
+    quantize_row_iq4_xs_ref(x, static_cast<block_iq4_xs*>(y), n, nullptr);
+}
 
 const TypeTraits kTraits[] = {
     {GgmlType::F32, "F32", 1, 4, copy_f32, copy_to_f32, GgmlType::F32},
@@ -55,6 +58,9 @@ const TypeTraits kTraits[] = {
     {GgmlType::IQ4_NL, "IQ4_NL", QK4_NL, sizeof(block_iq4_nl), quantize_as<block_iq4_nl, quantize_row_iq4_nl_ref>,
      dequantize_as<block_iq4_nl, dequantize_row_iq4_nl_ref>, GgmlType::Q8_0,
      quantize_weighted_as<block_iq4_nl, quantize_row_iq4_nl_weighted>},
+    {GgmlType::IQ4_XS, "IQ4_XS", QK_K, sizeof(block_iq4_xs), quantize_iq4_xs_unweighted,
+     dequantize_as<block_iq4_xs, dequantize_row_iq4_xs_ref>, GgmlType::Q8_K,
+     quantize_weighted_as<block_iq4_xs, quantize_row_iq4_xs_ref>},
 };
 
 }  // namespace

@@ -90,7 +90,7 @@ appears under its final name until it is complete."""
 
 QUANTIZE_HELP = """\
 convert a Hugging Face Phi-2 folder (or a phi-2 GGUF) to f16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k,
-q4_1, q5_0, q5_1 or iq4_nl; see `phi2cpu quantize --help`"""
+q4_1, q5_0, q5_1, iq4_nl or iq4_xs; see `phi2cpu quantize --help`"""
 
 
 def _perplexity_epilog() -> str:

@@ -7,11 +7,11 @@ AND q4_0 files: it is the most error-sensitive matrix (llama.cpp keeps it at a h
 
 K-quant mixes: q4_k_m and q5_k_m put the block matrices and token_embd in Q4_K / Q5_K, but ffn_down
 (whose inputs, the gelu outputs, have the heaviest tails) and lm_head in Q6_K; q6_k is Q6_K
-throughout. q4_1, q5_0, q5_1 and iq4_nl are llama.cpp's mixes of those types: every matrix in the
-type, lm_head in Q6_K. q2_k, q3_k_s/m/l, q4_k_s and q5_k_s follow llama.cpp's per-tensor choices
-for a phi2 file (fused attn_qkv; the rule applied is beside each row of MIXES). A matrix whose rows
-are not a multiple of its type's block (256 values for K-quants) falls back to Q8_0 (to F16 when not
-even a multiple of 32).
+throughout. q4_1, q5_0, q5_1, iq4_nl and iq4_xs are llama.cpp's mixes of those types: every matrix
+in the type, lm_head in Q6_K, and for iq4_nl/iq4_xs ffn_down of the first n_layer/8 layers in Q5_K.
+q2_k, q3_k_s/m/l, q4_k_s and q5_k_s follow llama.cpp's per-tensor choices for a phi2 file (fused
+attn_qkv; the rule applied is beside each row of MIXES). A matrix whose rows are not a multiple of
+its type's block (256 values for K-quants) falls back to Q8_0 (to F16 when not even a multiple of 32).
 
 The types themselves (names, block sizes) come from the engine, phi2cpu._core.types().
 
@@ -65,7 +65,8 @@ MIXES = {
     "q4_1": Mix("Q4_1", "Q6_K", LlamaFileType.MOSTLY_Q4_1),
     "q5_0": Mix("Q5_0", "Q6_K", LlamaFileType.MOSTLY_Q5_0),
     "q5_1": Mix("Q5_1", "Q6_K", LlamaFileType.MOSTLY_Q5_1),
-    "iq4_nl": Mix("IQ4_NL", "Q6_K", LlamaFileType.MOSTLY_IQ4_NL),
+    "iq4_nl": Mix("IQ4_NL", "Q6_K", LlamaFileType.MOSTLY_IQ4_NL, ffn_down_first=("Q5_K", 8)),
+    "iq4_xs": Mix("IQ4_XS", "Q6_K", LlamaFileType.MOSTLY_IQ4_XS, ffn_down_first=("Q5_K", 8)),
     "q4_k_m": Mix("Q4_K", "Q6_K", LlamaFileType.MOSTLY_Q4_K_M, ffn_down="Q6_K"),
     "q5_k_m": Mix("Q5_K", "Q6_K", LlamaFileType.MOSTLY_Q5_K_M, ffn_down="Q6_K"),
     "q6_k": Mix("Q6_K", "Q6_K", LlamaFileType.MOSTLY_Q6_K),
@@ -86,7 +87,7 @@ MIXES = {
 }
 QTYPES = tuple(MIXES)
 LM_HEAD_REASON = ("lm_head is the most error-sensitive matrix; it is kept at Q8_0 in q4_0 files, Q6_K in "
-                  "K-quant, q4_1, q5_0, q5_1 and iq4_nl files (as llama.cpp does), F16/F32 in float files")
+                  "K-quant, q4_1, q5_0, q5_1, iq4_nl and iq4_xs files (as llama.cpp does), F16/F32 in float files")
 
 
 def _block(type_name: str) -> int:
@@ -220,14 +221,19 @@ def chat_template_of(src: Path) -> Optional[str]:
 
 
 def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bool = True,
-             allow_requantize: bool = False, imatrix: str | Path | None = None) -> dict[str, Any]:
+             allow_requantize: bool = False, imatrix: str | Path | None = None,
+             threads: int | None = None) -> dict[str, Any]:
     """Convert `src` (HF checkpoint dir or phi2 GGUF) to a GGUF at `out`. Returns a summary.
     `qtype` is case-blind (q4_k_m or Q4_K_M). A GGUF whose matrices are not F32/F16/BF16 is refused
     unless `allow_requantize`, and so is an `out` that is `src`. With `imatrix` (an importance-matrix
     file, see phi2cpu.imatrix) every matrix it has statistics for is quantized by its type's
-    importance-weighted search; the others (token_embd, a lookup) as without it."""
+    importance-weighted search; the others (token_embd, a lookup) as without it. Each tensor's rows
+    are quantized by `threads` threads (default: every core); the file's bytes do not depend on it."""
     if not isinstance(qtype, str) or qtype.lower() not in QTYPES:
         raise ValueError(f"qtype must be one of {', '.join(QTYPES)}, not {qtype!r}")
+    threads = (os.cpu_count() or 1) if threads is None else threads
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise Phi2Error(f"threads must be a whole number of at least 1, not {threads!r}")
     qtype = qtype.lower()
     src, out = Path(src), Path(out)
     if not src.exists():
@@ -256,7 +262,7 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
         def make() -> np.ndarray:
             x = load(name)
             imp = im.importance(name) if im is not None and int(ttype) in weighted_types else None
-            data = x if ttype == T.F32 else _core.quantize(x, int(ttype), imp)
+            data = x if ttype == T.F32 else _core.quantize(x, int(ttype), imp, threads)
             bar.update(1)
             return data
         return make
@@ -301,13 +307,15 @@ is refused unless --allow-requantize (each rounding adds error); OUT == SRC is a
     ap.add_argument("--imatrix", metavar="FILE", default=None,
                     help="importance matrix (from `phi2cpu imatrix` or llama-imatrix, GGUF or .dat): weights each "
                          "column's rounding error by how large its inputs are on the calibration text")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="threads sharing each tensor's rows (default: every core; the output is the same)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.type and args.qtype and args.type != args.qtype:
         ap.error(f"TYPE {args.type} and --type {args.qtype} differ; give one")
     try:
         s = quantize(args.src, args.out, args.type or args.qtype or "q8_0", progress=not args.quiet,
-                     allow_requantize=args.allow_requantize, imatrix=args.imatrix)
+                     allow_requantize=args.allow_requantize, imatrix=args.imatrix, threads=args.threads)
     except (Phi2Error, OSError) as e:
         print(f"{prog.split()[0]}: error: {error_message(e)}", file=sys.stderr)
         return 1

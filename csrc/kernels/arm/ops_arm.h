@@ -18,6 +18,12 @@ float vec_dot_q5_1_q8_0_neon(int64_t n, const void* w, const void* x);
 float vec_dot_q2_K_q8_K_neon(int64_t n, const void* w, const void* x);
 float vec_dot_q3_K_q8_K_neon(int64_t n, const void* w, const void* x);
 void quantize_row_q8_0_neon(const float* x, block_q8_0* y, int64_t n);
+// K-quant weights with Q8_K activations (neon_kquants.cpp).
+float vec_dot_q4_K_q8_K_neon(int64_t n, const void* w, const void* x);
+float vec_dot_q5_K_q8_K_neon(int64_t n, const void* w, const void* x);
+float vec_dot_q6_K_q8_K_neon(int64_t n, const void* w, const void* x);
+float vec_dot_iq4_xs_q8_K_neon(int64_t n, const void* w, const void* x);
+void quantize_row_q8_K_neon(const float* x, block_q8_K* y, int64_t n);
 // Multi-row GEMV: row-by-row loops over the NEON dot kernels.
 void gemv_q8_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);
 void gemv_q4_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);

@@ -212,6 +212,24 @@ float vec_dot_q6_K_q8_K_ref(int64_t n, const void* w, const void* x) {
     return sum;
 }
 
+// d * x.d * sum_j (ls_j - 32) * (values . xq)_j over the eight sub-blocks of 32.
+float vec_dot_iq4_xs_q8_K_ref(int64_t n, const void* w, const void* x) {
+    const block_iq4_xs* a = static_cast<const block_iq4_xs*>(w);
+    const block_q8_K* b = static_cast<const block_q8_K*>(x);
+    float sum = 0.0f;
+    for (int64_t blk = 0; blk < n / QK_K; blk++) {
+        int32_t isum = 0;
+        for (int j = 0; j < 8; j++) {
+            int32_t s = 0;
+            for (int l = 0; l < 32; l++)
+                s += kIQ4NLValues[nibble_quant(a[blk].qs + 16 * j, l)] * int32_t(b[blk].qs[32 * j + l]);
+            isum += iq4xs_scale(a[blk], j) * s;
+        }
+        sum += fp16_to_fp32(a[blk].d) * b[blk].d * float(isum);
+    }
+    return sum;
+}
+
 void gemv_q8_0_q8_0_ref(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
     gemv_rows<vec_dot_q8_0_q8_0_ref>(n, n_rows, w, row_bytes, x, y);
 }

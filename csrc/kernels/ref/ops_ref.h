@@ -24,6 +24,7 @@ float vec_dot_q5_K_q8_K_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q6_K_q8_K_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q2_K_q8_K_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q3_K_q8_K_ref(int64_t n, const void* w, const void* x);
+float vec_dot_iq4_xs_q8_K_ref(int64_t n, const void* w, const void* x);
 
 // Several weight rows against one Q8_0 activation row: y[r] = vec_dot(n, w + r*row_bytes, x) for
 // r < n_rows, so a kernel can share each activation block across rows.

@@ -78,6 +78,25 @@ float vec_dot_q6_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
     return hsum(acc);
 }
 
+float vec_dot_iq4_xs_q8_K_avx2(int64_t n, const void* w, const void* x) {
+    const block_iq4_xs* a = static_cast<const block_iq4_xs*>(w);
+    const block_q8_K* b = static_cast<const block_q8_K*>(x);
+    const __m256i table = iq4nl_table256();
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 8; j++) {
+            // |x| (unsigned, so Q8_K's -128 is 128) times v with x's sign; pairs stay below 2 * 128 * 127
+            const __m256i v = iq4xs_values(a[i], j, table);
+            const __m256i xq = load256(b[i].qs + 32 * j);
+            sumi = _mm256_add_epi32(sumi, dot_scaled(_mm256_sign_epi8(xq, xq), _mm256_sign_epi8(v, xq),
+                                                     _mm256_set1_epi16(int16_t(iq4xs_scale(a[i], j)))));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * b[i].d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum(acc);
+}
+
 // Same bytes as quantize_row_q8_K_ref: cvtps rounds to nearest even like nearbyint, and the scale
 // comes from the first element of largest magnitude.
 void quantize_row_q8_K_avx2(const float* x, block_q8_K* y, int64_t n) {

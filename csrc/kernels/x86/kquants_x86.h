@@ -84,6 +84,16 @@ inline __m256i scale_pair_epi32(int s0, int s1) {
     return _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0));
 }
 
+// Sub-block j (0..7) of an IQ4_XS block as its 32 signed values (IQ4_NL table lookups), in order.
+inline __m256i iq4xs_values(const block_iq4_xs& a, int j, __m256i table) {
+    return _mm256_shuffle_epi8(table, unpack_q4_0(a.qs + 16 * j));
+}
+
+inline __m256i iq4nl_table256() {
+    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues));
+    return _mm256_set_m128i(t, t);
+}
+
 }  // namespace
 }  // namespace x86
 }  // namespace phi2cpu

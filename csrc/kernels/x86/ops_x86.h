@@ -27,6 +27,7 @@ float vec_dot_q5_K_q8_K_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q6_K_q8_K_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q2_K_q8_K_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q3_K_q8_K_avx2(int64_t n, const void* w, const void* x);
+float vec_dot_iq4_xs_q8_K_avx2(int64_t n, const void* w, const void* x);
 void quantize_row_q8_K_avx2(const float* x, block_q8_K* y, int64_t n);
 void gemm_f32_panel16_avx2(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
                            int64_t ldy, bool accumulate);
@@ -64,5 +65,6 @@ float vec_dot_q5_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
 float vec_dot_q6_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
 float vec_dot_q2_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
 float vec_dot_q3_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
+float vec_dot_iq4_xs_q8_K_avx512vnni(int64_t n, const void* w, const void* x);
 
 }  // namespace phi2cpu
