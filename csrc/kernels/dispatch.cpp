@@ -14,21 +14,28 @@ namespace {
 
 // The scalar kernels of every weight type: the spec each ISA path is tested against.
 const TypeKernelsOverride kRefRows[] = {
-    {GgmlType::F32, vec_dot_f32_f32_ref, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::F16, vec_dot_f16_f32_ref, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::Q4_0, vec_dot_q4_0_q8_0_ref, gemv_q4_0_q8_0_ref, gemm_q4_0_q8_0_ref, nullptr, nullptr},
+    {GgmlType::F32, vec_dot_f32_f32_ref, gemv_rows<vec_dot_f32_f32_ref, 1, sizeof(float)>,
+     gemm_rows<vec_dot_f32_f32_ref, 1, sizeof(float)>, nullptr, nullptr},
+    {GgmlType::F16, vec_dot_f16_f32_ref, gemv_rows<vec_dot_f16_f32_ref, 1, sizeof(float)>,
+     gemm_rows<vec_dot_f16_f32_ref, 1, sizeof(float)>, nullptr, nullptr},
+    {GgmlType::Q4_0, vec_dot_q4_0_q8_0_ref, gemv_rows<vec_dot_q4_0_q8_0_ref>, gemm_rows<vec_dot_q4_0_q8_0_ref>,
+     nullptr, nullptr},
     {GgmlType::Q4_1, vec_dot_q4_1_q8_0_ref, gemv_rows<vec_dot_q4_1_q8_0_ref>, gemm_rows<vec_dot_q4_1_q8_0_ref>, nullptr,
      nullptr},
     {GgmlType::Q5_1, vec_dot_q5_1_q8_0_ref, gemv_rows<vec_dot_q5_1_q8_0_ref>, gemm_rows<vec_dot_q5_1_q8_0_ref>, nullptr,
      nullptr},
     {GgmlType::Q5_0, vec_dot_q5_0_q8_0_ref, gemv_rows<vec_dot_q5_0_q8_0_ref>, gemm_rows<vec_dot_q5_0_q8_0_ref>, nullptr,
      nullptr},
-    {GgmlType::Q8_0, vec_dot_q8_0_q8_0_ref, gemv_q8_0_q8_0_ref, gemm_q8_0_q8_0_ref, nullptr, nullptr},
+    {GgmlType::Q8_0, vec_dot_q8_0_q8_0_ref, gemv_rows<vec_dot_q8_0_q8_0_ref>, gemm_rows<vec_dot_q8_0_q8_0_ref>,
+     nullptr, nullptr},
     {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_ref, gemv_rows<vec_dot_iq4_nl_q8_0_ref>, gemm_rows<vec_dot_iq4_nl_q8_0_ref>,
      nullptr, nullptr},
-    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::Q5_K, vec_dot_q5_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_ref, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_ref, gemv_rows<vec_dot_q4_K_q8_K_ref, QK_K, sizeof(block_q8_K)>,
+     gemm_rows<vec_dot_q4_K_q8_K_ref, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
+    {GgmlType::Q5_K, vec_dot_q5_K_q8_K_ref, gemv_rows<vec_dot_q5_K_q8_K_ref, QK_K, sizeof(block_q8_K)>,
+     gemm_rows<vec_dot_q5_K_q8_K_ref, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
+    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_ref, gemv_rows<vec_dot_q6_K_q8_K_ref, QK_K, sizeof(block_q8_K)>,
+     gemm_rows<vec_dot_q6_K_q8_K_ref, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
 };
 
 }  // namespace

@@ -9,8 +9,10 @@ namespace {
 // {type, vec_dot, gemv, gemm, repack, from_float}; nullptr keeps the scalar entry. The gemv/gemm
 // read the GGUF blocks (no repack).
 const TypeKernelsOverride kNeonRows[] = {
-    {GgmlType::F32, vec_dot_f32_f32_neon, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::F16, vec_dot_f16_f32_neon, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::F32, vec_dot_f32_f32_neon, gemv_rows<vec_dot_f32_f32_neon, 1, sizeof(float)>, gemm_rows<vec_dot_f32_f32_neon, 1, sizeof(float)>, nullptr,
+     nullptr},
+    {GgmlType::F16, vec_dot_f16_f32_neon, gemv_rows<vec_dot_f16_f32_neon, 1, sizeof(float)>, gemm_rows<vec_dot_f16_f32_neon, 1, sizeof(float)>, nullptr,
+     nullptr},
     {GgmlType::Q4_0, vec_dot_q4_0_q8_0_neon, gemv_q4_0_q8_0_neon, gemm_q4_0_q8_0_neon, nullptr, nullptr},
     {GgmlType::Q4_1, vec_dot_q4_1_q8_0_neon, gemv_rows<vec_dot_q4_1_q8_0_neon>, gemm_rows<vec_dot_q4_1_q8_0_neon>,
      nullptr, nullptr},

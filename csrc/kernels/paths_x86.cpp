@@ -8,8 +8,10 @@ namespace {
 
 // {type, vec_dot, gemv, gemm, repack, from_float}; nullptr keeps the entry of the path below.
 const TypeKernelsOverride kAvx2Rows[] = {
-    {GgmlType::F32, vec_dot_f32_f32_avx2, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::F16, vec_dot_f16_f32_avx2, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::F32, vec_dot_f32_f32_avx2, gemv_rows<vec_dot_f32_f32_avx2, 1, sizeof(float)>, gemm_rows<vec_dot_f32_f32_avx2, 1, sizeof(float)>,
+     nullptr, nullptr},
+    {GgmlType::F16, vec_dot_f16_f32_avx2, gemv_rows<vec_dot_f16_f32_avx2, 1, sizeof(float)>, gemm_rows<vec_dot_f16_f32_avx2, 1, sizeof(float)>,
+     nullptr, nullptr},
     // the gemv/gemm of Q4_0 and Q8_0 read scales-first rows
     {GgmlType::Q4_0, vec_dot_q4_0_q8_0_avx2, gemv_q4_0_q8_0_avx2, gemm_q4_0_q8_0_avx2, repack_q4_0_scales_first,
      nullptr},
@@ -23,16 +25,21 @@ const TypeKernelsOverride kAvx2Rows[] = {
      quantize_as<block_q8_0, quantize_row_q8_0_avx2>},
     {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_avx2, gemv_rows<vec_dot_iq4_nl_q8_0_avx2>,
      gemm_rows<vec_dot_iq4_nl_q8_0_avx2>, nullptr, nullptr},
-    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx2, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx2, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx2, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx2, gemv_rows<vec_dot_q4_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>,
+     gemm_rows<vec_dot_q4_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
+    {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx2, gemv_rows<vec_dot_q5_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>,
+     gemm_rows<vec_dot_q5_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
+    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx2, gemv_rows<vec_dot_q6_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>,
+     gemm_rows<vec_dot_q6_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
     {GgmlType::Q8_K, nullptr, nullptr, nullptr, nullptr, quantize_as<block_q8_K, quantize_row_q8_K_avx2>},
 };
 
 // On top of the AVX2 rows: the gemv/gemm read the same repacked rows as the AVX2 kernels.
 const TypeKernelsOverride kAvx512Rows[] = {
-    {GgmlType::F32, vec_dot_f32_f32_avx512, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::F16, vec_dot_f16_f32_avx512, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::F32, vec_dot_f32_f32_avx512, gemv_rows<vec_dot_f32_f32_avx512, 1, sizeof(float)>, gemm_rows<vec_dot_f32_f32_avx512, 1, sizeof(float)>,
+     nullptr, nullptr},
+    {GgmlType::F16, vec_dot_f16_f32_avx512, gemv_rows<vec_dot_f16_f32_avx512, 1, sizeof(float)>, gemm_rows<vec_dot_f16_f32_avx512, 1, sizeof(float)>,
+     nullptr, nullptr},
     {GgmlType::Q4_0, vec_dot_q4_0_q8_0_avx512vnni, gemv_q4_0_q8_0_avx512vnni, gemm_q4_0_q8_0_avx512vnni, nullptr,
      nullptr},
     {GgmlType::Q4_1, vec_dot_q4_1_q8_0_avx512vnni, gemv_rows<vec_dot_q4_1_q8_0_avx512vnni>,
@@ -45,9 +52,12 @@ const TypeKernelsOverride kAvx512Rows[] = {
      nullptr},
     {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_avx512vnni, gemv_rows<vec_dot_iq4_nl_q8_0_avx512vnni>,
      gemm_rows<vec_dot_iq4_nl_q8_0_avx512vnni>, nullptr, nullptr},
-    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx512vnni, gemv_rows<vec_dot_q4_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
+     gemm_rows<vec_dot_q4_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
+    {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx512vnni, gemv_rows<vec_dot_q5_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
+     gemm_rows<vec_dot_q5_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
+    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx512vnni, gemv_rows<vec_dot_q6_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
+     gemm_rows<vec_dot_q6_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
 };
 
 }  // namespace
