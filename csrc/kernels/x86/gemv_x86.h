@@ -4,10 +4,11 @@
 // or two (Q8_0) 32-byte loads. A kernel file supplies the integer pair and block dots. Internal
 // linkage throughout: each including file is compiled for its own ISA and keeps its own copy.
 //
-// Batch invariance (dispatch.h): the integer dots of a chunk's 8 blocks are summed exactly (hadd)
-// into one int32 per block, Q4_0's offset included; a 4 x 4 transpose then puts the 4 rows of the
-// group in the lanes, and each lane runs acc = fma(float(isum_b), dw_b * dx_b, acc) block after
-// block: the order and the operations of the GEMM tiles (qgemm_x86.h) and vec_dot_q4_0_q8_0_ref.
+// Batch invariance (dispatch.h): per block pair, the 4 rows' integer dots are summed exactly (two
+// rounds of hadd across the rows) into [row 0..3 of block b | row 0..3 of block b+1], Q4_0's offset
+// included, so the rows sit in the lanes; each lane then runs acc = fma(float(isum_b), dw_b * dx_b,
+// acc) block after block: the order and the operations of the GEMM tiles (qgemm_x86.h) and of
+// vec_dot_q4_0_q8_0_ref. No lane ever holds part of a sum.
 #pragma once
 #include <vector>
 
@@ -38,14 +39,19 @@ inline int32_t hsum_epi32(__m256i v) {
 // One activation row as the kernels want it. Per block, in scale-slot order: its f32 scale d and
 // bias = -8 * (sum of its quants), what Q4_0's unsigned nibbles q = value + 8 owe back. Per pair
 // (b, b+1) of a whole chunk: lo = quants 0..15 of b and of b+1, hi = quants 16..31 of both,
-// matching the weights' pair halves.
+// matching the weights' pair halves, and the scales and biases of b (4 lanes) and b+1 (4 lanes).
 struct alignas(32) Quants32 {
     int8_t q[32];
+};
+struct alignas(32) Pair8 {
+    float d[8];
+    int32_t bias[8];
 };
 struct GemvAct {
     std::vector<float> d;
     std::vector<int32_t> bias;
     std::vector<Quants32> lo, hi;
+    std::vector<Pair8> pair;
 };
 struct GemvBatch {
     GemvAct tok[kGemvMaxTokens];
@@ -63,10 +69,10 @@ const GemvBatch& gemv_batch(const block_q8_0* x, int64_t nb, int64_t n_tok) {
         a.bias.resize(size_t(nb));
         a.lo.resize(size_t(nb8 / 2));
         a.hi.resize(size_t(nb8 / 2));
+        a.pair.resize(size_t(nb8 / 2));
         for (int64_t b = 0; b < nb; b++) {
-            const size_t slot = size_t(scales_first_slot(b, nb));
-            a.d[slot] = half_to_float(xt[b].d);
-            a.bias[slot] = -8 * sum_q8(xt[b].qs);
+            a.d[size_t(b)] = half_to_float(xt[b].d);
+            a.bias[size_t(b)] = -8 * sum_q8(xt[b].qs);
         }
         for (int64_t b = 0; b < nb8; b += 2) {
             const __m256i x0 = load32(xt[b].qs), x1 = load32(xt[b + 1].qs);
@@ -74,6 +80,11 @@ const GemvBatch& gemv_batch(const block_q8_0* x, int64_t nb, int64_t n_tok) {
                                _mm256_permute2x128_si256(x0, x1, 0x20));
             _mm256_store_si256(reinterpret_cast<__m256i*>(a.hi[size_t(b / 2)].q),
                                _mm256_permute2x128_si256(x0, x1, 0x31));
+            Pair8& p = a.pair[size_t(b / 2)];
+            for (int l = 0; l < 8; l++) {
+                p.d[l] = a.d[size_t(b + l / 4)];
+                p.bias[l] = a.bias[size_t(b + l / 4)];
+            }
         }
     }
     return s;
@@ -108,30 +119,26 @@ void group_rows(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvBat
         if (ahead)
             for (size_t l = 0; l < kChunkBytes; l += 64) prefetch(g + ahead + l);
         const int64_t b = c * kChunk;
+        // the 4 rows' scales of the chunk, transposed: dw[p] = [rows of block b + 2p | rows of b + 2p + 1]
+        __m256 dw[kRows];
+#pragma GCC unroll 4
+        for (int i = 0; i < kRows; i++) dw[i] = load_scales8(g + 16 * i);
+        transpose_4x4_halves(dw);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
             const GemvAct& a = s.tok[t];
-            const __m256 dx = _mm256_loadu_ps(a.d.data() + b);
-            __m256 f[kRows], sc[kRows];
 #pragma GCC unroll 4
-            for (int i = 0; i < kRows; i++) {
-                __m256i v[4];
+            for (int p = 0; p < 4; p++) {
+                const __m256i xl = load32(a.lo[size_t(b / 2 + p)].q), xh = load32(a.hi[size_t(b / 2 + p)].q);
+                __m256i v[kRows];
 #pragma GCC unroll 4
-                for (int p = 0; p < 4; p++)
-                    v[p] = pair(g + 64 + (size_t(p) * kRows + size_t(i)) * kPair, load32(a.lo[size_t(b / 2 + p)].q),
-                                load32(a.hi[size_t(b / 2 + p)].q));
-                // per block, in slot order b, b+2, b+4, b+6 | b+1, b+3, b+5, b+7 (exact integers)
+                for (int i = 0; i < kRows; i++) v[i] = pair(g + 64 + (size_t(p) * kRows + size_t(i)) * kPair, xl, xh);
+                const Pair8& pp = a.pair[size_t(b / 2 + p)];
                 __m256i isum = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-                if (kOffset) isum = _mm256_add_epi32(isum, load32(a.bias.data() + b));
-                f[i] = _mm256_cvtepi32_ps(isum);
-                sc[i] = _mm256_mul_ps(load_scales8(g + 16 * i), dx);
-            }
-            transpose_4x4_halves(f);
-            transpose_4x4_halves(sc);
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {  // blocks b + 2j (low halves), b + 2j + 1 (high halves)
-                acc[t] = _mm_fmadd_ps(_mm256_castps256_ps128(f[j]), _mm256_castps256_ps128(sc[j]), acc[t]);
-                acc[t] = _mm_fmadd_ps(_mm256_extractf128_ps(f[j], 1), _mm256_extractf128_ps(sc[j], 1), acc[t]);
+                if (kOffset) isum = _mm256_add_epi32(isum, _mm256_load_si256(reinterpret_cast<const __m256i*>(pp.bias)));
+                const __m256 f = _mm256_cvtepi32_ps(isum), sc = _mm256_mul_ps(dw[p], _mm256_load_ps(pp.d));
+                acc[t] = _mm_fmadd_ps(_mm256_castps256_ps128(f), _mm256_castps256_ps128(sc), acc[t]);  // block b + 2p
+                acc[t] = _mm_fmadd_ps(_mm256_extractf128_ps(f, 1), _mm256_extractf128_ps(sc, 1), acc[t]);
             }
         }
     }
