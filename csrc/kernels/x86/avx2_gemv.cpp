@@ -19,34 +19,45 @@ inline __m256i dot_q8(__m256i w, __m256i x) {
 // Q4_0 pair (b, b+1): one load holds both blocks' nibbles, the low ones meet act.lo and the high
 // ones act.hi; the 16-bit pair sums stay below 2 * 2 * 15 * 127 < 2^15. The unsigned nibbles'
 // offset is the driver's per-block bias.
-template <int T>
-struct GroupQ4 {
-    static void run(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvBatch& s, float* y, int64_t ldy) {
-        const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-        group_rows<sizeof(block_q4_0), T>(
-            nb, g, x, s, y, ldy,
-            [&](const uint8_t* q, __m256i xl, __m256i xh) {
-                const __m256i qq = load32(q);
-                const __m256i lo = _mm256_and_si256(qq, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qq, 4), m4);
-                return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh)),
-                                         ones);
-            },
-            [&](const uint8_t* q, const int8_t* xq) {
-                return _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_q4_0(q), load32(xq)), ones);
-            });
+struct KernQ4 {
+    struct Pair {
+        __m256i lo, hi;
+    };
+    __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    Pair load(const uint8_t* q) const {
+        const __m256i qq = load32(q);
+        return {_mm256_and_si256(qq, m4), _mm256_and_si256(_mm256_srli_epi16(qq, 4), m4)};
+    }
+    __m256i dot(const Pair& w, __m256i xl, __m256i xh) const {
+        return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(w.lo, xl), _mm256_maddubs_epi16(w.hi, xh)), ones);
+    }
+    __m256i block(const uint8_t* q, const int8_t* xq) const {
+        return _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_q4_0(q), load32(xq)), ones);
     }
 };
 
-// As GroupQ4 for Q8_0: a pair's first-halves load meets act.lo, its second-halves load act.hi.
+// As KernQ4 for Q8_0: a pair's first-halves load meets act.lo, its second-halves load act.hi.
+struct KernQ8 {
+    struct Pair {
+        __m256i first, second;
+    };
+    Pair load(const uint8_t* q) const { return {load32(q), load32(q + 32)}; }
+    __m256i dot(const Pair& w, __m256i xl, __m256i xh) const {
+        return _mm256_add_epi32(dot_q8(w.first, xl), dot_q8(w.second, xh));
+    }
+    __m256i block(const uint8_t* q, const int8_t* xq) const { return dot_q8(load32(q), load32(xq)); }
+};
+
+template <int T>
+struct GroupQ4 {
+    static void run(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvBatch& s, float* y, int64_t ldy) {
+        group_rows<sizeof(block_q4_0), T>(nb, g, x, s, y, ldy, KernQ4{});
+    }
+};
 template <int T>
 struct GroupQ8 {
     static void run(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvBatch& s, float* y, int64_t ldy) {
-        group_rows<sizeof(block_q8_0), T>(
-            nb, g, x, s, y, ldy,
-            [&](const uint8_t* q, __m256i xl, __m256i xh) {
-                return _mm256_add_epi32(dot_q8(load32(q), xl), dot_q8(load32(q + 32), xh));
-            },
-            [&](const uint8_t* q, const int8_t* xq) { return dot_q8(load32(q), load32(xq)); });
+        group_rows<sizeof(block_q8_0), T>(nb, g, x, s, y, ldy, KernQ8{});
     }
 };
 

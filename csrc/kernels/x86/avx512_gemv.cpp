@@ -21,32 +21,42 @@ inline __m256i dot_q8(__m256i acc, __m256i w, __m256i x) {
 
 // Q4_0 pair (b, b+1): low nibbles meet act.lo, high ones act.hi (see the AVX2 kernel); the
 // unsigned nibbles' offset is the driver's per-block bias.
-template <int T>
-struct GroupQ4 {
-    static void run(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvBatch& s, float* y, int64_t ldy) {
-        const __m256i m4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
-        group_rows<sizeof(block_q4_0), T>(
-            nb, g, x, s, y, ldy,
-            [&](const uint8_t* q, __m256i xl, __m256i xh) {
-                const __m256i qq = load32(q);
-                const __m256i lo = _mm256_and_si256(qq, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qq, 4), m4);
-                return dpbusd(dpbusd(zero, lo, xl), hi, xh);
-            },
-            [&](const uint8_t* q, const int8_t* xq) { return dpbusd(zero, unpack_q4_0(q), load32(xq)); });
+struct KernQ4 {
+    struct Pair {
+        __m256i lo, hi;
+    };
+    __m256i m4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+    Pair load(const uint8_t* q) const {
+        const __m256i qq = load32(q);
+        return {_mm256_and_si256(qq, m4), _mm256_and_si256(_mm256_srli_epi16(qq, 4), m4)};
     }
+    __m256i dot(const Pair& w, __m256i xl, __m256i xh) const { return dpbusd(dpbusd(zero, w.lo, xl), w.hi, xh); }
+    __m256i block(const uint8_t* q, const int8_t* xq) const { return dpbusd(zero, unpack_q4_0(q), load32(xq)); }
 };
 
 // Q8_0: a pair's first-halves load meets act.lo, its second-halves load act.hi.
+struct KernQ8 {
+    struct Pair {
+        __m256i first, second;
+    };
+    __m256i zero = _mm256_setzero_si256();
+    Pair load(const uint8_t* q) const { return {load32(q), load32(q + 32)}; }
+    __m256i dot(const Pair& w, __m256i xl, __m256i xh) const {
+        return dot_q8(dot_q8(zero, w.first, xl), w.second, xh);
+    }
+    __m256i block(const uint8_t* q, const int8_t* xq) const { return dot_q8(zero, load32(q), load32(xq)); }
+};
+
+template <int T>
+struct GroupQ4 {
+    static void run(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvBatch& s, float* y, int64_t ldy) {
+        group_rows<sizeof(block_q4_0), T>(nb, g, x, s, y, ldy, KernQ4{});
+    }
+};
 template <int T>
 struct GroupQ8 {
     static void run(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvBatch& s, float* y, int64_t ldy) {
-        const __m256i zero = _mm256_setzero_si256();
-        group_rows<sizeof(block_q8_0), T>(
-            nb, g, x, s, y, ldy,
-            [&](const uint8_t* q, __m256i xl, __m256i xh) {
-                return dot_q8(dot_q8(zero, load32(q), xl), load32(q + 32), xh);
-            },
-            [&](const uint8_t* q, const int8_t* xq) { return dot_q8(zero, load32(q), load32(xq)); });
+        group_rows<sizeof(block_q8_0), T>(nb, g, x, s, y, ldy, KernQ8{});
     }
 };
 

@@ -102,12 +102,13 @@ inline void transpose_4x4_halves(__m256 (&v)[4]) {
 
 // One 4-row group (kernels/repack.h) times T tokens into y[t*ldy + i]. Per chunk: the 4 rows'
 // scales, then per pair the 4 rows' quants (QB bytes each: 32 for Q4_0, 64 for Q8_0); after the
-// chunks, each row's last nb % 8 blocks. pair(q, xl, xh) is a pair's integer dot (lanes 0..3 block
-// b, 4..7 block b+1), block(q, xq) one plain block's (8 partial lanes). The weight stream is
+// chunks, each row's last nb % 8 blocks. Kern: load(q) reads one row's pair quants, dot(pair, xl, xh)
+// is their integer dot with a token (lanes 0..3 block b, 4..7 block b+1), block(q, xq) one plain
+// block's (8 partial lanes). The weight stream is
 // prefetched s.prefetch bytes ahead, rounded up to whole chunks; 0: not at all.
-template <size_t BlockBytes, int T, typename PairFn, typename BlockFn>
+template <size_t BlockBytes, int T, typename Kern>
 void group_rows(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvBatch& s, float* y, int64_t ldy,
-                PairFn pair, BlockFn block) {
+                const Kern& kern) {
     constexpr bool kOffset = BlockBytes == sizeof(block_q4_0);
     constexpr size_t kChunkBytes = 4 * kChunk * BlockBytes, kPair = 2 * (BlockBytes - 2);
     const size_t ahead = (s.prefetch + kChunkBytes - 1) / kChunkBytes * kChunkBytes;
@@ -124,15 +125,18 @@ void group_rows(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvBat
 #pragma GCC unroll 4
         for (int i = 0; i < kRows; i++) dw[i] = load_scales8(g + 16 * i);
         transpose_4x4_halves(dw);
-#pragma GCC unroll 8
-        for (int t = 0; t < T; t++) {
-            const GemvAct& a = s.tok[t];
 #pragma GCC unroll 4
-            for (int p = 0; p < 4; p++) {
+        for (int p = 0; p < 4; p++) {  // the pair's 4 rows are unpacked once and meet every token
+            typename Kern::Pair w[kRows];
+#pragma GCC unroll 4
+            for (int i = 0; i < kRows; i++) w[i] = kern.load(g + 64 + (size_t(p) * kRows + size_t(i)) * kPair);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) {
+                const GemvAct& a = s.tok[t];
                 const __m256i xl = load32(a.lo[size_t(b / 2 + p)].q), xh = load32(a.hi[size_t(b / 2 + p)].q);
                 __m256i v[kRows];
 #pragma GCC unroll 4
-                for (int i = 0; i < kRows; i++) v[i] = pair(g + 64 + (size_t(p) * kRows + size_t(i)) * kPair, xl, xh);
+                for (int i = 0; i < kRows; i++) v[i] = kern.dot(w[i], xl, xh);
                 const Pair8& pp = a.pair[size_t(b / 2 + p)];
                 __m256i isum = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
                 if (kOffset) isum = _mm256_add_epi32(isum, _mm256_load_si256(reinterpret_cast<const __m256i*>(pp.bias)));
@@ -156,7 +160,7 @@ void group_rows(int64_t nb, const uint8_t* g, const block_q8_0* x, const GemvBat
             const GemvAct& a = s.tok[t];
             const int32_t bias = kOffset ? a.bias[size_t(b)] : 0;
             alignas(16) int32_t is[kRows];
-            for (int i = 0; i < kRows; i++) is[i] = hsum_epi32(block(q[i], x[t * nb + b].qs)) + bias;
+            for (int i = 0; i < kRows; i++) is[i] = hsum_epi32(kern.block(q[i], x[t * nb + b].qs)) + bias;
             const __m128 sc = _mm_mul_ps(_mm_load_ps(dw), _mm_set1_ps(a.d[size_t(b)]));
             acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(is))), sc, acc[t]);
         }
