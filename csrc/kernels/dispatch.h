@@ -16,18 +16,29 @@
 namespace phi2cpu {
 
 using vec_dot_fn = float (*)(int64_t n, const void* w, const void* x);
-// y[r] = dot(row r of w, x) for r < n_rows (rows row_bytes apart); see gemv_*_ref.
-using gemv_fn = void (*)(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);
-// y[t*ldy + r] = dot(row r of w, activation row t) for n_tok consecutive rows x; see gemm_*_ref.
+// y[t*ldy + r] = dot(row r of w, activation row t) for r < n_rows (rows row_bytes apart) and n_tok
+// consecutive activation rows x. The gemv entry takes n_tok <= kGemvMaxTokens and reads each weight
+// block from memory once for all of them (decoding several sequences); the gemm entry takes any
+// n_tok (prefill). See gemv_rows / gemm_rows (row_loops.h) and gemm_*_ref.
+//
+// Batch invariance: for every weight type and on every path, the gemv and gemm entries of a row
+// give each (row, token) output with the same float operations in the same order, whatever n_tok,
+// the other tokens, the other rows or the tiling: a row's logits never depend on its batch. Where
+// both are loops over the row's vec_dot this holds by construction; the Q4_0 / Q8_0 kernels
+// instead all compute  acc = 0; for each block b in order: acc = fma(float(isum_b), dw_b * dx_b, acc)
+// with isum_b the block's exact integer dot (vec_dot_q4_0_q8_0_ref is this spec). Lanes hold rows
+// or tokens, never parts of one sum. test_kernels.cpp checks the bits on every path.
 using gemm_fn = void (*)(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy);
+using gemv_fn = gemm_fn;
+constexpr int64_t kGemvMaxTokens = 8;
 
 // A type's kernels on one path. Its activations are traits->vec_dot_type blocks.
 struct TypeKernels {
     const TypeTraits* traits = nullptr;  // nullptr: the engine does not know the type
     vec_dot_fn vec_dot = nullptr;        // one weight row . one activation row; nullptr: not a weight type
-    gemv_fn gemv = nullptr;              // several rows . one activation row; nullptr: loops over vec_dot
-    gemm_fn gemm = nullptr;              // prefill GEMM; nullptr: f32 panels of dequantized rows
+    gemv_fn gemv = nullptr;              // decode: up to kGemvMaxTokens tokens; set for every weight type
+    gemm_fn gemm = nullptr;              // prefill GEMM; set for every weight type
     // Load-time weight layout: where set, gemv and gemm read rows it has repacked (vec_dot is never
     // given such rows); nullptr keeps the GGUF blocks. A row with a repack has a gemv and a gemm.
     repack_fn repack = nullptr;

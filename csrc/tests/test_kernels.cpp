@@ -225,8 +225,9 @@ void test_multirow(const Kernels& k, const Kernels& ref) {
                     const int64_t ldy = R + 3;
                     std::vector<float> yg(size_t(T * ldy), -7.0f), yv(size_t(T * ldy), -7.0f);
                     if (row.gemm) row.gemm(K, R, wk, rb, T, x.data(), yg.data(), ldy);
-                    if (row.gemv)
-                        for (int64_t t = 0; t < T; t++) row.gemv(K, R, wk, rb, x.data() + t * xb, yv.data() + t * ldy);
+                    for (int64_t t0 = 0; row.gemv && t0 < T; t0 += kGemvMaxTokens)
+                        row.gemv(K, R, wk, rb, std::min(kGemvMaxTokens, T - t0), x.data() + t0 * xb,
+                                 yv.data() + t0 * ldy, ldy);
                     bool ok_g = true, ok_v = true, pad = true;
                     for (int64_t t = 0; t < T; t++) {
                         const auto xd = dequantized(at, x.data() + t * xb, K);
@@ -251,12 +252,70 @@ void test_multirow(const Kernels& k, const Kernels& ref) {
     }
 }
 
-// A row with a repack must have the gemv and gemm that read it.
+// Batch invariance (dispatch.h): every (row, token) output of the gemv and the gemm, bit for bit, is
+// the one the gemv gives that token alone: whatever the token count (1..8 through the gemv, up to 13
+// through the gemm), the other tokens, and the row range a thread is given (starting at a 4-row group
+// or a 32-row GEMM range). Q4_0 and Q8_0 kernels on every path also equal the scalar dot bit for bit,
+// the order they all follow.
+bool same_bits(const float* a, const float* b) { return std::memcmp(a, b, sizeof(float)) == 0; }
+
+void test_batch_invariance(const Kernels& k, const Kernels& ref) {
+    constexpr int64_t kTok = 13;
+    for (const TypeTraits& tt : all_type_traits()) {
+        const TypeKernels& row = k.of(tt.type);
+        if (!row.vec_dot) continue;
+        const TypeTraits& at = *type_traits(tt.vec_dot_type);
+        const bool spec = tt.type == GgmlType::Q4_0 || tt.type == GgmlType::Q8_0;
+        for (int64_t k32 : {3, 80, 101}) {
+            const int64_t K = (k32 * 32 + tt.block_size - 1) / tt.block_size * tt.block_size;
+            const size_t rb = row_size(tt, K), xb = row_size(at, K);
+            const int64_t R = 37;
+            const Bytes w = weights_of(tt, K, R);
+            Bytes packed = w;
+            if (row.repack) row.repack(K, R, w.data(), packed.data());
+            const uint8_t* wk = packed.data();
+            const Bytes x = activations_of(ref, at.type, K, kTok);
+            std::vector<float> alone(size_t(kTok * R));
+            for (int64_t t = 0; t < kTok; t++) row.gemv(K, R, wk, rb, 1, x.data() + t * xb, alone.data() + t * R, R);
+            const std::string sz = std::string(k.isa) + " " + tt.name + " K=" + std::to_string(K);
+            if (spec) {
+                bool ok = true;
+                for (int64_t t = 0; t < kTok; t++)
+                    for (int64_t r = 0; r < R; r++) {
+                        const float want = ref.of(tt.type).vec_dot(K, w.data() + r * rb, x.data() + t * xb);
+                        ok = ok && same_bits(&alone[size_t(t * R + r)], &want);
+                    }
+                check(ok, sz + " gemv bits == scalar dot");
+            }
+            // outputs of rows [r0, R) for tokens [t0, t0 + T) against `alone`
+            auto agrees = [&](gemm_fn f, int64_t r0, int64_t t0, int64_t T) {
+                std::vector<float> y(size_t(T * R), -7.0f);
+                f(K, R - r0, wk + r0 * rb, rb, T, x.data() + t0 * xb, y.data() + r0, R);
+                bool ok = true;
+                for (int64_t t = 0; t < T; t++)
+                    for (int64_t r = r0; r < R; r++) ok = ok && same_bits(&y[size_t(t * R + r)], &alone[size_t((t0 + t) * R + r)]);
+                return ok;
+            };
+            bool ok_v = true, ok_g = true;
+            for (int64_t r0 : {0, 4, 32})
+                for (int64_t T = 1; T <= kTok; T++)
+                    for (int64_t t0 : {int64_t(0), kTok - T}) {
+                        if (T <= kGemvMaxTokens) ok_v = ok_v && agrees(row.gemv, r0, t0, T);
+                        ok_g = ok_g && agrees(row.gemm, r0, t0, T);
+                    }
+            check(ok_v, sz + " gemv rows: same bits for 1..8 tokens, any neighbours, any row range");
+            check(ok_g, sz + " gemm rows: same bits as the gemv for 1..13 tokens, any row range");
+        }
+    }
+}
+
+// A row with a repack must have the gemv and gemm that read it; every weight type has both (the
+// model has no other way to multiply).
 void test_rows_consistent(const Kernels& k) {
     for (const TypeTraits& tt : all_type_traits()) {
         const TypeKernels& row = k.of(tt.type);
         check(row.traits == &tt, std::string(k.isa) + " " + tt.name + " row has its traits");
-        if (row.repack) check(row.gemv && row.gemm, std::string(k.isa) + " " + tt.name + " repack has gemv and gemm");
+        if (row.vec_dot) check(row.gemv && row.gemm, std::string(k.isa) + " " + tt.name + " has gemv and gemm");
         if (row.vec_dot) check(k.of(tt.vec_dot_type).from_float || tt.vec_dot_type == GgmlType::F32,
                                std::string(k.isa) + " " + tt.name + " activations have a quantizer");
     }
@@ -410,6 +469,7 @@ int main() {
         test_dots(k, paths[0]);
         test_activation_quantizers(k, paths[0]);
         test_multirow(k, paths[0]);
+        test_batch_invariance(k, paths[0]);
         test_gemm(k);
         test_elementwise(k);
     }

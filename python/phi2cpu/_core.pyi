@@ -10,7 +10,8 @@ FileError = ModelFileError
 ContextError = ContextFullError
 SetupError = Phi2Error
 
-def quantize(x: npt.ArrayLike, type: int, importance: Optional[npt.ArrayLike] = None) -> npt.NDArray[np.uint8]:
+def quantize(x: npt.ArrayLike, type: int, importance: Optional[npt.ArrayLike] = None,
+             threads: int = 1) -> npt.NDArray[np.uint8]:
     """Quantize float32 rows (last axis) to GGUF block bytes of the given GGML type id; with importance
     (one non-negative weight per column) by the type's importance-weighted search."""
 

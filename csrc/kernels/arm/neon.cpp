@@ -1,5 +1,7 @@
 // NEON + dot-product (ARMv8.2 SDOT) kernels. Compiled with -march=armv8.2-a+dotprod; called only
 // when HWCAP reports ASIMDDP.
+#include <cmath>
+
 #include "kernels/arm/ops_arm.h"
 
 #include <arm_neon.h>
@@ -42,35 +44,37 @@ float vec_dot_f16_f32_neon(int64_t n, const void* w, const void* x) {
 float vec_dot_q8_0_q8_0_neon(int64_t n, const void* w, const void* x) {
     const block_q8_0* a = static_cast<const block_q8_0*>(w);
     const block_q8_0* b = static_cast<const block_q8_0*>(x);
-    float32x4_t acc = vdupq_n_f32(0.0f);
+    float acc = 0.0f;  // block after block, as every Q8_0 kernel sums (dispatch.h)
     for (int64_t i = 0; i < n / QK8_0; i++) {
         int32x4_t s = vdotq_s32(vdupq_n_s32(0), vld1q_s8(a[i].qs), vld1q_s8(b[i].qs));
         s = vdotq_s32(s, vld1q_s8(a[i].qs + 16), vld1q_s8(b[i].qs + 16));
-        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d));
+        acc = std::fma(float(vaddvq_s32(s)), fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d), acc);
     }
-    return vaddvq_f32(acc);
+    return acc;
 }
 
 float vec_dot_q4_0_q8_0_neon(int64_t n, const void* w, const void* x) {
     const block_q4_0* a = static_cast<const block_q4_0*>(w);
     const block_q8_0* b = static_cast<const block_q8_0*>(x);
-    float32x4_t acc = vdupq_n_f32(0.0f);
+    float acc = 0.0f;  // block after block, as every Q4_0 kernel sums (dispatch.h)
     for (int64_t i = 0; i < n / QK4_0; i++) {
         int8x16_t lo, hi;
         arm::unpack_q4_0(a[i], lo, hi);
         int32x4_t s = vdotq_s32(vdupq_n_s32(0), lo, vld1q_s8(b[i].qs));
         s = vdotq_s32(s, hi, vld1q_s8(b[i].qs + 16));
-        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d));
+        acc = std::fma(float(vaddvq_s32(s)), fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d), acc);
     }
-    return vaddvq_f32(acc);
+    return acc;
 }
 
-void gemv_q8_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    gemv_rows<vec_dot_q8_0_q8_0_neon>(n, n_rows, w, row_bytes, x, y);
+void gemv_q8_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy) {
+    gemv_rows<vec_dot_q8_0_q8_0_neon>(n, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
-void gemv_q4_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    gemv_rows<vec_dot_q4_0_q8_0_neon>(n, n_rows, w, row_bytes, x, y);
+void gemv_q4_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy) {
+    gemv_rows<vec_dot_q4_0_q8_0_neon>(n, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void quantize_row_q8_0_neon(const float* x, block_q8_0* y, int64_t n) {

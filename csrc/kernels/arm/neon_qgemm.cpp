@@ -5,7 +5,8 @@
 // signed bytes) once and meet the 4 tokens, and each token's quants meet the 4 rows: 32 SDOTs for 8
 // weight and 8 activation loads, where a row-by-row loop of dots loads both sides for every pair.
 // Three pairwise adds fold a row's 4 SDOT sums into one vector, lane t for token t, scaled there by
-// d_w * d_x[t]. Rows and tokens past the last whole tile go through the one-row dot.
+// d_w * d_x[t] with one fma per block: the order of every Q4_0 / Q8_0 kernel (dispatch.h), so rows
+// and tokens past the last whole tile, which go through the one-row dot, get the same bits as a tile.
 #include <arm_neon.h>
 
 #include "kernels/arm/ops_arm.h"

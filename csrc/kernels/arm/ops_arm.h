@@ -25,8 +25,10 @@ float vec_dot_q6_K_q8_K_neon(int64_t n, const void* w, const void* x);
 float vec_dot_iq4_xs_q8_K_neon(int64_t n, const void* w, const void* x);
 void quantize_row_q8_K_neon(const float* x, block_q8_K* y, int64_t n);
 // Multi-row GEMV: row-by-row loops over the NEON dot kernels.
-void gemv_q8_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);
-void gemv_q4_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);
+void gemv_q8_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+    float* y, int64_t ldy);
+void gemv_q4_0_q8_0_neon(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+    float* y, int64_t ldy);
 // Integer GEMM for prefill: 4-row x 4-token register tiles (neon_qgemm.cpp).
 void gemm_q8_0_q8_0_neon(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy);

@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "kernels/row_loops.h"
 #include "kernels/rope_angles.h"
 #include "quant/fp16.h"
 
@@ -31,7 +30,7 @@ float vec_dot_q8_0_q8_0_ref(int64_t n, const void* w, const void* x) {
     for (int64_t blk = 0; blk < n / QK8_0; blk++) {
         int32_t isum = 0;
         for (int j = 0; j < QK8_0; j++) isum += int32_t(a[blk].qs[j]) * int32_t(b[blk].qs[j]);
-        sum += fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d) * float(isum);
+        sum = std::fma(float(isum), fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d), sum);
     }
     return sum;
 }
@@ -46,7 +45,7 @@ float vec_dot_q4_0_q8_0_ref(int64_t n, const void* w, const void* x) {
             isum += ((a[blk].qs[j] & 0x0f) - 8) * int32_t(b[blk].qs[j]);
             isum += ((a[blk].qs[j] >> 4) - 8) * int32_t(b[blk].qs[j + QK4_0 / 2]);
         }
-        sum += fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d) * float(isum);
+        sum = std::fma(float(isum), fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d), sum);
     }
     return sum;
 }
@@ -228,24 +227,6 @@ float vec_dot_iq4_xs_q8_K_ref(int64_t n, const void* w, const void* x) {
         sum += fp16_to_fp32(a[blk].d) * b[blk].d * float(isum);
     }
     return sum;
-}
-
-void gemv_q8_0_q8_0_ref(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    gemv_rows<vec_dot_q8_0_q8_0_ref>(n, n_rows, w, row_bytes, x, y);
-}
-
-void gemv_q4_0_q8_0_ref(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y) {
-    gemv_rows<vec_dot_q4_0_q8_0_ref>(n, n_rows, w, row_bytes, x, y);
-}
-
-void gemm_q8_0_q8_0_ref(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
-                        float* y, int64_t ldy) {
-    gemm_rows<vec_dot_q8_0_q8_0_ref>(K, n_rows, w, row_bytes, n_tok, x, y, ldy);
-}
-
-void gemm_q4_0_q8_0_ref(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
-                        float* y, int64_t ldy) {
-    gemm_rows<vec_dot_q4_0_q8_0_ref>(K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_f32_panel16_ref(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,

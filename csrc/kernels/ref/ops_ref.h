@@ -9,6 +9,8 @@ namespace phi2cpu {
 
 // Dot products of one weight row with one activation row of n elements. For Q8_0/Q4_0 weights the
 // activations are Q8_0 blocks (quantized on the fly), for K-quants Q8_K blocks; for F16/F32 weights f32.
+// The Q8_0 and Q4_0 dots are the one order every GEMV/GEMM kernel of theirs follows bit for bit
+// (dispatch.h): sum = fma(float(isum_b), d_w * d_x, sum) block after block.
 float vec_dot_f32_f32_ref(int64_t n, const void* w, const void* x);
 float vec_dot_f16_f32_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q8_0_q8_0_ref(int64_t n, const void* w, const void* x);
@@ -25,17 +27,6 @@ float vec_dot_q6_K_q8_K_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q2_K_q8_K_ref(int64_t n, const void* w, const void* x);
 float vec_dot_q3_K_q8_K_ref(int64_t n, const void* w, const void* x);
 float vec_dot_iq4_xs_q8_K_ref(int64_t n, const void* w, const void* x);
-
-// Several weight rows against one Q8_0 activation row: y[r] = vec_dot(n, w + r*row_bytes, x) for
-// r < n_rows, so a kernel can share each activation block across rows.
-void gemv_q8_0_q8_0_ref(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);
-void gemv_q4_0_q8_0_ref(int64_t n, int64_t n_rows, const void* w, size_t row_bytes, const void* x, float* y);
-// Integer GEMM for prefill: y[t*ldy + r] = vec_dot(K, w + r*row_bytes, x_t) for t < n_tok, r < n_rows,
-// where x_t is the t-th of n_tok consecutive Q8_0 rows of K/32 blocks.
-void gemm_q8_0_q8_0_ref(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
-                        float* y, int64_t ldy);
-void gemm_q4_0_q8_0_ref(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
-                        float* y, int64_t ldy);
 
 // Register-blocked GEMM step on a weight panel: for c < n_tok, j < 16,
 //   y[c*ldy + j] (+)= sum_k panel[k*16 + j] * x[c*ldx + k]      (k < K; += when accumulate)
