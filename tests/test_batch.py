@@ -226,19 +226,12 @@ def _alone_and_amid(m, target, others):
     return run(False), run(True)
 
 
-NEEDS_INVARIANT_MATMUL = pytest.mark.xfail(
-    strict=True, reason="needs matmul kernels whose rows do not depend on the batch size (GEMV for one row, "
-    "GEMM tiles for several); the engine's attention is per entry already (test_attention_does_not_depend_on_the_batch)")
-
-
-@NEEDS_INVARIANT_MATMUL
 def test_a_sequence_alone_and_amid_seven_others_gives_identical_bytes(model):
     seqs = ids_of(model, PROMPTS)
     alone, amid = _alone_and_amid(model, seqs[1], seqs[:1] + seqs[2:])
     assert alone.tobytes() == amid.tobytes()
 
 
-@NEEDS_INVARIANT_MATMUL
 def test_logits_over_a_list_equal_each_alone_in_bytes(model):
     seqs = ids_of(model, PROMPTS)
     singles = [model.logits(s) for s in seqs]
