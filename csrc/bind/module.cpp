@@ -55,7 +55,7 @@ py::array_t<uint8_t> quantize(py::array_t<float, py::array::c_style | py::array:
         throw std::invalid_argument("quantize: importance must hold one weight per column (" + std::to_string(n) + ")");
     const float* src = x.data();
     uint8_t* dst = out.mutable_data();
-    if (!importance) {
+    {
         py::gil_scoped_release release;
         const float* imp = importance ? importance->data() : nullptr;
         const auto rows_of = [&](int64_t r0, int64_t r1) {

@@ -26,10 +26,11 @@ void element_weights(const float* x, const float* importance, int64_t n, float* 
 
 namespace phi2cpu {
 
-// Q2_K / Q3_K: llama.cpp's importance-weighted search (quantize_row_q{2,3}_K_ref with importance),
+// Q2_K / Q3_K / IQ4_XS: llama.cpp's importance-weighted search (quantize_row_q2_K_ref, _q3_K_ref, _iq4_xs_ref with importance),
 // per super-block kept only when its importance-weighted error is below the unweighted encoding's,
 // and a super-block whose importance is all zero quantized as if it were all ones.
 void quantize_row_q2_K_weighted(const float* x, block_q2_K* y, int64_t n, const float* importance);
 void quantize_row_q3_K_weighted(const float* x, block_q3_K* y, int64_t n, const float* importance);
+void quantize_row_iq4_xs_weighted(const float* x, block_iq4_xs* y, int64_t n, const float* importance);
 
 }  // namespace phi2cpu

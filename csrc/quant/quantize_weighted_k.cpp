@@ -226,5 +226,8 @@ void quantize_row_q2_K_weighted(const float* x, block_q2_K* y, int64_t n, const 
 void quantize_row_q3_K_weighted(const float* x, block_q3_K* y, int64_t n, const float* importance) {
     best_of_weighted<block_q3_K, quantize_row_q3_K_ref, dequantize_row_q3_K_ref>(x, y, n, importance);
 }
+void quantize_row_iq4_xs_weighted(const float* x, block_iq4_xs* y, int64_t n, const float* importance) {
+    best_of_weighted<block_iq4_xs, quantize_row_iq4_xs_ref, dequantize_row_iq4_xs_ref>(x, y, n, importance);
+}
 
 }  // namespace phi2cpu

@@ -60,7 +60,7 @@ const TypeTraits kTraits[] = {
      quantize_weighted_as<block_iq4_nl, quantize_row_iq4_nl_weighted>},
     {GgmlType::IQ4_XS, "IQ4_XS", QK_K, sizeof(block_iq4_xs), quantize_iq4_xs_unweighted,
      dequantize_as<block_iq4_xs, dequantize_row_iq4_xs_ref>, GgmlType::Q8_K,
-     quantize_weighted_as<block_iq4_xs, quantize_row_iq4_xs_ref>},
+     quantize_weighted_as<block_iq4_xs, quantize_row_iq4_xs_weighted>},
 };
 
 }  // namespace
