@@ -234,7 +234,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                          formatter_class=fmt,
                          description="Run MODEL over the UTF-8 calibration text in TEXT and write, per weight "
                                      "matrix, each input column's sum of squares and the token count, as "
-                                     "llama.cpp's imatrix GGUF (llama-quantize --imatrix reads it too).",
+                                     "llama.cpp's imatrix GGUF layout (the format llama-quantize --imatrix takes).",
                          epilog="example:\n  phi2cpu imatrix phi-2.f16.gguf calibration.txt -o phi-2-imatrix.gguf\n"
                                 "  phi2cpu quantize phi-2.f16.gguf phi-2.q4_k_m.gguf q4_k_m --imatrix phi-2-imatrix.gguf\n\n"
                                 "Keep the calibration text apart from any text you evaluate on.")
