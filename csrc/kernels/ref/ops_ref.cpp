@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kernels/ref/fma_exact.h"
 #include "kernels/rope_angles.h"
 #include "quant/fp16.h"
 
@@ -30,7 +31,7 @@ float vec_dot_q8_0_q8_0_ref(int64_t n, const void* w, const void* x) {
     for (int64_t blk = 0; blk < n / QK8_0; blk++) {
         int32_t isum = 0;
         for (int j = 0; j < QK8_0; j++) isum += int32_t(a[blk].qs[j]) * int32_t(b[blk].qs[j]);
-        sum = std::fma(float(isum), fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d), sum);
+        sum = fma_exact(float(isum), fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d), sum);
     }
     return sum;
 }
@@ -45,7 +46,7 @@ float vec_dot_q4_0_q8_0_ref(int64_t n, const void* w, const void* x) {
             isum += ((a[blk].qs[j] & 0x0f) - 8) * int32_t(b[blk].qs[j]);
             isum += ((a[blk].qs[j] >> 4) - 8) * int32_t(b[blk].qs[j + QK4_0 / 2]);
         }
-        sum = std::fma(float(isum), fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d), sum);
+        sum = fma_exact(float(isum), fp16_to_fp32(a[blk].d) * fp16_to_fp32(b[blk].d), sum);
     }
     return sum;
 }
