@@ -528,4 +528,4 @@ def test_info_shows_file_type_bits_and_memory(monkeypatch, capsys):
     flat = " ".join(capsys.readouterr().out.split())
     bpw = (13926400 + 1024) * 8 / (256 * 51200 + 256)
     assert "file type: Q8_0 " in flat and f"bits/weight: {bpw:.2f} " in flat and "8.50" in f"{bpw:.2f}"
-    assert "memory at --ctx 1000:" in flat and "KV cache 3.91 MiB" in flat   # 2*2*1000*256*4 bytes
+    assert "memory at --ctx 1000:" in flat and "KV cache 1.95 MiB" in flat   # 2*2*1000*256*2 bytes (f16)

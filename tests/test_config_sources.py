@@ -352,7 +352,7 @@ def _rel_err(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_logits_match_transformers_to_position_300(case, layout):
-    model = phi2cpu.load(case["ggufs"][layout], threads=1, n_ctx=N_CTX)
+    model = phi2cpu.load(case["ggufs"][layout], threads=1, n_ctx=N_CTX, kv_type="f32")
     hidden, heads, _, _, factor, theta, _ = GEOMETRIES[case["geometry"]]
     assert (model.config.n_rot, model.config.rope_theta) == (int(hidden // heads * factor), _theta(layout, theta))
     got = model.logits(case["ids"].tolist())
@@ -386,7 +386,7 @@ def test_the_old_misreading_is_caught(case, tmp_path):
     cfg["rope_parameters"]["partial_rotary_factor"] = 0.5
     (bad / "config.json").write_text(json.dumps(cfg))
     quantize(bad, tmp_path / "bad.gguf", "f32", progress=False)
-    got = phi2cpu.load(tmp_path / "bad.gguf", threads=1, n_ctx=N_CTX).logits(case["ids"][:40].tolist())
+    got = phi2cpu.load(tmp_path / "bad.gguf", threads=1, n_ctx=N_CTX, kv_type="f32").logits(case["ids"][:40].tolist())
     err = _rel_err(got, case["hf"]["transformers-5"][:40])
     tol = TOLERANCES["f32"]["max_rel"]
     assert err[0] < tol and err[1:].min() > 100 * tol

@@ -387,10 +387,11 @@ real = q._core.quantize
 
 class Slow:
     dequantize = staticmethod(q._core.dequantize)
+    types = staticmethod(q._core.types)
     @staticmethod
-    def quantize(x, t):
+    def quantize(x, t, *args, **kwargs):
         time.sleep(0.2)
-        return real(x, t)
+        return real(x, t, *args, **kwargs)
 q._core = Slow
 sys.exit(q.main(sys.argv[1:], prog="quantize"))
 """
