@@ -48,3 +48,21 @@ def mini_dir() -> Path:
 @pytest.fixture(scope="session")
 def eval_text() -> str:
     return _need(SHARED / "eval" / "python_eval.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def mini_gguf(tmp_path_factory, mini_dir):
+    """mini_gguf(qtype) -> phi2-mini-code written by `phi2cpu quantize` in that mix, made once per
+    test run (tests only read it)."""
+    from phi2cpu.quantize import quantize
+
+    folder = tmp_path_factory.mktemp("mini-gguf")
+    made: dict[str, Path] = {}
+
+    def get(qtype: str) -> Path:
+        if qtype not in made:
+            path = folder / f"mini.{qtype}.gguf"
+            quantize(mini_dir, path, qtype, progress=False)
+            made[qtype] = path
+        return made[qtype]
+    return get

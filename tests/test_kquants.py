@@ -76,13 +76,8 @@ def test_quantizer_accuracy():
 # ----------------------------------------------------------------------------- whole files
 
 @pytest.fixture(scope="module")
-def mini_k(tmp_path_factory, mini_dir):
-    d = tmp_path_factory.mktemp("mini_k")
-    files = {}
-    for qtype in ["f16", *K_MIXES]:
-        files[qtype] = d / f"mini.{qtype}.gguf"
-        quantize(mini_dir, files[qtype], qtype, progress=False)
-    return files
+def mini_k(mini_gguf):
+    return {qtype: mini_gguf(qtype) for qtype in ["f16", *K_MIXES]}
 
 
 @pytest.mark.parametrize("qtype", K_MIXES)

@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType as T
 import phi2cpu
 from phi2cpu import _core
 from phi2cpu.gguf_io import read_model_file
-from phi2cpu.quantize import MIXES, quantize, tensor_type
+from phi2cpu.quantize import MIXES, tensor_type
 from test_model import (_logits_with_isa, assert_argmax_flips_only_at_ties, assert_matches_reference,
                         assert_prefill_equals_decode, rel_err)
 from tolerances import TOLERANCES
@@ -115,13 +115,8 @@ def test_mixes_follow_llama_cpp_rules_for_phi2():
 
 
 @pytest.fixture(scope="module")
-def mini_low(tmp_path_factory, mini_dir):
-    d = tmp_path_factory.mktemp("mini_low")
-    files = {}
-    for qtype in ["f16", *LOW_K]:
-        files[qtype] = d / f"mini.{qtype}.gguf"
-        quantize(mini_dir, files[qtype], qtype, progress=False)
-    return files
+def mini_low(mini_gguf):
+    return {qtype: mini_gguf(qtype) for qtype in ["f16", *LOW_K]}
 
 
 @pytest.mark.parametrize("qtype", LOW_K)

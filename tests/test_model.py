@@ -122,13 +122,8 @@ def test_kv_cache_incremental_equals_one_batch(random_f32):
 
 
 @pytest.fixture(scope="module")
-def mini_files(tmp_path_factory, mini_dir):
-    d = tmp_path_factory.mktemp("mini")
-    files = {}
-    for qtype in ("f16", "q8_0", "q4_0"):
-        files[qtype] = d / f"mini.{qtype}.gguf"
-        quantize(mini_dir, files[qtype], qtype, progress=False)
-    return files
+def mini_files(mini_gguf):
+    return {qtype: mini_gguf(qtype) for qtype in ("f16", "q8_0", "q4_0")}
 
 
 @pytest.mark.parametrize("qtype", ["f16", "q8_0", "q4_0"])
