@@ -2,7 +2,7 @@
 # The test command: `bash tools/test.sh` from a checkout (CI runs exactly this). Every step works in
 # fresh virtual environments, so nothing installed beforehand is tested by mistake:
 #  1. build the sdist, then a wheel from that sdist, repaired by auditwheel into a manylinux wheel;
-#  2. with a compiler: install the sdist, import it, run the bundled demo, and build and run the
+#  2. with a compiler: install that wheel, import it, run the bundled demo, and build and run the
 #     C++ kernel and platform tests (csrc/tests: native ISAs, ASan/UBSan, aarch64 under qemu, Clang,
 #     Windows under wine; warnings are errors) and the model-file fuzz corpus replayed through the
 #     module built under ASan/UBSan;
@@ -51,15 +51,17 @@ sdist=$repo/dist/$(basename "$sdist")
 ls -l "$sdist" "$wheel"
 python3 -c 'import os, sys; print(f"wheel: {os.path.basename(sys.argv[1])}, {os.path.getsize(sys.argv[1]) / 1e6:.1f} MB")' "$wheel"
 
-step "2. with a compiler: install the sdist, run the demo and the C++ kernel tests"
-venv "$work/sdist-venv"
-# cmake, pybind11: the kernel tests configure csrc/ themselves (the sdist build got its own,
-# isolated), and build the Python module under ASan + UBSan for the corpus replay
-"$work/sdist-venv/bin/pip" install --quiet "$sdist" pytest cmake pybind11
-(cd "$work" && "$work/sdist-venv/bin/python" -c 'import phi2cpu, phi2cpu._core; print("installed:", phi2cpu.__file__)')
-(cd "$work" && "$work/sdist-venv/bin/phi2cpu" run "def fib(n):" --max-tokens 8 && echo)
+step "2. with a compiler: install the wheel, run the demo and the C++ kernel tests"
+# The wheel of step 1 was built from the sdist (python -m build builds the sdist, then the wheel
+# from it), so the sdist's own build is already proven; installing it again would only repeat it.
+venv "$work/kernel-venv"
+# cmake, pybind11: the kernel tests configure csrc/ themselves, and build the Python module under
+# ASan + UBSan for the corpus replay
+"$work/kernel-venv/bin/pip" install --quiet "$wheel" pytest cmake pybind11
+(cd "$work" && "$work/kernel-venv/bin/python" -c 'import phi2cpu, phi2cpu._core; print("installed:", phi2cpu.__file__)')
+(cd "$work" && "$work/kernel-venv/bin/phi2cpu" run "def fib(n):" --max-tokens 8 && echo)
 set +e
-PATH=$work/sdist-venv/bin:$PATH "$work/sdist-venv/bin/python" -m pytest -rs tests/test_kernels_cpp.py tests/test_portability.py
+PATH=$work/kernel-venv/bin:$PATH "$work/kernel-venv/bin/python" -m pytest -rs --durations=10 tests/test_kernels_cpp.py tests/test_portability.py
 kernels=$(pytest_status $?)
 set -e
 

@@ -15,4 +15,4 @@ python -m pip install --quiet --only-binary=:all: "$wheel[test]" torch==2.13.0 t
 python -c 'import phi2cpu, phi2cpu._core; print("testing the installed", phi2cpu.__file__)'
 # The checkout's python/ is not on sys.path (tests/ is, for its helpers); tests/test_installed.py
 # checks that the package under test is this venv's.
-PHI2CPU_TEST_INSTALLED=1 exec python -m pytest -rs tests
+PHI2CPU_TEST_INSTALLED=1 exec python -m pytest -rs --durations=25 tests
