@@ -72,6 +72,10 @@ class _Request:
     error: Optional[BaseException] = None
 
     @property
+    def open(self) -> bool:  # posted, and neither answered nor failed yet
+        return self.result is None and self.error is None
+
+    @property
     def left(self) -> int:
         return len(self.ids) - self.fed
 
@@ -187,8 +191,7 @@ class Scheduler:
                     self._drop_cancelled()
                     self._admit()
                     busy = [s for s in self.slots if s.task is not None]
-                    if (busy and all(s.request is not None for s in busy)
-                            and any(s.request.error is None for s in busy)):
+                    if busy and all(s.request is not None and s.request.open for s in busy):
                         break
                     self.cond.wait()
                 entries, fed = self._batch(busy)
@@ -223,7 +226,7 @@ class Scheduler:
             self.queue.remove(task)
             task.dropped()
         for s in self.slots:
-            if s.request is not None and s.task is not None and s.task.cancel.is_set() and s.request.error is None:
+            if s.request is not None and s.request.open and s.task is not None and s.task.cancel.is_set():
                 s.request.error = Cancelled()
                 self.cond.notify_all()
 
@@ -285,12 +288,11 @@ class Scheduler:
             wants.extend(flags)
             fed.append((s, n, sum(flags)))
 
-        pending = [s for s in busy if s.request.error is None]
-        for s in pending:
-            if s.request.left == 1:
-                add(s, 1)
+        decode = [s for s in busy if s.request.left == 1]
+        for s in decode:
+            add(s, 1)
         room = self.chunk
-        for s in sorted((s for s in pending if s.request.left > 1), key=lambda s: s.order):
+        for s in sorted((s for s in busy if s.request.left > 1), key=lambda s: s.order):
             if room == 0:
                 break
             n = min(room, s.request.left)
@@ -298,8 +300,7 @@ class Scheduler:
             room -= n
         self.steps += 1
         self.tokens_evaluated += len(tokens)
-        self.step_log.append(Step(tuple(s.seq for s, n, _ in fed if s.request.left == 1 and n == 1),
-                                  tuple((s.seq, n) for s, n, _ in fed if not (s.request.left == 1 and n == 1))))
+        self.step_log.append(Step(tuple(s.seq for s in decode), tuple((s.seq, n) for s, n, _ in fed if s not in decode)))
         return (tokens, positions, seqs, wants), fed
 
     def _deliver(self, out: np.ndarray, fed) -> None:

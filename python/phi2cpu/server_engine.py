@@ -153,8 +153,8 @@ class Engine:
         return max(1, min(60, math.ceil(self._job_seconds * (self.waiting + 1) / self.slots_total)))
 
     def check_capacity(self) -> None:
-        with self._lock:
-            if self.waiting >= self.max_queue:
+        with self._lock:  # requests that free slots are about to take do not count as queued
+            if self.waiting - (self.slots_total - self.slots_busy) >= self.max_queue:
                 raise APIError(503, f"the server is busy: {self.waiting} requests are waiting; retry later",
                                code="server_busy", headers={"Retry-After": str(self.retry_after())})
 
