@@ -293,3 +293,18 @@ def test_every_feature_gives_the_same_answer_amid_others():
             for f in futs:
                 f.result()
     assert got == want
+
+
+def test_serve_command_takes_parallel_and_batch_chunk():
+    import urllib.request
+
+    from serve_process import start_serve, stop_serve
+
+    proc, url = start_serve("--threads", "1", "--ctx-size", "256", "--parallel", "3", "--batch-chunk", "8",
+                            "--queue", "5")
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=30) as r:
+            h = json.loads(r.read())
+        assert (h["slots_total"], h["slots_busy"], h["queue_length"]) == (3, 0, 0)
+    finally:
+        stop_serve(proc)
