@@ -70,6 +70,11 @@ class _Request:
     rows: List[np.ndarray] = field(default_factory=list)
     result: Optional[np.ndarray] = None
     error: Optional[BaseException] = None
+    done: threading.Event = field(default_factory=threading.Event)  # result or error is set
+
+    def fail(self, e: BaseException) -> None:
+        self.error = e
+        self.done.set()
 
     @property
     def open(self) -> bool:  # posted, and neither answered nor failed yet
@@ -153,12 +158,8 @@ class Scheduler:
             if self._closing:
                 raise Cancelled()
             slot.request = req
-            self.cond.notify_all()
-            while req.result is None and req.error is None and not self._closing:
-                self.cond.wait()
-            slot.request = None
-        if req.result is None and req.error is None:
-            raise Cancelled()
+            self.cond.notify()  # only the engine thread waits on cond; a task waits on its request
+        req.done.wait()
         if req.error is not None:
             raise req.error
         return req.result
@@ -200,24 +201,21 @@ class Scheduler:
             except BaseException as e:  # every request of this step gets the error
                 with self.cond:
                     for slot, _, _ in fed:
-                        slot.request.error = e
-                    self.cond.notify_all()
+                        slot.request.fail(e)
                 continue
             with self.cond:
                 self._deliver(out, fed)
-                self.cond.notify_all()
 
     def _close(self) -> None:
         for s in self.slots:
-            if s.request is not None:
-                s.request.error = Cancelled()
+            if s.request is not None and s.request.open:
+                s.request.fail(Cancelled())
         while self.queue:
             self.queue.popleft().dropped()
-        self.cond.notify_all()
 
     def _apply_truncates(self) -> None:
         for s in self.slots:
-            if s.keep is not None and (s.task is None or s.request is not None):
+            if s.keep is not None and (s.task is None or (s.request is not None and s.request.open)):
                 self.model.truncate(min(s.keep, self.model.seq_n_past(s.seq)), s.seq)
                 s.keep = None
 
@@ -227,8 +225,7 @@ class Scheduler:
             task.dropped()
         for s in self.slots:
             if s.request is not None and s.request.open and s.task is not None and s.task.cancel.is_set():
-                s.request.error = Cancelled()
-                self.cond.notify_all()
+                s.request.fail(Cancelled())
 
     def _admit(self) -> None:
         for task in list(self.queue):
@@ -313,6 +310,7 @@ class Scheduler:
             if r.fed == len(r.ids):
                 r.result = np.stack(r.rows) if r.all_logits else r.rows[-1].copy()
                 r.rows = []
+                r.done.set()
 
 
 class SlotModel:
