@@ -4,7 +4,7 @@ given, llama.cpp's `llama-server --parallel N` on the same GGUF file.
 
     python benchmarks/serve_concurrency.py MODEL.gguf [--threads 2] [--parallel 1 8]
         [--clients 1 2 4 8] [--requests 2] [--max-tokens 64] [--ctx 512]
-        [--llama-server PATH (default: $LLAMA_SERVER)] [--stall 400] [--json OUT.json]
+        [--llama-server PATH (default: $LLAMA_SERVER)] [--stall 400 [--stall-only]] [--json OUT.json]
 
 Each client sends --requests streaming completions one after another (greedy, end-of-text
 ignored, so every request generates --max-tokens tokens), prompts of 20 to 200 tokens that differ
@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512, help="context positions per slot")
     ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER"))
     ap.add_argument("--stall", type=int, default=0, metavar="P", help="also measure the stall of a P-token prompt")
+    ap.add_argument("--stall-only", action="store_true", help="with --stall: skip the client-count table")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}")
@@ -181,7 +182,7 @@ def main() -> None:
     else:
         print(f"llama-server: skipped ({'not executable: ' + args.llama_server if args.llama_server else 'no binary: set LLAMA_SERVER or --llama-server'})")
     rows = []
-    for name, make in peers:
+    for name, make in [] if args.stall_only else peers:
         for parallel in args.parallel:
             port = free_port()
             srv = Server(make(args, parallel, port), port, name)

@@ -48,9 +48,14 @@ examples:
   phi2cpu serve                                   # bundled demo model on 127.0.0.1:8000
   PHI2CPU_API_KEY=secret phi2cpu serve phi-2.q4_0.gguf --host 0.0.0.0 --port 8080 --threads 8
   phi2cpu serve phi-2:q4_0 --alias phi-2 --cors-origins http://localhost:3000 --temp 0.7
+  phi2cpu serve phi-2:q4_0 --parallel 8 --batch-chunk 128 --queue 32   # 8 slots decoded together
   phi2cpu serve phi-2:q4_0 --ray --replicas 2 --max-replicas 8 --threads 4   # Ray Serve, autoscaled
 
-Requests run one at a time on the model, in arrival order; each starts from an empty cache.
+Requests share --parallel slots: they are decoded together, one step at a time; new ones join
+between steps in arrival order; long prompts are fed --batch-chunk tokens a step, so a stream waits
+at most one step of --parallel + --batch-chunk tokens. A freed slot keeps its tokens, so a request
+that repeats a cached prefix (a chat resending its history) evaluates only what is new. The bytes a
+request gets do not depend on the other requests nor on the cache.
 Point any OpenAI client at http://HOST:PORT/v1 (with --api-key, pass the key as the client's api_key)."""
 
 CHAT_EXAMPLES = """\
