@@ -195,7 +195,8 @@ def main() -> None:
                           f"TTFT p50 {row['ttft_p50'] * 1000:7.0f} ms  p95 {row['ttft_p95'] * 1000:7.0f} ms", flush=True)
             finally:
                 srv.stop()
-    print("\n| server | --parallel | clients | tok/s | TTFT p50 ms | TTFT p95 ms |\n|---|---|---|---|---|---|")
+    if rows:
+        print("\n| server | --parallel | clients | tok/s | TTFT p50 ms | TTFT p95 ms |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['server']} | {r['parallel']} | {r['clients']} | {r['tok_s']:.1f} | {r['ttft_p50'] * 1000:.0f} "
               f"| {r['ttft_p95'] * 1000:.0f} |")

@@ -106,7 +106,7 @@ def common_prefix(a: List[int], b: List[int]) -> int:
 class Scheduler:
     """Owns `model` (loaded with n_seq slots): admits tasks into slots and steps them together."""
 
-    def __init__(self, model, chunk: int = DEFAULT_CHUNK, start: Optional[Callable[[Callable[[], None]], None]] = None):
+    def __init__(self, model, chunk: int = DEFAULT_CHUNK):
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
         self.model = model
@@ -120,7 +120,6 @@ class Scheduler:
         self._closing = False
         self._admitted = 0
         self._freed = 0
-        self._start = start or (lambda fn: threading.Thread(target=fn, daemon=True).start())
         self._thread = threading.Thread(target=self._loop, name="phi2cpu-engine", daemon=True)
         self._thread.start()
 
@@ -238,7 +237,7 @@ class Scheduler:
             slot = self._place(task.prompt, free)
             self._admitted += 1
             slot.task, slot.order = task, self._admitted
-            self._start(lambda t=task, s=slot: self._work(t, s))
+            threading.Thread(target=self._work, args=(task, slot), name=f"phi2cpu-slot-{slot.seq}", daemon=True).start()
 
     def _place(self, prompt: List[int], free: List[_Slot]) -> _Slot:
         """The free slot for `prompt`: the one with the longest cached prefix of it, or the least
