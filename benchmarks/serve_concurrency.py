@@ -3,12 +3,12 @@ token (p50, p95) at each client count, for `phi2cpu serve --parallel N` and, whe
 given, llama.cpp's `llama-server --parallel N` on the same GGUF file.
 
     python benchmarks/serve_concurrency.py MODEL.gguf [--threads 2] [--parallel 1 8]
-        [--clients 1 2 4 8] [--requests 2] [--max-tokens 64] [--ctx 512]
+        [--clients 1 2 4 8] [--requests 2] [--max-tokens 128] [--ctx 512]
         [--llama-server PATH (default: $LLAMA_SERVER)] [--stall 400 [--stall-only]] [--json OUT.json]
 
 Each client sends --requests streaming completions one after another (greedy, end-of-text
-ignored, so every request generates --max-tokens tokens), prompts of 20 to 200 tokens that differ
-from client to client. Aggregate tokens/s is all generated tokens over the wall time from the
+ignored, so every request generates --max-tokens tokens), prompts of 24 to 82 tokens that differ
+from client to client (decode dominates, as in a chat). Aggregate tokens/s is all generated tokens over the wall time from the
 first request to the last token. A server is started per (peer, --parallel) on a free loopback
 port and warmed with one request. `--stall P` also measures, for phi2cpu at --parallel 2, the
 longest gap between two tokens of a decoding stream while a P-token prompt arrives, with the
@@ -32,7 +32,7 @@ FILLER = ("    value = compute(item, scale=2.5)\n    if value > limit:\n        
 
 
 def prompt(client: int, request: int) -> str:
-    lines = 2 + (client * 7 + request * 3) % 20  # ~9 tokens a line: 20..200 tokens
+    lines = (client + 2 * request) % 3  # ~29 tokens a FILLER after a ~24-token head: 24..82 tokens
     return f"def process_{client}_{request}(items, limit):\n    results = []\n    for item in items:\n" + FILLER * lines
 
 
@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--requests", type=int, default=2, help="requests per client")
-    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=512, help="context positions per slot")
     ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER"))
     ap.add_argument("--stall", type=int, default=0, metavar="P", help="also measure the stall of a P-token prompt")
