@@ -204,26 +204,33 @@ def test_best_of_returns_the_choice_of_highest_mean_logprob(client):
         client.completions.create(**kw, best_of=2, n=3)
 
 
-def test_n_choices_share_one_prefill(local):
-    """In-process: the prompt is evaluated once for all n choices, each of which then evaluates
-    only its own sampled tokens."""
+@pytest.mark.parametrize("n_seq", [1, 4])
+def test_n_choices_share_one_prefill(n_seq):
+    """In-process: the prompt is evaluated once for all n choices; each later choice starts from a
+    copy of the cached prompt (its own slot, or the same one after the first choice), evaluates its
+    last token again, then only its own sampled tokens."""
     from fastapi.testclient import TestClient
 
     from phi2cpu.server import create_app
 
-    counted = []
-    real_eval = local.eval
-    local.eval = lambda ids, all_logits=False: counted.append(len(ids)) or real_eval(ids, all_logits)
-    try:
-        with TestClient(create_app(local, NAME)) as c:
-            prompt = "def parse(path):\n    with open(path) as f:\n"
-            r = c.post("/v1/completions", json=dict(prompt=prompt, n=4, max_tokens=5, temperature=1, seed=1,
-                                                    ignore_eos=True))
+    model = phi2cpu.load(phi2cpu.default_model_path(), threads=1, n_ctx=256, n_seq=n_seq)
+    prompt = "def parse(path):\n    with open(path) as f:\n"
+    n_prompt = len(model.tokenize(prompt))
+    with TestClient(create_app(model, NAME)) as c:
+        sched = c.app.state.engine.scheduler
+        r = c.post("/v1/completions", json=dict(prompt=prompt, n=4, max_tokens=5, temperature=1, seed=1,
+                                                ignore_eos=True))
         assert r.status_code == 200 and len(r.json()["choices"]) == 4
-    finally:
-        del local.eval
-    n_prompt = len(local.tokenize(prompt))
-    assert counted == [n_prompt] + [1] * (4 * 4)  # one prefill; 4 choices x (5 - 1) decode steps
+        assert r.json()["usage"]["prompt_tokens"] == n_prompt
+        assert r.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+        # one prefill, 3 choices x their last prompt token again, 4 choices x (5 - 1) decode steps
+        assert sched.tokens_evaluated == n_prompt + 3 + 4 * 4
+        metrics = c.get("/metrics").text
+    assert f"phi2cpu_prompt_tokens_evaluated_total {float(n_prompt + 3)}" in metrics
+    texts = [ch["text"] for ch in sorted(r.json()["choices"], key=lambda ch: ch["index"])]
+    alone = [model.complete(prompt, 5, temperature=1, seed=1 + j, logit_bias={model.tokenizer.eos_id: -math.inf}).text
+             for j in range(4)]
+    assert texts == alone  # choice j is the prompt sampled alone with seed + j
 
 
 # --- LangChain -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from .generate import STOP_CONTEXT, generate
 from .prompts import FORMATS, get_format
 from .lookup import LookupParams, lookup_params
 from .sampling import SamplingParams, sampling_params
+from .server_batch import DEFAULT_CHUNK
 from .tokenizer import check_text
 
 DEMO_NOTE = (
@@ -47,9 +48,14 @@ examples:
   phi2cpu serve                                   # bundled demo model on 127.0.0.1:8000
   PHI2CPU_API_KEY=secret phi2cpu serve phi-2.q4_0.gguf --host 0.0.0.0 --port 8080 --threads 8
   phi2cpu serve phi-2:q4_0 --alias phi-2 --cors-origins http://localhost:3000 --temp 0.7
+  phi2cpu serve phi-2:q4_0 --parallel 8 --batch-chunk 128 --queue 32   # 8 slots decoded together
   phi2cpu serve phi-2:q4_0 --ray --replicas 2 --max-replicas 8 --threads 4   # Ray Serve, autoscaled
 
-Requests run one at a time on the model, in arrival order; each starts from an empty cache.
+Requests share --parallel slots: they are decoded together, one step at a time; new ones join
+between steps in arrival order; long prompts are fed --batch-chunk tokens a step, so a stream waits
+at most one step of --parallel + --batch-chunk tokens. A freed slot keeps its tokens, so a request
+that repeats a cached prefix (a chat resending its history) evaluates only what is new. The bytes a
+request gets do not depend on the other requests nor on the cache.
 Point any OpenAI client at http://HOST:PORT/v1 (with --api-key, pass the key as the client's api_key)."""
 
 CHAT_EXAMPLES = """\
@@ -280,8 +286,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                          help=f"the {what} of requests that do not set it (default: {getattr(d, name)}, as run)")
     _lookup_args(srv, " for requests that do not set `lookup`")
     _chat_template_arg(srv)
-    srv.add_argument("--max-queue", type=_positive_int, default=64, metavar="N",
-                     help="requests allowed to wait for the model before answering 503 (default: 64)")
+    srv.add_argument("-np", "--parallel", type=_positive_int, default=None, metavar="N",
+                     help="slots: requests (choices) generated together, each with its own KV cache of --ctx-size "
+                          "positions (default: 4, fewer when 4 caches would take over half the available memory; "
+                          "at 2048 positions Phi-2 needs 640 MiB per slot in f16)")
+    srv.add_argument("--batch-chunk", type=_positive_int, default=DEFAULT_CHUNK, metavar="N",
+                     help="prompt tokens evaluated per step over all slots, so a long prompt holds the other "
+                          "streams up by one step of at most --parallel + N tokens (default: %(default)s)")
+    srv.add_argument("--max-queue", "--queue", type=_positive_int, default=64, metavar="N",
+                     help="requests allowed to wait for a slot; more get 503 with Retry-After (default: 64)")
     srv.add_argument("--max-body-bytes", type=_positive_int, default=limits.DEFAULT_MAX_BODY_BYTES, metavar="N",
                      help="largest request body; larger ones get 413 (default: %(default)s = 1 MiB)")
     srv.add_argument("--read-timeout", type=_positive_seconds, default=limits.DEFAULT_READ_TIMEOUT,
@@ -463,10 +476,10 @@ def _version() -> str:
         return "unknown"
 
 
-def _load(path: str, threads: Optional[int], n_ctx: int, kv_type: Optional[str] = None):
+def _load(path: str, threads: Optional[int], n_ctx: int, kv_type: Optional[str] = None, n_seq: int = 1):
     import phi2cpu
 
-    kwargs = {"n_ctx": n_ctx}
+    kwargs = {"n_ctx": n_ctx, "n_seq": n_seq}
     if threads is not None:
         kwargs["threads"] = threads
     if kv_type is not None:
@@ -643,26 +656,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.ray or args.replicas or args.max_replicas or args.ray_address:
         if lookup is not None:
             raise Phi2Error("--lookup is not available with --ray")
+        if args.parallel is not None:
+            raise Phi2Error("--parallel is not available with --ray: each replica serves one request at a time")
         try:
             from .ray.serving import serve_from_cli
         except ImportError as e:
             raise Phi2Error(str(e)) from None
         return serve_from_cli(args, path, defaults=defaults, api_key=api_key, origins=origins)
-    model = _load(path, args.threads, args.ctx, args.kv_type)
+    parallel = args.parallel
+    if parallel is None:
+        from .gguf_io import read_model_file
+        from .server_limits import default_parallel
+
+        parallel = default_parallel(read_model_file(path).config, args.ctx, args.kv_type or "f16")
+    model = _load(path, args.threads, args.ctx, args.kv_type, n_seq=parallel)
     template = template or for_model(model)
     name = args.aliases[0] if args.aliases else (name_of(path) or os.path.basename(path))
     if name.endswith(".gguf") and not args.aliases:
         name = name[: -len(".gguf")]
 
     def listening(url: str) -> None:
-        print(f"phi2cpu: serving {name} at {url}/v1 (context {model.n_ctx} tokens, "
+        print(f"phi2cpu: serving {name} at {url}/v1 ({model.n_seq} slots of {model.n_ctx} tokens, "
               f"{model.threads} threads, chat template {template.name}); Ctrl-C stops",
               file=sys.stderr, flush=True)
 
     serve(model, name, host=args.host, port=args.port, log_level=args.log_level,
           max_queue=args.max_queue, on_listen=listening, max_body_bytes=args.max_body_bytes,
           read_timeout=args.read_timeout, aliases=args.aliases, defaults=defaults, api_key=api_key,
-          cors_origins=origins, chat_template=template, lookup=lookup)
+          cors_origins=origins, chat_template=template, lookup=lookup, batch_chunk=args.batch_chunk)
     return 0
 
 

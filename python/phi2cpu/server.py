@@ -8,9 +8,12 @@ log-probs and n choices), ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /t
 The app is built the FastAPI way: the request and response bodies are pydantic models
 (:mod:`phi2cpu.server_models`), requests become jobs in :mod:`phi2cpu.server_requests`, the
 routes sit on APIRouters (:mod:`phi2cpu.server_routes`), and the engine
-(:mod:`phi2cpu.server_engine`) and settings live in ``app.state.server``. One model has one KV
-cache, so requests run one at a time in arrival order, each from an empty cache; the event loop
-only relays text, and a client that disconnects cancels its job.
+(:mod:`phi2cpu.server_engine`) and settings live in ``app.state.server``. The model's KV-cache
+sequences are the server's slots: the requests in them are decoded together, one step at a time,
+new ones join between steps (first come, first served), long prompts are fed in chunks, and a
+freed slot keeps its tokens for the next prompt that begins the same way
+(:mod:`phi2cpu.server_batch`). The event loop only relays text; a client that disconnects frees
+its slot at the next step.
 
 Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: invalid fields
 are 400 (``param`` names the field, as ``messages[0].content``), a missing or wrong API key is 401,
@@ -39,6 +42,7 @@ from .chat_template import ChatTemplate, for_model
 from .errors import Phi2Error
 from .lookup import LookupParams
 from .sampling import SamplingParams
+from .server_batch import DEFAULT_CHUNK
 from .server_engine import Engine, Job  # noqa: F401  (the worker's types, for users of create_app)
 from .server_errors import APIError, error_body, from_validation
 from .server_limits import (DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT, MAX_HEAD_BYTES, RequestLimits,
@@ -70,8 +74,12 @@ def _openapi(app: FastAPI) -> dict:
 def create_app(model, model_name: str, max_queue: int = 64, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                aliases: Optional[Sequence[str]] = None, defaults: Optional[SamplingParams] = None,
                api_key: Optional[str] = None, cors_origins: Optional[Sequence[str]] = None,
-               chat_template: Optional[ChatTemplate] = None, lookup: Optional[LookupParams] = None) -> FastAPI:
+               chat_template: Optional[ChatTemplate] = None, lookup: Optional[LookupParams] = None,
+               batch_chunk: int = DEFAULT_CHUNK) -> FastAPI:
     """A FastAPI app serving `model` (a loaded :class:`phi2cpu.Model`) under the id `model_name`.
+
+    Each of the model's `n_seq` sequences is a slot: that many requests (choices) are generated
+    together; `batch_chunk` prompt tokens at most are evaluated per step, over all slots.
 
     `aliases`: the names requests may give as `model` (None: any name, for clients with a name of
     their own built in). `defaults`: the sampling settings for fields a request leaves out
@@ -83,8 +91,11 @@ def create_app(model, model_name: str, max_queue: int = 64, max_body_bytes: int 
     if api_key is not None and not api_key:
         raise Phi2Error("the API key must not be empty")
     model.tokenizer.limit_word_cache(TOKENIZER_WORD_CACHE)
-    engine = Engine(model, max_queue=max_queue)
-    metrics = engine.metrics = Metrics(waiting=lambda: engine.waiting, running=lambda: engine.running)
+    if isinstance(batch_chunk, bool) or not isinstance(batch_chunk, int) or batch_chunk < 1:
+        raise Phi2Error(f"batch_chunk must be an integer >= 1, got {batch_chunk!r}")
+    engine = Engine(model, max_queue=max_queue, chunk=batch_chunk)
+    metrics = engine.metrics = Metrics(waiting=lambda: engine.waiting, running=lambda: engine.running,
+                                       slots_busy=lambda: engine.slots_busy, slots_total=engine.slots_total)
     prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi2cpu-prepare")
     state = ServerState(
         model=model, engine=engine, model_name=model_name,
@@ -147,7 +158,8 @@ def serve(model, model_name: str, host: str = "127.0.0.1", port: int = 8000, log
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, read_timeout: float = DEFAULT_READ_TIMEOUT,
           aliases: Optional[Sequence[str]] = None, defaults: Optional[SamplingParams] = None,
           api_key: Optional[str] = None, cors_origins: Optional[Sequence[str]] = None,
-          chat_template: Optional[ChatTemplate] = None, lookup: Optional[LookupParams] = None) -> None:
+          chat_template: Optional[ChatTemplate] = None, lookup: Optional[LookupParams] = None,
+          batch_chunk: int = DEFAULT_CHUNK) -> None:
     """Serve `model` with uvicorn until interrupted. The socket is bound and listening before
     `on_listen(url)` is called (port 0 picks a free port), so the URL is usable at once. A
     connection whose request line, headers and body do not all arrive within `read_timeout` seconds
@@ -178,7 +190,7 @@ def serve(model, model_name: str, host: str = "127.0.0.1", port: int = 8000, log
               f"reach it can use the model (set --api-key or PHI2CPU_API_KEY)", file=sys.stderr, flush=True)
     app = create_app(model, model_name, max_queue=max_queue, max_body_bytes=max_body_bytes, aliases=aliases,
                      defaults=defaults, api_key=api_key, cors_origins=cors_origins, chat_template=chat_template,
-                     lookup=lookup)
+                     lookup=lookup, batch_chunk=batch_chunk)
     fix_mmap_threshold()
     reserve_kv_cache(model)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,

@@ -1,28 +1,31 @@
-"""The server's generation worker: one model, one KV cache, one job at a time.
+"""The server's generation work: jobs split into tasks that share the model's KV-cache slots.
 
-Every job runs on a single worker thread, first come, first served, and starts from an empty
-cache, so no request sees another's tokens. A job holds one or more prompts and `n` choices per
-prompt: each prompt is evaluated once, and each choice samples from that one prefill (the cache is
-truncated back to the prompt between choices; choice j uses seed + j). The worker relays typed
-events to the event loop: `TextEvent` (a piece of text with the log-probs of the tokens that
-begin in it), `EndEvent` and `ErrorEvent`.
+A job holds one or more prompts and `n` choices per prompt; each choice is one task on a slot of
+its own (:mod:`phi2cpu.server_batch` admits tasks first come, first served and steps every busy
+slot together). A prompt is evaluated once, by its first choice; the others are admitted once it
+has been and start from a copy of its cached prompt, evaluating only its last token again; choice
+j uses seed + j. A slot keeps its tokens when it is freed, so a later prompt that begins the same
+way evaluates only what is new. The tasks relay typed events to the event loop: `TextEvent` (a
+piece of text with the log-probs of the tokens that begin in it), `EndEvent` and `ErrorEvent`.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .generate import STOP_STRING, GenerationStats, TextStream, generate_tokens, top_token_logprobs
+from .generate import (STOP_STRING, GenerationStats, TextStream, _keep_cached_prefix, generate_tokens,
+                       top_token_logprobs)
 from .grammar import Constraint
 from .lookup import LookupParams
 from .perplexity import window_nll
 from .sampling import SamplingParams
+from .server_batch import DEFAULT_CHUNK, Cancelled, Scheduler, SlotModel, Task
 from .server_errors import APIError
 
 MAX_SEED = 2 ** 64 - 1
@@ -50,6 +53,7 @@ class EndEvent:
     prompt_tokens: int                   # counted once per prompt: 0 for its later choices
     completion_tokens: int
     mean_logprob: float                  # of the sampled tokens (0 for none): what best_of ranks by
+    cached_tokens: int = 0               # of prompt_tokens, those a slot's cache held (not evaluated)
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Job:
 
 
 class NoMetrics:
+    def prompt_evaluated(self, n: int) -> None: ...
     def first_token(self, seconds: float) -> None: ...
     def token_interval(self, seconds: float) -> None: ...
     def tokens(self, prompt: int, completion: int) -> None: ...
@@ -101,30 +106,61 @@ def _until_cancelled(tokens: Iterator[int], cancel: threading.Event) -> Iterator
         tokens.close()
 
 
-class Engine:
-    """Runs jobs one at a time on a single thread, in arrival order, and relays their events to
-    the event loop."""
+@dataclass(eq=False)
+class _Prompt:
+    ready: bool = False                  # its first choice has prefilled it (or given up)
+    logprobs: List[TokenLogprob] = field(default_factory=list)  # for echo
 
-    def __init__(self, model, max_queue: int = 64, metrics=None):
+
+@dataclass(eq=False)
+class _Run:
+    """A job on its way through the scheduler: its tasks left, and how to reach its client."""
+    job: Job
+    emit: Callable[[object], None]
+    done: object
+    prompts: List[_Prompt]
+    left: int
+    started_at: Optional[float] = None
+
+
+class Engine:
+    """Runs jobs over the model's `n_seq` slots (see :mod:`phi2cpu.server_batch`): each choice of
+    each prompt is one task with a slot of its own, admitted first come, first served; the tasks
+    of every busy slot step together. Events are relayed to the event loop."""
+
+    def __init__(self, model, max_queue: int = 64, metrics=None, chunk: int = DEFAULT_CHUNK):
         self.model = model
         self.max_queue = max_queue
         self.metrics = metrics or NoMetrics()
         self.n_valid = min(model.tokenizer.n_vocab, model.config.n_vocab)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi2cpu-generate")
+        self.scheduler = Scheduler(model, chunk)
         self._lock = threading.Lock()
-        self.waiting = 0
+        self.waiting = 0                 # jobs none of whose tasks has a slot yet
         self.running = 0
         self._jobs: set = set()
+        self._job_seconds = 1.0          # running mean of a job's time in its slots, for Retry-After
+
+    @property
+    def slots_total(self) -> int:
+        return self.model.n_seq
+
+    @property
+    def slots_busy(self) -> int:
+        return self.scheduler.slots_busy
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: the queue ahead of it at the mean job time, over the slots."""
+        return max(1, min(60, math.ceil(self._job_seconds * (self.waiting + 1) / self.slots_total)))
 
     def check_capacity(self) -> None:
-        with self._lock:
-            if self.waiting >= self.max_queue:
+        with self._lock:  # requests that free slots are about to take do not count as queued
+            if self.waiting - (self.slots_total - self.slots_busy) >= self.max_queue:
                 raise APIError(503, f"the server is busy: {self.waiting} requests are waiting; retry later",
-                               code="server_busy")
+                               code="server_busy", headers={"Retry-After": str(self.retry_after())})
 
     async def events(self, job: Job) -> AsyncIterator[Event]:
         """Queue `job` and yield its events. Leaving the iteration early (the client went away)
-        cancels the job."""
+        cancels the job: its tasks leave the queue, and a task in a slot is dropped at the next step."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
@@ -135,12 +171,17 @@ class Engine:
             except RuntimeError:  # the loop has closed: the server is shutting down
                 job.cancel.set()
 
+        run = _Run(job, emit, done, [_Prompt() for _ in job.prompts], len(job.prompts) * job.n)
+        tasks = [Task(ids, job.cancel, run=lambda m, p=p, j=j: self._task(run, p, j, m),
+                      ready=lambda p=p, j=j: j == 0 or run.prompts[p].ready,
+                      dropped=lambda: self._task_done(run))
+                 for p, ids in enumerate(job.prompts) for j in range(job.n)]
         with self._lock:
             self.waiting += 1
             self._jobs.add(job)
         try:
-            self._pool.submit(self._work, job, emit, done)
-        except RuntimeError:  # the pool was shut down
+            self.scheduler.submit(tasks)
+        except RuntimeError:  # shut down
             with self._lock:
                 self.waiting -= 1
                 self._jobs.discard(job)
@@ -153,39 +194,60 @@ class Engine:
                 yield event
         finally:
             job.cancel.set()
+            self.scheduler.wake()
 
-    def _work(self, job: Job, emit: Callable[[object], None], done: object) -> None:
+    def _task_done(self, run: _Run) -> None:
         with self._lock:
-            self.waiting -= 1
-            self.running += 1
-        try:
-            for p, ids in enumerate(job.prompts):
-                if job.cancel.is_set():
-                    return
-                prompt_logprobs, last = self._prefill(job, ids)
-                for j in range(job.n):
-                    if job.cancel.is_set():
-                        return
-                    index = p * job.n + j
-                    if job.echo:
-                        emit(TextEvent(index, job.prompt_texts[p], prompt_logprobs, echo=True))
-                    if not self._choice(job, ids, last, index, j, emit):
-                        return
-        except Exception as e:  # reported to the client; the worker lives on
-            emit(ErrorEvent(e))
-        finally:
-            with self._lock:
+            run.left -= 1
+            if run.left:
+                return
+            if run.started_at is None:
+                self.waiting -= 1
+            else:
                 self.running -= 1
-                self._jobs.discard(job)
-            emit(done)
+                self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.perf_counter() - run.started_at)
+            self._jobs.discard(run.job)
+        run.emit(run.done)
 
-    def _prefill(self, job: Job, ids: List[int]) -> Tuple[List[TokenLogprob], np.ndarray]:
-        """Evaluate the prompt once: (its tokens' log-probs when echoed with log-probs, the last logits)."""
-        model = self.model
-        model.reset()
+    def _task(self, run: _Run, p: int, j: int, m: SlotModel) -> None:
+        """Choice j of prompt p, on slot `m`, on a thread of its own."""
+        job, emit = run.job, run.emit
+        with self._lock:
+            if run.started_at is None:
+                run.started_at = time.perf_counter()
+                self.waiting -= 1
+                self.running += 1
+        ids, ps, index = job.prompts[p], run.prompts[p], p * job.n + j
+        try:
+            if job.cancel.is_set():
+                return
+            last, evaluated = None, 0
+            if j == 0:
+                try:
+                    ps.logprobs, last, evaluated = self._prefill(job, m, ids)
+                finally:
+                    ps.ready = True
+                    self.scheduler.wake()
+            if job.echo:
+                emit(TextEvent(index, job.prompt_texts[p], ps.logprobs, echo=True))
+            self._choice(job, m, ids, last, evaluated, index, j, emit)
+        except Cancelled:
+            job.cancel.set()
+        except Exception as e:  # reported to the client; the job ends
+            emit(ErrorEvent(e))
+            job.cancel.set()
+        finally:
+            self._task_done(run)
+
+    def _prefill(self, job: Job, m: SlotModel, ids: List[int]) -> Tuple[List[TokenLogprob], np.ndarray, int]:
+        """Evaluate the prompt once: (its tokens' log-probs when echoed with log-probs, the last
+        logits, the prompt tokens evaluated). The slot's cached prefix of the prompt is kept, except
+        when every prompt token's logits are needed."""
         if not job.echo or job.logprobs is None:
-            return [], model.eval(ids)
-        logits = model.eval(ids, all_logits=True)  # as Model.token_logprobs computes them
+            start = _keep_cached_prefix(m, ids)
+            return [], m.eval(ids[start:]), len(ids) - start
+        m.reset()
+        logits = m.eval(ids, all_logits=True)  # as Model.token_logprobs computes them
         lp = -window_nll(logits, ids)
         k = job.logprobs
         out = [TokenLogprob(ids[0], None)]
@@ -193,7 +255,7 @@ class Engine:
             own = float(lp[t - 1])  # the prompt token among the alternatives shows this same number
             top = top_token_logprobs(logits[t - 1], k, self.n_valid) if k else []
             out.append(TokenLogprob(ids[t], own, [(i, own if i == ids[t] else v) for i, v in top]))
-        return out, logits[-1].copy()
+        return out, logits[-1].copy(), len(ids)
 
     def _timed(self, tokens: Iterator[int], job: Job) -> Iterator[int]:
         last = None
@@ -210,24 +272,26 @@ class Engine:
         finally:
             tokens.close()
 
-    def _choice(self, job: Job, ids: List[int], last: np.ndarray, index: int, j: int,
-                emit: Callable[[object], None]) -> bool:
-        """Sample choice `index` (the j-th of its prompt) and relay it; False if it was cancelled."""
-        model = self.model
-        model.truncate(len(ids))  # back to the prompt, as the prefill left it
+    def _choice(self, job: Job, m: SlotModel, ids: List[int], last: Optional[np.ndarray], evaluated: int,
+                index: int, j: int, emit: Callable[[object], None]) -> None:
+        """Sample choice `index` (the j-th of its prompt) and relay it. `last`: the prompt's last
+        logits when this task prefilled it; else the slot holds a cached prefix of the prompt
+        (copied from the slot that prefilled it) and only the rest is evaluated."""
         n_prompt = len(ids) if j == 0 else 0
         if job.max_tokens == 0:
             self.metrics.tokens(n_prompt, 0)
-            emit(EndEvent(index, "length", n_prompt, 0, 0.0))
-            return True
+            self.metrics.prompt_evaluated(evaluated)
+            emit(EndEvent(index, "length", n_prompt, 0, 0.0, n_prompt - evaluated if j == 0 else 0))
+            return
         params = job.params
         if j and params.seed is not None:
             params = replace(params, seed=(params.seed + j) % (MAX_SEED + 1))
         stats = GenerationStats()
-        tokens = generate_tokens(model, ids, params, job.max_tokens, stats, top_logprobs=job.logprobs or 0,
-                                 prefilled=last, constraint=job.constraint, lookup=job.lookup)
-        stream = TextStream(model, _until_cancelled(self._timed(tokens, job), job.cancel), job.stops, stats)
-        aligner = _LogprobAligner(model.tokenizer, stats, job.logprobs is not None)
+        tokens = generate_tokens(m, ids, params, job.max_tokens, stats, reuse_prefix=last is None,
+                                 top_logprobs=job.logprobs or 0, prefilled=last, constraint=job.constraint,
+                                 lookup=job.lookup)
+        stream = TextStream(m, _until_cancelled(self._timed(tokens, job), job.cancel), job.stops, stats)
+        aligner = _LogprobAligner(m.tokenizer, stats, job.logprobs is not None)
         started = not job.lstrip
         try:
             for piece in stream:
@@ -239,22 +303,23 @@ class Engine:
                     emit(TextEvent(index, piece, lps))
         finally:
             stream.close()
+        evaluated += stats.prompt_evaluated
+        self.metrics.prompt_evaluated(evaluated)
         if job.cancel.is_set():
-            return False
+            raise Cancelled()
         rest = aligner.rest(stats.stop_reason != STOP_STRING)
         if rest:
             emit(TextEvent(index, "", rest))
         self.metrics.tokens(n_prompt, stats.generated_tokens)
         lps = stats.token_logprobs
         emit(EndEvent(index, stats.finish_reason, n_prompt, stats.generated_tokens,
-                      float(np.mean(lps)) if lps else 0.0))
-        return True
+                      float(np.mean(lps)) if lps else 0.0, n_prompt - evaluated if j == 0 else 0))
 
     def shutdown(self) -> None:
         with self._lock:
             for job in self._jobs:
                 job.cancel.set()
-        self._pool.shutdown(wait=True)
+        self.scheduler.shutdown()
 
 
 class _LogprobAligner:

@@ -10,7 +10,8 @@
   begun). uvicorn alone closes idle keep-alive connections but waits forever for a request that
   trickles in.
 - `fix_mmap_threshold`, `release_memory`: hand freed memory back to the OS after a large request.
-- `reserve_kv_cache`: makes the model's whole KV cache resident before the server listens.
+- `reserve_kv_cache`: makes the model's whole KV cache (every slot) resident before the server listens;
+  `default_parallel`: the slots `serve` makes unless told.
 """
 from __future__ import annotations
 
@@ -223,15 +224,50 @@ def release_memory() -> None:
     _trim(0)
 
 
+MAX_DEFAULT_PARALLEL = 4      # slots `serve` makes unless told: see default_parallel
+
+
+def kv_bytes_per_seq(config, n_ctx: int, kv_type: str) -> int:
+    """Bytes of one sequence's full KV cache: keys and values, n_layer x n_ctx x n_embd each."""
+    from .modelinfo import KV_BYTES
+
+    return 2 * config.n_layer * n_ctx * config.n_embd * KV_BYTES[kv_type]
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory the OS says are available (MemAvailable), or None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def default_parallel(config, n_ctx: int, kv_type: str, memory: Optional[int] = None) -> int:
+    """`serve`'s slots when --parallel is not given: 4 (a 4-token decode step reads each weight
+    once, at well under twice the cost of a 1-token step), fewer when the slots' KV caches would
+    take more than half of the available memory, and at least 1."""
+    memory = available_memory() if memory is None else memory
+    if memory is None:
+        return MAX_DEFAULT_PARALLEL
+    return max(1, min(MAX_DEFAULT_PARALLEL, memory // 2 // kv_bytes_per_seq(config, n_ctx, kv_type)))
+
+
 def reserve_kv_cache(model) -> None:
-    """Write every page of `model`'s KV cache once. The engine allocates it untouched, so without
-    this the first request that fills the context adds n_layer * n_ctx * n_embd * 8 bytes to the
-    RSS for good; with it the server's memory is all there when it starts listening, and a request
-    never grows it."""
+    """Write every page of every sequence of `model`'s KV cache once. The engine allocates a
+    sequence's cache on first use, untouched, so without this the first requests that fill the
+    slots add n_seq x kv_bytes_per_seq (2 x n_layer x n_ctx x n_embd x 2 bytes in f16, 4 in f32)
+    to the RSS for good; with it the server's memory is all there when it starts listening, and a
+    request never grows it."""
     import numpy as np
 
     c = model.config
-    zeros = np.zeros((c.n_layer, model.n_ctx, c.n_embd), np.float32)  # a fresh mapping: reading it costs no RSS
-    model._engine.set_state(zeros, zeros)
-    del zeros
-    model.reset()
+    dtype = np.float16 if model.kv_type == "f16" else np.float32
+    for seq in range(model.n_seq):
+        zeros = np.zeros((c.n_layer, model.n_ctx, c.n_embd), dtype)  # a fresh mapping: reading it costs no RSS
+        model._engine.set_state(zeros, zeros, seq)
+        del zeros
+    model.reset(None)

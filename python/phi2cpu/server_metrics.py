@@ -2,7 +2,10 @@
 
 - ``phi2cpu_requests_total{endpoint, status}``: HTTP requests answered (refusals included).
 - ``phi2cpu_prompt_tokens_total``, ``phi2cpu_completion_tokens_total``: tokens read and generated.
+- ``phi2cpu_prompt_tokens_evaluated_total``: prompt tokens the model actually processed (the rest
+  came from a slot's cache).
 - ``phi2cpu_queue_depth``, ``phi2cpu_requests_running``: jobs waiting for the model, and running.
+- ``phi2cpu_slots_busy``, ``phi2cpu_slots_total``: KV-cache slots generating, and all of them.
 - ``phi2cpu_time_to_first_token_seconds``: from a job's arrival in the queue to its first token.
 - ``phi2cpu_time_per_output_token_seconds``: between two generated tokens of one choice.
 """
@@ -19,12 +22,17 @@ _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, waiting: Callable[[], int], running: Callable[[], int]):
+    def __init__(self, waiting: Callable[[], int], running: Callable[[], int],
+                 slots_busy: Callable[[], int] = lambda: 0, slots_total: int = 1):
         r = self.registry = CollectorRegistry()
         self.requests = Counter("phi2cpu_requests", "HTTP requests answered, by endpoint and status",
                                 ["endpoint", "status"], registry=r)
         self.prompt_tokens = Counter("phi2cpu_prompt_tokens", "prompt tokens evaluated", registry=r)
         self.completion_tokens = Counter("phi2cpu_completion_tokens", "tokens generated", registry=r)
+        self.evaluated = Counter("phi2cpu_prompt_tokens_evaluated",
+                                 "prompt tokens the model processed (not taken from a slot's cache)", registry=r)
+        Gauge("phi2cpu_slots_busy", "KV-cache slots generating", registry=r).set_function(slots_busy)
+        Gauge("phi2cpu_slots_total", "KV-cache slots (--parallel)", registry=r).set(slots_total)
         Gauge("phi2cpu_queue_depth", "requests waiting for the model", registry=r).set_function(waiting)
         Gauge("phi2cpu_requests_running", "requests the model is generating for", registry=r).set_function(running)
         self.ttft = Histogram("phi2cpu_time_to_first_token_seconds",
@@ -34,6 +42,9 @@ class Metrics:
                               "seconds between two generated tokens", buckets=_TPOT_BUCKETS, registry=r)
 
     # called from the worker thread (prometheus_client's metrics are thread-safe)
+    def prompt_evaluated(self, n: int) -> None:
+        self.evaluated.inc(n)
+
     def first_token(self, seconds: float) -> None:
         self.ttft.observe(seconds)
 

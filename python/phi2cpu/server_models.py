@@ -339,10 +339,15 @@ class ChatCompletionRequest(GenerationFields):
 
 # --- responses ---------------------------------------------------------------------------------
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(..., description="prompt tokens a slot's cache held: not evaluated again")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: Optional[PromptTokensDetails] = None
 
 
 class CompletionLogprobs(BaseModel):
@@ -443,6 +448,9 @@ class Health(BaseModel):
     model: str
     requests_running: int
     requests_waiting: int
+    slots_busy: int = Field(..., description="KV-cache slots generating now")
+    slots_total: int = Field(..., description="KV-cache slots (serve --parallel)")
+    queue_length: int = Field(..., description="requests waiting for a slot (serve --max-queue bounds it)")
     error: Optional[str] = None  # with status "error" (HTTP 503): why the model cannot serve
 
 

@@ -26,8 +26,8 @@ from .server_errors import APIError, bad, short
 from .server_models import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
                             ChatCompletionResponse, ChatLogprobs, ChatTokenLogprob, CompletionChoice,
                             CompletionLogprobs, CompletionRequest, CompletionResponse, Delta, DetokenizeRequest,
-                            DetokenizeResponse, ErrorResponse, Health, ModelCard, ModelList, TokenizeRequest,
-                            TokenizeResponse, TokenPiece, TopLogprob, Usage)
+                            DetokenizeResponse, ErrorResponse, Health, ModelCard, ModelList, PromptTokensDetails,
+                            TokenizeRequest, TokenizeResponse, TokenPiece, TopLogprob, Usage)
 from .server_requests import Prepared, ServerState, chat_job, checked_text, completion_job, parse_body
 
 
@@ -114,9 +114,10 @@ def chat_logprobs(tokenizer, entries: List[TokenLogprob]) -> ChatLogprobs:
 
 # --- responses ---------------------------------------------------------------------------------
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Usage:
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                 total_tokens=prompt_tokens + completion_tokens)
+                 total_tokens=prompt_tokens + completion_tokens,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
 
 
 def _error_message(e: BaseException) -> str:
@@ -165,7 +166,8 @@ async def respond(st: ServerState, request: Request, prep: Prepared, chat: bool)
     finally:
         watcher.cancel()
     order = _best(job, ends, prep.n)
-    used = _usage(sum(e.prompt_tokens for e in ends.values()), sum(e.completion_tokens for e in ends.values()))
+    used = _usage(sum(e.prompt_tokens for e in ends.values()), sum(e.completion_tokens for e in ends.values()),
+                  sum(e.cached_tokens for e in ends.values()))
     tok = st.model.tokenizer
     want_lp = job.logprobs is not None
     if chat:
@@ -197,7 +199,7 @@ def _best(job: Job, ends: Dict[int, EndEvent], n: int) -> List[int]:
 async def _stream_completion(st: ServerState, head: dict, prep: Prepared) -> AsyncIterator[str]:
     job, tok = prep.job, st.model.tokenizer
     offsets = {i: [_base_offset(job, i)] for i in range(len(job.prompts) * job.n)}
-    prompt_used = completion_used = 0
+    prompt_used = completion_used = cached = 0
     want_lp = job.logprobs is not None
     try:
         async for event in st.engine.events(job):
@@ -208,13 +210,14 @@ async def _stream_completion(st: ServerState, head: dict, prep: Prepared) -> Asy
             elif isinstance(event, EndEvent):
                 prompt_used += event.prompt_tokens
                 completion_used += event.completion_tokens
+                cached += event.cached_tokens
                 choice = CompletionChoice(index=event.index, text="", finish_reason=event.finish_reason)
                 yield _sse(CompletionResponse(**head, choices=[choice]))
             else:
                 yield f"data: {json.dumps(APIError(500, _error_message(event.error)).body())}\n\n"
                 return
         if prep.include_usage:
-            yield _sse(CompletionResponse(**head, choices=[], usage=_usage(prompt_used, completion_used)))
+            yield _sse(CompletionResponse(**head, choices=[], usage=_usage(prompt_used, completion_used, cached)))
         yield "data: [DONE]\n\n"
     finally:
         job.cancel.set()
@@ -222,7 +225,7 @@ async def _stream_completion(st: ServerState, head: dict, prep: Prepared) -> Asy
 
 async def _stream_chat(st: ServerState, head: dict, prep: Prepared) -> AsyncIterator[str]:
     job, tok = prep.job, st.model.tokenizer
-    prompt_used = completion_used = 0
+    prompt_used = completion_used = cached = 0
     try:
         yield _sse(ChatCompletionChunk(**head, choices=[
             ChatChunkChoice(index=i, delta=Delta(role="assistant", content="")) for i in range(job.n)]))
@@ -234,13 +237,14 @@ async def _stream_chat(st: ServerState, head: dict, prep: Prepared) -> AsyncIter
             elif isinstance(event, EndEvent):
                 prompt_used += event.prompt_tokens
                 completion_used += event.completion_tokens
+                cached += event.cached_tokens
                 yield _sse(ChatCompletionChunk(**head, choices=[
                     ChatChunkChoice(index=event.index, delta=Delta(), finish_reason=event.finish_reason)]))
             else:
                 yield f"data: {json.dumps(APIError(500, _error_message(event.error)).body())}\n\n"
                 return
         if prep.include_usage:
-            yield _sse(ChatCompletionChunk(**head, choices=[], usage=_usage(prompt_used, completion_used)))
+            yield _sse(ChatCompletionChunk(**head, choices=[], usage=_usage(prompt_used, completion_used, cached)))
         yield "data: [DONE]\n\n"
     finally:
         job.cancel.set()
@@ -253,9 +257,12 @@ SSE = {"text/event-stream": {"schema": {"type": "string"}, "description": "with 
 
 @public.get("/health", response_model=Health, responses={503: {"model": Health}})
 async def health(st: ServerState = Depends(get_state)) -> Any:
-    """Liveness and load: answers while a generation runs. 503 with status "error" once the model
-    file was truncated or rewritten under the running server (it must be restarted)."""
-    h = Health(model=st.model_name, requests_running=st.engine.running, requests_waiting=st.engine.waiting)
+    """Liveness and load: answers while a generation runs, with the slots busy and the requests
+    queued. 503 with status "error" once the model file was truncated or rewritten under the
+    running server (it must be restarted)."""
+    e = st.engine
+    h = Health(model=st.model_name, requests_running=e.running, requests_waiting=e.waiting,
+               slots_busy=e.slots_busy, slots_total=e.slots_total, queue_length=e.waiting)
     try:
         st.model.check_files()
     except ModelFileError as e:
