@@ -92,11 +92,15 @@ def test_kernels_aarch64_neon_under_qemu(tmp_path):
     toolchain = REPO / "cmake" / "aarch64-linux-gnu.cmake"
     out = _build_and_run(tmp_path / "aarch64", [f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", WERROR],
                          ["qemu-aarch64", "-cpu", "max"])
-    assert "neon" in out, out
+    # the emulated core has FEAT_DotProd and FEAT_I8MM: the NEON path and the SMMLA prefill GEMM
+    assert "kernel paths tested: scalar, neon, neon_i8mm\n" in out, out
     # a core without the dot-product extension: the OS reports no FEAT_DotProd, so no NEON path is picked
     out = _build_and_run(tmp_path / "aarch64", [f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", WERROR],
                          ["qemu-aarch64", "-cpu", "cortex-a53"])
     assert "kernel paths tested: scalar\n" in out, out
     (tmp_path / "platform").mkdir()
-    _build_and_run(tmp_path / "aarch64", [f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", WERROR], ["qemu-aarch64", "-cpu", "max"],
-                   target="test_platform", args=(str(tmp_path / "platform"),))
+    # what HWCAP / HWCAP2 say per core: Neoverse N1 has dot products but no 8-bit matrix multiply
+    for cpu, features in (("max", " dotprod i8mm"), ("neoverse-n1", " dotprod"), ("cortex-a53", "")):
+        out = _build_and_run(tmp_path / "aarch64", [f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", WERROR],
+                             ["qemu-aarch64", "-cpu", cpu], target="test_platform", args=(str(tmp_path / "platform"),))
+        assert f"arm features:{features}\n" in out, (cpu, out)

@@ -1,9 +1,9 @@
 """The engine on other compilers and operating systems, as far as this machine can show it: the
 engine, the kernel tests and the platform layer's tests (csrc/tests/test_platform.cpp) built with
-Clang under -Wall -Wextra -Werror and run; and the same cross-compiled for 64-bit Windows with
-mingw-w64 and run under wine (test_kernels_cpp.py builds them with the default compiler, also
-under -Werror). Each test skips, saying why,
-when its compiler (or wine) is not installed."""
+Clang under -Wall -Wextra -Werror and run; the same built by Clang for aarch64; and cross-compiled
+for 64-bit Windows with mingw-w64 and run under wine (test_kernels_cpp.py builds them with the
+default compiler, also under -Werror). Each test skips, saying why, when its compiler (or wine) is
+not installed."""
 from __future__ import annotations
 
 import os
@@ -62,6 +62,17 @@ def test_clang_builds_warning_free_and_passes(tmp_path):
     assert "scalar" in out
     (tmp_path / "run").mkdir()
     _run([str(tmp_path / "build" / "test_platform"), str(tmp_path / "run")])
+
+
+def test_clang_aarch64_cross_build_warning_free(tmp_path):
+    """The NEON, dot-product and i8mm kernels under Clang's -Werror (the macOS arm64 wheels build
+    with Clang); test_kernels_cpp.py runs the GCC build's kernel tests under qemu, so here only the
+    platform tests run, on an emulated core with both extensions."""
+    _need("clang++", "aarch64-linux-gnu-g++", "qemu-aarch64")
+    _build(tmp_path / "build", [f"-DCMAKE_TOOLCHAIN_FILE={REPO / 'cmake' / 'aarch64-linux-gnu-clang.cmake'}"])
+    (tmp_path / "run").mkdir()
+    out = _run(["qemu-aarch64", "-cpu", "max", str(tmp_path / "build" / "test_platform"), str(tmp_path / "run")])
+    assert "arm features: dotprod i8mm\n" in out, out
 
 
 def test_windows_cross_build_runs_under_wine(tmp_path):

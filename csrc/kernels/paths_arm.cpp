@@ -39,10 +39,17 @@ const TypeKernelsOverride kNeonRows[] = {
     {GgmlType::Q8_K, nullptr, nullptr, nullptr, nullptr, quantize_as<block_q8_K, quantize_row_q8_K_neon>},
 };
 
+// FEAT_I8MM: the prefill GEMM of Q4_0 / Q8_0 in SMMLA tiles; everything else as on the NEON path.
+const TypeKernelsOverride kI8mmRows[] = {
+    {GgmlType::Q4_0, nullptr, nullptr, gemm_q4_0_q8_0_i8mm, nullptr, nullptr},
+    {GgmlType::Q8_0, nullptr, nullptr, gemm_q8_0_q8_0_i8mm, nullptr, nullptr},
+};
+
 }  // namespace
 
 void add_isa_paths(std::vector<Kernels>& paths) {
-    if (!os::arm_features().dotprod) return;
+    const os::ArmFeatures cpu = os::arm_features();
+    if (!cpu.dotprod) return;
     Kernels k = scalar_kernels();
     k.isa = "neon";
     k.reason = "best path for this CPU: NEON with the dot-product extension (FEAT_DotProd, as the OS reports it)";
@@ -53,6 +60,11 @@ void add_isa_paths(std::vector<Kernels>& paths) {
     k.rope_neox_f32 = rope_neox_f32_neon;
     k.attn_head_f32 = attn_head_f32_neon;
     k.attn_head_f16 = attn_head_f16_neon;
+    paths.push_back(k);
+    if (!cpu.i8mm) return;
+    k.isa = "neon_i8mm";
+    k.reason = "best path for this CPU: NEON with dot-product and 8-bit matrix multiply (FEAT_I8MM, as the OS reports it)";
+    k.override_rows(kI8mmRows);
     paths.push_back(k);
 }
 

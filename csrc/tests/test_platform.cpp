@@ -161,6 +161,11 @@ int main(int argc, char** argv) {
     test_files(dir);
     test_folders(dir);
     test_memory_and_process();
+#if defined(__aarch64__) || defined(_M_ARM64)
+    // what the OS reports (HWCAP / HWCAP2, sysctl, IsProcessorFeaturePresent): the caller knows the core
+    const os::ArmFeatures arm = os::arm_features();
+    std::printf("arm features:%s%s\n", arm.dotprod ? " dotprod" : "", arm.i8mm ? " i8mm" : "");
+#endif
     std::printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

@@ -34,6 +34,11 @@ void gemm_q8_0_q8_0_neon(int64_t K, int64_t n_rows, const void* w, size_t row_by
                          float* y, int64_t ldy);
 void gemm_q4_0_q8_0_neon(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy);
+// The same with SMMLA (FEAT_I8MM): 8-row x 4-token tiles of 2x2 matrix multiplies (neon_i8mm.cpp).
+void gemm_q8_0_q8_0_i8mm(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
+void gemm_q4_0_q8_0_i8mm(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
 void gemm_f32_panel16_neon(int64_t K, const float* panel, const float* x, int64_t ldx, int n_tok, float* y,
                            int64_t ldy, bool accumulate);
 void layernorm_f32_neon(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);
