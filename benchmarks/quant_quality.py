@@ -90,18 +90,31 @@ def score(f16: Path, files: dict[str, Path], eval_text: str, windows: int | None
         lb = _log_softmax(base.eval(chunk, all_logits=True)[: window - 1])
         targets = np.asarray(chunk[1:])
         pb = np.exp(lb)
+        pb_lb = np.einsum("ij,ij->i", pb, lb)  # sum_j p log p per row
         acc["F16"]["nll"] -= float(lb[np.arange(targets.size), targets].sum())
+        del lb
         for k, m in models.items():
             m.reset()
-            lm = _log_softmax(m.eval(chunk, all_logits=True)[: window - 1])
-            acc[k]["nll"] -= float(lm[np.arange(targets.size), targets].sum())
-            acc[k]["kl"] += float((pb * (lb - lm)).sum())
+            nll, kl = _nll_kl(m.eval(chunk, all_logits=True)[: window - 1], targets, pb, pb_lb)
+            acc[k]["nll"] += nll
+            acc[k]["kl"] += kl
         count += targets.size
         rows = _rows(acc, count, f16, files)
         json_path.write_text(json.dumps({"windows_done": w + 1, "windows": n_windows, "scored": count,
                                          "seconds": round(time.time() - t0), "rows": rows}, indent=1))
         print(f"window {w + 1}/{n_windows}", file=sys.stderr, flush=True)
     return json.loads(json_path.read_text())
+
+
+def _nll_kl(logits: np.ndarray, targets: np.ndarray, pb: np.ndarray, pb_lb: np.ndarray) -> tuple[float, float]:
+    """(sum of NLL, sum of KL(base || model)) over the rows, float64 throughout: with lse the row's
+    log-sum-exp, log q = x - lse, so KL = sum p log p - (sum p x - lse) (the rows of p sum to 1)."""
+    x = np.asarray(logits, dtype=np.float64)
+    mx = x.max(axis=1)
+    lse = mx + np.log(np.exp(x - mx[:, None]).sum(axis=1))
+    nll = float((lse - x[np.arange(targets.size), targets]).sum())
+    kl = float((pb_lb - (np.einsum("ij,ij->i", pb, x) - lse * pb.sum(axis=1))).sum())
+    return nll, kl
 
 
 def _rows(acc: dict, count: int, f16: Path, files: dict[str, Path]) -> list[dict]:
