@@ -13,6 +13,10 @@ q2_k, q3_k_s/m/l, q4_k_s and q5_k_s follow llama.cpp's per-tensor choices for a 
 attn_qkv; the rule applied is beside each row of MIXES). A matrix whose rows are not a multiple of
 its type's block (256 values for K-quants) falls back to Q8_0 (to F16 when not even a multiple of 32).
 
+Per-tensor overrides (llama-quantize's --token-embedding-type, --output-tensor-type and
+--tensor-type PATTERN=TYPE) replace a mix's choice for matching matrices; with --imatrix, --awq folds
+searched per-channel scales into the LayerNorms and V rows first (phi2cpu.awq).
+
 The types themselves (names, block sizes) come from the engine, phi2cpu._core.types().
 
 Works one tensor at a time (load, quantize, write, drop), so memory stays near one tensor.
