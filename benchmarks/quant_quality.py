@@ -1,16 +1,17 @@
 """Quantization fidelity: perplexity on the eval text and mean KL divergence from F16, per file.
 
     python benchmarks/quant_quality.py MODEL_DIR EVAL_TXT --out DIR [--types q4_0,q4_k_m,...]
-        [--windows N] [--llama-cpp-bin DIR]
+        [--windows N] [--llama-cpp-bin DIR] [--awq]
 
 Makes the F16 file, the calibration text (CALIBRATION_FILES of this Python's standard library,
 refused if any shares a 32+ character line with the eval text), its imatrix, then for each type
-one file without and one with `--imatrix`; with llama.cpp's tools (`--llama-cpp-bin`, or the
+one file without and one with `--imatrix` (with --awq a third, `--imatrix --awq`); with llama.cpp's
+tools (`--llama-cpp-bin`, or the
 LLAMA_CPP_BIN environment variable: a directory holding llama-quantize) also llama-quantize's file
 of each type from the same F16 and the same imatrix. Every file is scored over the same windows in
 one pass (the F16 logits of a window are computed once and compared with every file's), by
 phi2cpu.perplexity's protocol (float64 log-softmax; the same numbers as `phi2cpu perplexity
---kl-base`, tested in tests/test_imatrix.py). Writes DIR/quant_quality.json after every window and
+--kl-base`, tested in tests/test_imatrix.py and tests/test_quant_harness.py). Writes DIR/quant_quality.json after every window and
 DIR/quant_quality.md at the end.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ def llama_tool(bin_dir: str | None, name: str) -> Path | None:
 
 
 def build_files(model_dir: Path, eval_text: str, out: Path, types: list[str], llama_bin: str | None,
-                chunks: int | None, plain: bool = True) -> tuple[Path, dict[str, Path]]:
+                chunks: int | None, plain: bool = True, awq: bool = False) -> tuple[Path, dict[str, Path]]:
     f16 = out / "f16.gguf"
     if not f16.exists():
         quantize(model_dir, f16, "f16", progress=False)
@@ -61,7 +62,10 @@ def build_files(model_dir: Path, eval_text: str, out: Path, types: list[str], ll
     files: dict[str, Path] = {}
     lq = llama_tool(llama_bin, "llama-quantize")
     for t in types:
-        for label, kw in ((t, {}), (f"{t}+imatrix", {"imatrix": im_path}))[0 if plain else 1:]:
+        variants = ((t, {}), (f"{t}+imatrix", {"imatrix": im_path}))[0 if plain else 1:]
+        if awq:
+            variants += ((f"{t}+imatrix+awq", {"imatrix": im_path, "awq": True}),)
+        for label, kw in variants:
             p = out / f"{label.replace('+', '.')}.gguf"
             if not p.exists():
                 quantize(f16, p, t, progress=False, **kw)
@@ -90,18 +94,31 @@ def score(f16: Path, files: dict[str, Path], eval_text: str, windows: int | None
         lb = _log_softmax(base.eval(chunk, all_logits=True)[: window - 1])
         targets = np.asarray(chunk[1:])
         pb = np.exp(lb)
+        pb_lb = np.einsum("ij,ij->i", pb, lb)  # sum_j p log p per row
         acc["F16"]["nll"] -= float(lb[np.arange(targets.size), targets].sum())
+        del lb
         for k, m in models.items():
             m.reset()
-            lm = _log_softmax(m.eval(chunk, all_logits=True)[: window - 1])
-            acc[k]["nll"] -= float(lm[np.arange(targets.size), targets].sum())
-            acc[k]["kl"] += float((pb * (lb - lm)).sum())
+            nll, kl = _nll_kl(m.eval(chunk, all_logits=True)[: window - 1], targets, pb, pb_lb)
+            acc[k]["nll"] += nll
+            acc[k]["kl"] += kl
         count += targets.size
         rows = _rows(acc, count, f16, files)
         json_path.write_text(json.dumps({"windows_done": w + 1, "windows": n_windows, "scored": count,
                                          "seconds": round(time.time() - t0), "rows": rows}, indent=1))
         print(f"window {w + 1}/{n_windows}", file=sys.stderr, flush=True)
     return json.loads(json_path.read_text())
+
+
+def _nll_kl(logits: np.ndarray, targets: np.ndarray, pb: np.ndarray, pb_lb: np.ndarray) -> tuple[float, float]:
+    """(sum of NLL, sum of KL(base || model)) over the rows, float64 throughout: with lse the row's
+    log-sum-exp, log q = x - lse, so KL = sum p log p - (sum p x - lse) (the rows of p sum to 1)."""
+    x = np.asarray(logits, dtype=np.float64)
+    mx = x.max(axis=1)
+    lse = mx + np.log(np.exp(x - mx[:, None]).sum(axis=1))
+    nll = float((lse - x[np.arange(targets.size), targets]).sum())
+    kl = float((pb_lb - (np.einsum("ij,ij->i", pb, x) - lse * pb.sum(axis=1))).sum())
+    return nll, kl
 
 
 def _rows(acc: dict, count: int, f16: Path, files: dict[str, Path]) -> list[dict]:
@@ -134,11 +151,12 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, default=None, help="calibration chunks (default: all)")
     ap.add_argument("--llama-cpp-bin", default=None)
     ap.add_argument("--no-plain", action="store_true", help="only the files made with the imatrix")
+    ap.add_argument("--awq", action="store_true", help="also each type with --imatrix --awq")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     eval_text = args.eval_text.read_text(encoding="utf-8")
     f16, files = build_files(args.model_dir, eval_text, args.out, args.types.split(","), args.llama_cpp_bin,
-                             args.chunks, plain=not args.no_plain)
+                             args.chunks, plain=not args.no_plain, awq=args.awq)
     res = score(f16, files, eval_text, args.windows, args.out / "quant_quality.json")
     (args.out / "quant_quality.md").write_text(markdown(res))
     print(markdown(res))

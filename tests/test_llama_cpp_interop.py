@@ -276,3 +276,35 @@ def test_llama_files_perplexity(llama_files, eval_text):
     assert 2.0 < ppl["f16"] < 30.0, ppl
     for qtype in kinds[1:]:
         assert ppl[qtype] <= ppl["f16"] * (1 + TOLERANCES[qtype]["ppl_rel"]), ppl
+
+
+def test_llama_cpp_runs_an_awq_file_with_overridden_types(tmp_path, mini_dir, eval_text):
+    """A file made with --awq and per-tensor overrides is a standard GGUF: llama.cpp computes the
+    same logits from it as phi2cpu."""
+    from phi2cpu import imatrix as imx
+    from phi2cpu.checkpoint import HFCheckpoint, expected_gguf_shapes
+
+    shapes = expected_gguf_shapes(HFCheckpoint(mini_dir).config)
+    rng = np.random.default_rng(0)
+    im = imx.IMatrix(datasets=["synthetic"], chunk_count=1, chunk_size=64)
+    for point, names in imx.matrix_inputs(HFCheckpoint(mini_dir).config.n_layer).items():
+        m = rng.lognormal(0.0, 1.0, shapes[names[0]][1])
+        for name in names:
+            im.sums[name], im.counts[name] = m * 64, 64
+    path = tmp_path / "mini.awq.gguf"
+    s = quantize(mini_dir, path, "q4_k_m", progress=False, imatrix=imx.save(im, tmp_path / "im.gguf"), awq=True,
+                 tensor_types=[(r"^output\.weight$", "Q5_K"), ("ffn_down", "Q8_0")])
+    assert any(g.get("alpha_norm", 0) > 0 for g in s["awq"].values())
+    types = {n: t.ggml_type for n, t in read_model_file(path).tensors.items()}
+    assert types["output.weight"] == gguf.GGMLQuantizationType.Q5_K
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0
+    ours = phi2cpu.load(path, threads=2, n_ctx=256)
+    theirs = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=2, logits_all=True, verbose=False)
+    try:
+        ids = ours.tokenize(TEXTS[0] + eval_text[:4000])[:200]
+        got, want = _llama_logits(theirs, ids), ours.logits(ids)
+        rel = float(np.abs(got - want).max() / np.abs(want).max())
+        assert rel <= TOLERANCES["q4_k_m"]["max_rel"], rel
+        assert (got[:, :N_VALID].argmax(1) == want[:, :N_VALID].argmax(1)).mean() >= TOLERANCES["q4_k_m"]["top1"]
+    finally:
+        theirs.close()

@@ -353,3 +353,43 @@ def test_threads_do_not_change_a_byte(ckpt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "threads must be a whole number of at least 1, not 0" in err and err.count("\n") == 1
     assert not (tmp_path / "t0.gguf").exists()
+
+
+def test_tensor_type_overrides_like_llama_quantize(ckpt, tmp_path, capsys):
+    """--token-embedding-type, --output-tensor-type and --tensor-type PATTERN=TYPE (first match wins)
+    replace the mix's per-tensor types; K types fall back where the rows are not a multiple of 256."""
+    out = tmp_path / "o.gguf"
+    assert main([str(ckpt), str(out), "q4_0", "--token-embedding-type", "q6_k", "--output-tensor-type", "Q4_0",
+                 "--tensor-type", r"blk\.0\.ffn_down=q8_0", "--tensor-type", "ffn_down=q5_0",
+                 "--tensor-type", "attn_qkv=q4_k", "--quiet"]) == 0
+    mf = read_model_file(out)
+    types = {n: t.ggml_type for n, t in mf.tensors.items()}
+    # TINY's rows are 160 (320 for ffn_down) values: Q6_K and Q4_K take 256, so they fall back to Q8_0
+    assert types["token_embd.weight"] == T.Q8_0 and types["output.weight"] == T.Q4_0
+    assert types["blk.0.ffn_down.weight"] == T.Q8_0 and types["blk.1.ffn_down.weight"] == T.Q5_0
+    assert types["blk.0.attn_qkv.weight"] == T.Q8_0 and types["blk.1.ffn_up.weight"] == T.Q4_0
+    assert types["blk.0.attn_norm.weight"] == T.F32 and types["output.bias"] == T.F32
+    assert mf.kv["general.file_type"] == 2  # still a q4_0 file
+    assert mf.recipe["tensor_types"][0] == [r"^token_embd\.weight$", "Q6_K"]
+    assert mf.recipe["overridden"]["blk.1.ffn_down.weight"] == "Q5_0"
+    w = HFCheckpoint(ckpt).load("blk.1.ffn_down.weight")
+    assert np.array_equal(_bytes(mf, "blk.1.ffn_down.weight"), gguf.quants.quantize(w, T.Q5_0).reshape(-1).view(np.uint8))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--output-tensor-type", "q9_9"], "tensor type 'q9_9' for '^output\\\\.weight$' is not one of"),
+    (["--tensor-type", "blk.(=q4_0"], "is not a regular expression"),
+    (["--tensor-type", "ffn_down=q4"], "tensor type 'q4' for 'ffn_down' is not one of"),
+])
+def test_bad_tensor_type_overrides_are_one_line_errors(ckpt, tmp_path, capsys, args, message):
+    out = tmp_path / "o.gguf"
+    assert main([str(ckpt), str(out), "q4_0", "--quiet", *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_tensor_type_needs_pattern_and_type(ckpt, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(ckpt), str(tmp_path / "o.gguf"), "q4_0", "--tensor-type", "ffn_down"])
+    assert "expected PATTERN=TYPE" in capsys.readouterr().err

@@ -13,6 +13,10 @@ q2_k, q3_k_s/m/l, q4_k_s and q5_k_s follow llama.cpp's per-tensor choices for a 
 attn_qkv; the rule applied is beside each row of MIXES). A matrix whose rows are not a multiple of
 its type's block (256 values for K-quants) falls back to Q8_0 (to F16 when not even a multiple of 32).
 
+Per-tensor overrides (llama-quantize's --token-embedding-type, --output-tensor-type and
+--tensor-type PATTERN=TYPE) replace a mix's choice for matching matrices; with --imatrix, --awq folds
+searched per-channel scales into the LayerNorms and V rows first (phi2cpu.awq).
+
 The types themselves (names, block sizes) come from the engine, phi2cpu._core.types().
 
 Works one tensor at a time (load, quantize, write, drop), so memory stays near one tensor.
@@ -22,11 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -136,6 +141,34 @@ def tensor_type(name: str, shape: tuple[int, ...], qtype: str, n_layer: int = 0)
     return T[t]
 
 
+def parse_tensor_types(pairs: Sequence[tuple[str, str]] | None) -> list[tuple[re.Pattern, str, str]]:
+    """Validate (PATTERN, TYPE) overrides: a regular expression searched in each 2-D tensor's GGUF name,
+    and a weight type name (case-blind). Returns (compiled pattern, pattern, TYPE) in order."""
+    out = []
+    for pattern, tname in pairs or ():
+        t = str(tname).upper()
+        if t not in TYPES:
+            raise Phi2Error(f"tensor type {tname!r} for {pattern!r} is not one of {', '.join(TYPES)}")
+        try:
+            out.append((re.compile(pattern), pattern, t))
+        except re.error as e:
+            raise Phi2Error(f"tensor type pattern {pattern!r} is not a regular expression ({e})") from None
+    return out
+
+
+def overridden_type(name: str, shape: tuple[int, ...], default: T, overrides) -> T:
+    """The first override whose pattern is found in `name` (2-D tensors only), else `default`; a
+    type whose block does not divide the rows falls back as the mixes do."""
+    if len(shape) != 2:
+        return default
+    for rx, _, t in overrides:
+        if rx.search(name):
+            if shape[-1] % _block(t):
+                t = "Q8_0" if shape[-1] % 32 == 0 else "F16"
+            return T[t]
+    return default
+
+
 def _is_gguf(path: Path) -> bool:
     if not path.is_file():
         return False
@@ -222,19 +255,26 @@ def chat_template_of(src: Path) -> Optional[str]:
 
 def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bool = True,
              allow_requantize: bool = False, imatrix: str | Path | None = None,
-             threads: int | None = None) -> dict[str, Any]:
+             threads: int | None = None, tensor_types: Sequence[tuple[str, str]] | None = None,
+             awq: bool = False) -> dict[str, Any]:
     """Convert `src` (HF checkpoint dir or phi2 GGUF) to a GGUF at `out`. Returns a summary.
     `qtype` is case-blind (q4_k_m or Q4_K_M). A GGUF whose matrices are not F32/F16/BF16 is refused
     unless `allow_requantize`, and so is an `out` that is `src`. With `imatrix` (an importance-matrix
     file, see phi2cpu.imatrix) every matrix it has statistics for is quantized by its type's
     importance-weighted search; the others (token_embd, a lookup) as without it. Each tensor's rows
-    are quantized by `threads` threads (default: every core); the file's bytes do not depend on it."""
+    are quantized by `threads` threads (default: every core); the file's bytes do not depend on it.
+    `tensor_types`: (PATTERN, TYPE) pairs, as llama-quantize's --tensor-type: a 2-D tensor whose GGUF
+    name matches PATTERN (re.search, first pair wins) takes TYPE in place of the mix's choice.
+    `awq` (needs `imatrix`): per-channel scales searched on the imatrix and folded into the LayerNorms
+    and V rows before quantizing (phi2cpu.awq); the float model computes the same function, the
+    file is a standard GGUF, and the summary's "awq" says which scaling each group took."""
     if not isinstance(qtype, str) or qtype.lower() not in QTYPES:
         raise ValueError(f"qtype must be one of {', '.join(QTYPES)}, not {qtype!r}")
     threads = (os.cpu_count() or 1) if threads is None else threads
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise Phi2Error(f"threads must be a whole number of at least 1, not {threads!r}")
     qtype = qtype.lower()
+    overrides = parse_tensor_types(tensor_types)
     src, out = Path(src), Path(out)
     if not src.exists():
         raise ModelFileError(f"{src}: no such file or directory")
@@ -242,6 +282,8 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
         raise Phi2Error(f"{out.parent}: output directory does not exist")
     if out.is_dir():
         raise Phi2Error(f"{out}: is a directory; OUT is the file to write, e.g. {out / f'phi-2.{qtype}.gguf'}")
+    if awq and imatrix is None:
+        raise Phi2Error("--awq searches its scales on an importance matrix: pass --imatrix FILE too")
     _check_source(src, out, allow_requantize)
     t0 = time.perf_counter()
     config, tokenizer, names, load = _gguf_source(src) if _is_gguf(src) else _hf_source(src)
@@ -258,16 +300,33 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
     weighted_types = {t["id"] for t in _core.types() if t.get("weighted")}
     bar = tqdm(total=len(names), desc=f"quantize {qtype}", unit="tensor", disable=None if progress else True)
 
+    types = {n: overridden_type(n, shapes[n], tensor_type(n, shapes[n], qtype, config.n_layer), overrides)
+             for n in names}
+    folder = None
+    if awq:
+        from . import awq as awq_mod
+        folder = awq_mod.Folder(load, {n: int(t) for n, t in types.items()}, im.importance, config.n_embd, threads)
+        recipe["awq"] = {"alphas": list(folder.alphas), "folded": "attn_norm -> attn_qkv, ffn_up; V -> attn_output; "
+                                                                  "output_norm -> output"}
+
     def producer(name: str, ttype: T) -> Callable[[], np.ndarray]:
         def make() -> np.ndarray:
-            x = load(name)
+            done = folder.quantized(name) if folder is not None else None
+            if done is not None:
+                bar.update(1)
+                return done
+            x = folder.tensor(name) if folder is not None else load(name)
             imp = im.importance(name) if im is not None and int(ttype) in weighted_types else None
             data = x if ttype == T.F32 else _core.quantize(x, int(ttype), imp, threads)
             bar.update(1)
             return data
         return make
 
-    types = {n: tensor_type(n, shapes[n], qtype, config.n_layer) for n in names}
+    if overrides:
+        recipe["tensor_types"] = [[p, t] for _, p, t in overrides]
+        for n in names:
+            if len(shapes[n]) == 2 and types[n] != tensor_type(n, shapes[n], qtype, config.n_layer):
+                recipe.setdefault("overridden", {})[n] = types[n].name
     plan = [(n, producer(n, types[n]), int(types[n]), shapes[n]) for n in names]
     try:
         with sigterm_raises():  # a terminated run removes its temporary file too
@@ -278,7 +337,8 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
     return {"src": str(src), "out": str(out), "qtype": qtype, "n_tensors": len(plan),
             "n_params": sum(int(np.prod(s)) for s in shapes.values()),
             "tensor_bytes": sum(tensor_nbytes(t, s) for _, _, t, s in plan),
-            "file_bytes": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 3), "recipe": recipe}
+            "file_bytes": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 3), "recipe": recipe,
+            **({"awq": folder.report} if folder is not None else {})}
 
 
 def main(argv: list[str] | None = None, prog: str = "tools/quantize.py") -> int:
@@ -307,15 +367,34 @@ is refused unless --allow-requantize (each rounding adds error); OUT == SRC is a
     ap.add_argument("--imatrix", metavar="FILE", default=None,
                     help="importance matrix (from `phi2cpu imatrix` or llama-imatrix, GGUF or .dat): weights each "
                          "column's rounding error by how large its inputs are on the calibration text")
+    ap.add_argument("--awq", action="store_true",
+                    help="with --imatrix: per-channel scales searched on the imatrix, folded into the LayerNorms "
+                         "and the V rows (the float model is unchanged; the rounding error where inputs are large drops)")
+    ap.add_argument("--token-embedding-type", metavar="TYPE", default=None,
+                    help="type of token_embd in place of the mix's (as llama-quantize's option)")
+    ap.add_argument("--output-tensor-type", metavar="TYPE", default=None,
+                    help="type of output (lm_head) in place of the mix's (as llama-quantize's option)")
+    ap.add_argument("--tensor-type", metavar="PATTERN=TYPE", action="append", default=[],
+                    help="matrices whose GGUF name matches the regular expression PATTERN take TYPE "
+                         "(repeatable; the first match wins, after the two options above)")
     ap.add_argument("--threads", type=int, default=None, metavar="N",
                     help="threads sharing each tensor's rows (default: every core; the output is the same)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.type and args.qtype and args.type != args.qtype:
         ap.error(f"TYPE {args.type} and --type {args.qtype} differ; give one")
+    overrides = [(r"^token_embd\.weight$", args.token_embedding_type)] if args.token_embedding_type else []
+    if args.output_tensor_type:
+        overrides.append((r"^output\.weight$", args.output_tensor_type))
+    for item in args.tensor_type:
+        pattern, eq, tname = item.rpartition("=")
+        if not eq or not pattern or not tname:
+            ap.error(f"--tensor-type {item!r}: expected PATTERN=TYPE, e.g. ffn_down=q6_k")
+        overrides.append((pattern, tname))
     try:
         s = quantize(args.src, args.out, args.type or args.qtype or "q8_0", progress=not args.quiet,
-                     allow_requantize=args.allow_requantize, imatrix=args.imatrix, threads=args.threads)
+                     allow_requantize=args.allow_requantize, imatrix=args.imatrix, threads=args.threads,
+                     tensor_types=overrides, awq=args.awq)
     except (Phi2Error, OSError) as e:
         print(f"{prog.split()[0]}: error: {error_message(e)}", file=sys.stderr)
         return 1
