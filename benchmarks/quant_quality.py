@@ -36,7 +36,9 @@ CALIBRATION_FILES = ("textwrap.py", "shlex.py", "heapq.py", "fractions.py", "jso
                      "string.py", "pprint.py", "csv.py", "tokenize.py", "calendar.py", "statistics.py")
 # llama-quantize's name of each of our mixes.
 LLAMA_FTYPE = {"q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "iq4_nl": "IQ4_NL",
-               "q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q6_k": "Q6_K", "q8_0": "Q8_0"}
+               "q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q6_k": "Q6_K", "q8_0": "Q8_0", "iq4_xs": "IQ4_XS",
+               "q2_k": "Q2_K", "q3_k_s": "Q3_K_S", "q3_k_m": "Q3_K_M", "q3_k_l": "Q3_K_L", "q4_k_s": "Q4_K_S",
+               "q5_k_s": "Q5_K_S"}
 
 
 def llama_tool(bin_dir: str | None, name: str) -> Path | None:
