@@ -13,8 +13,16 @@ from typing import Callable, Iterator
 
 import pytest
 
+# Ctrl-C as in a terminal: a process started in the background of a non-interactive shell inherits
+# SIGINT ignored, and Python then installs no KeyboardInterrupt handler; the commands here restore it.
+CTRL_C = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+PHI2CPU = CTRL_C + """
+import sys
+from phi2cpu.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 # `phi2cpu ARGS...` with each tensor's quantization delayed, so a SIGINT finds the output half-written
-SLOW_QUANTIZE = """
+SLOW_QUANTIZE = CTRL_C + """
 import sys, time
 import phi2cpu._core as core
 quantize = core.quantize
@@ -25,9 +33,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def phi2cpu_cmd(*args: str, slow_quantize: bool = False) -> list[str]:
-    if slow_quantize:
-        return [sys.executable, "-c", SLOW_QUANTIZE, *args]
-    return [sys.executable, "-m", "phi2cpu", *args]
+    return [sys.executable, "-c", SLOW_QUANTIZE if slow_quantize else PHI2CPU, *args]
 
 
 def wait_until(what: str, ready: Callable[[], bool], proc: subprocess.Popen, timeout: float = 60) -> None:

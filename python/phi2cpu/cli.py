@@ -479,7 +479,9 @@ def _version() -> str:
 def _load(path: str, threads: Optional[int], n_ctx: int, kv_type: Optional[str] = None, n_seq: int = 1):
     import phi2cpu
 
-    kwargs = {"n_ctx": n_ctx, "n_seq": n_seq}
+    kwargs = {"n_ctx": n_ctx}
+    if n_seq != 1:
+        kwargs["n_seq"] = n_seq
     if threads is not None:
         kwargs["threads"] = threads
     if kv_type is not None:
