@@ -186,6 +186,7 @@ def test_a_prefix_is_copied_from_a_busy_slot():
 def test_long_prompt_is_chunked_between_decode_steps():
     chunk = 8
     with serving(load(2), batch_chunk=chunk) as client:
+        client.sched.grace_seconds = 30  # wait for the decoding stream at every step, however loaded the machine
         c, resp = client.stream(prompt="def f(x):", max_tokens=400, temperature=0, ignore_eos=True)
         first_event(resp)
         client.sched.step_log.clear()
@@ -203,6 +204,7 @@ def test_long_prompt_is_chunked_between_decode_steps():
 
 def test_n_choices_run_in_slots_of_their_own(local):
     with serving(load(4)) as client:
+        client.sched.grace_seconds = 30  # no step while a choice is still sampling
         r = client.complete(prompt="def parse(path):\n", n=3, max_tokens=6, temperature=1.0, seed=11, logprobs=0)
         log = list(client.sched.step_log)
     assert max(len(s.decode) for s in log) == 3  # the three choices decoded together
@@ -257,6 +259,27 @@ def test_a_queued_client_that_leaves_is_dropped():
         c0.close()
         client.wait(lambda h: h["slots_busy"] == 0, "the slot to be freed")
         assert client.complete(prompt="x =", max_tokens=2, temperature=0)["choices"]
+
+
+def test_an_engine_failure_fails_requests_and_shows_on_health():
+    with serving(load(1)) as client:
+        assert client.complete(prompt="x =", max_tokens=2, temperature=0)["choices"]
+
+        def broken():
+            if client.sched.queue:  # once the next request is queued: it must get the error
+                raise RuntimeError("the cache is broken")
+
+        client.sched._apply_truncates = broken  # the engine thread raises outside a step
+        status, body, _ = client.post("/v1/completions", dict(prompt="y =", max_tokens=2))
+        assert status == 500 and "the cache is broken" in body["error"]["message"], body
+        c = client._conn()
+        c.request("GET", "/health")
+        r = c.getresponse()
+        h = json.loads(r.read())
+        c.close()
+        assert r.status == 503 and h["status"] == "error" and "the cache is broken" in h["error"]
+        status, body, _ = client.post("/v1/completions", dict(prompt="z =", max_tokens=2))
+        assert status == 503 and body["error"]["code"] == "engine_failed"
 
 
 def test_default_parallel_and_kv_bytes(local):

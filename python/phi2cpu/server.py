@@ -91,9 +91,7 @@ def create_app(model, model_name: str, max_queue: int = 64, max_body_bytes: int 
     if api_key is not None and not api_key:
         raise Phi2Error("the API key must not be empty")
     model.tokenizer.limit_word_cache(TOKENIZER_WORD_CACHE)
-    if isinstance(batch_chunk, bool) or not isinstance(batch_chunk, int) or batch_chunk < 1:
-        raise Phi2Error(f"batch_chunk must be an integer >= 1, got {batch_chunk!r}")
-    engine = Engine(model, max_queue=max_queue, chunk=batch_chunk)
+    engine = Engine(model, max_queue=max_queue, chunk=batch_chunk)  # Phi2Error for a bad batch_chunk
     metrics = engine.metrics = Metrics(waiting=lambda: engine.waiting, running=lambda: engine.running,
                                        slots_busy=lambda: engine.slots_busy, slots_total=engine.slots_total)
     prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi2cpu-prepare")

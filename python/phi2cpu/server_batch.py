@@ -2,49 +2,70 @@
 (the slots) and runs every forward pass; each admitted task runs on a worker thread of its own and
 sees its slot as a single-sequence model (:class:`SlotModel`).
 
-A step is one `Model.forward_batch` call holding one entry for every slot whose request has one
-token left (a decode step, or the last token of a prompt) and at most `chunk` tokens of the longer
-requests (prompts, and prompt-lookup verifications), taken first come, first served across slots.
-So a step evaluates at most ``n_seq + chunk`` tokens, and that bounds how long a long prompt can
-hold up the other streams: one step, never the whole prompt. The engine steps once every busy
-slot has posted its next request (or freed the slot), so each step carries every stream.
+A step is one `Model.forward_batch` call. It holds every request of a slot after the slot's first
+(a decode token, or a prompt-lookup verification of `[pending] + draft`, at most k + 1 tokens), and
+the slots' first requests (their prompts) as follows: one with a single token left is fed whole,
+and the longer ones share `chunk` tokens a step, first come, first served across slots. So a step
+evaluates at most ``n_seq * (k + 1) + chunk`` tokens (k: the largest lookup draft, 0 without
+lookup), and a long prompt holds the other streams up by one step, never by the whole prompt.
 
-Admission is first in, first out: a task waiting for its prompt's first choice to be prefilled
-(the other `n` choices of a prompt) keeps its place and is admitted as soon as it can be. A task
-takes the free slot whose cached tokens share the longest prefix with its prompt; when a busy or
-less recently used slot shares a longer one, those positions are copied into the least recently
-used free slot first (`Model.copy_seq`), so a chat that resends its history, or choice 2 of a
-prompt, evaluates only the new tokens. Every entry of a step is computed as it would be alone
-(see `Model.forward_batch`), so a task's logits do not depend on the other slots nor on where its
-prefix came from.
+The engine steps as soon as every busy slot has posted its request (or freed the slot). When some
+have and others are still busy between requests (sampling, or computing log-probs), it waits for
+them at most GRACE: 10 ms or a quarter of the last step's time, whichever is longer, counted from
+the later of the last step's end and the first open request, and then steps with the open ones.
+So a stream's next token comes at most the grace plus one step after it asks (plus the rest of a
+step already running), whatever the other tasks do.
+
+Admission is first in, first out, by readiness: the oldest task that may start (a prompt's later
+choices wait until its first choice has prefilled it, keeping their place, and ones behind them
+may go first) takes the free slot whose cached tokens share the longest prefix with its prompt.
+When a busy slot holds a prefix longer by at least `chunk` tokens, or by all that the free slot
+lacks, those positions are copied into the least recently used free slot (`Model.copy_seq`), and
+that slot is taken: a chat that resends its history, or choice 2 of a prompt, evaluates only the
+new tokens. Every entry of a step is computed as it would be alone (see `Model.forward_batch`), so
+a task's logits do not depend on the other slots nor on where its prefix came from.
 
 All KV-cache changes happen on the engine thread: a task's truncate or reset is recorded and
-applied before its next request is fed.
+applied before its next request is fed. An exception on the engine thread outside a forward pass
+stops the scheduler: every open request fails with :class:`EngineError`, every queued task is
+dropped with it, and later submits raise it.
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ContextFullError
+from .errors import ContextFullError, Phi2Error
 
 DEFAULT_CHUNK = 64      # prompt tokens per step, over all slots
-STEP_LOG = 4096         # steps kept in Scheduler.step_log
+STEP_LOG = 4096         # steps kept in Scheduler.step_log (read by the tests)
+GRACE_SECONDS = 0.010   # the least time the engine waits for a busy slot's next request ...
+GRACE_FRACTION = 0.25   # ... or this fraction of the last step's time, when longer
+
+log = logging.getLogger("phi2cpu.server")
 
 
 class Cancelled(Exception):
     """Raised in a task's thread when its request was dropped (the client went away)."""
 
 
+class EngineError(Phi2Error):
+    """The engine thread failed outside a forward pass: the scheduler serves nothing more."""
+
+
 @dataclass
 class Step:
-    """What one forward pass held: the slots fed one token, and (slot, tokens) of the longer requests."""
+    """What one forward pass held: the slots fed one token, (slot, tokens) of the prompts fed in
+    chunks, and (slot, tokens) of the verifications (a slot's later requests of several tokens)."""
     decode: Tuple[int, ...]
     chunks: Tuple[Tuple[int, int], ...]
+    verify: Tuple[Tuple[int, int], ...] = ()
 
     @property
     def prompt_tokens(self) -> int:
@@ -59,13 +80,16 @@ class Task:
     cancel: threading.Event
     run: Callable[["SlotModel"], None]
     ready: Callable[[], bool] = lambda: True
-    dropped: Callable[[], None] = lambda: None  # called instead of run when cancelled while queued
+    # called instead of run when cancelled while queued (None), or when it cannot run (the error)
+    dropped: Callable[[Optional[BaseException]], None] = lambda error: None
 
 
 @dataclass(eq=False)
 class _Request:
     ids: List[int]
     all_logits: bool
+    first: bool = True                 # the task's first request (its prompt), else a decode or verification
+    posted: float = 0.0                # time.monotonic() when posted
     fed: int = 0
     rows: List[np.ndarray] = field(default_factory=list)
     result: Optional[np.ndarray] = None
@@ -93,6 +117,7 @@ class _Slot:
     used: int = 0                      # when it was last freed (least recently used is overwritten first)
     keep: Optional[int] = None         # a truncate the task asked for, applied on the engine thread
     request: Optional[_Request] = None
+    posts: int = 0                     # requests the task has posted
 
 
 def common_prefix(a: List[int], b: List[int]) -> int:
@@ -108,16 +133,20 @@ class Scheduler:
 
     def __init__(self, model, chunk: int = DEFAULT_CHUNK):
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+            raise Phi2Error(f"batch_chunk must be an integer >= 1, got {chunk!r}")
         self.model = model
         self.chunk = chunk
         self.slots = [_Slot(s) for s in range(model.n_seq)]
         self.queue: Deque[Task] = deque()
-        self.step_log: Deque[Step] = deque(maxlen=STEP_LOG)
+        self.step_log: Deque[Step] = deque(maxlen=STEP_LOG)  # for the tests: what each step held
         self.steps = 0
         self.tokens_evaluated = 0      # entries fed to the model, every kind
+        self.error: Optional[EngineError] = None  # set when the engine thread failed
         self.cond = threading.Condition()
         self._closing = False
+        self.grace_seconds, self.grace_fraction = GRACE_SECONDS, GRACE_FRACTION
+        self._step_end = 0.0           # time.monotonic() when the last step ended
+        self._step_seconds = 0.0       # how long it took
         self._admitted = 0
         self._freed = 0
         self._thread = threading.Thread(target=self._loop, name="phi2cpu-engine", daemon=True)
@@ -129,11 +158,14 @@ class Scheduler:
         return sum(1 for s in self.slots if s.task is not None)
 
     @property
-    def waiting(self) -> int:
+    def queued(self) -> int:
+        """Tasks (choices) waiting in the queue for a slot."""
         return len(self.queue)
 
     def submit(self, tasks: List[Task]) -> None:
         with self.cond:
+            if self.error is not None:
+                raise self.error
             if self._closing:
                 raise RuntimeError("the scheduler is shut down")
             self.queue.extend(tasks)
@@ -152,10 +184,13 @@ class Scheduler:
 
     # --- called from a task's thread --------------------------------------------------------
     def _eval(self, slot: _Slot, ids: List[int], all_logits: bool) -> np.ndarray:
-        req = _Request(list(ids), all_logits)
         with self.cond:
+            if self.error is not None:
+                raise self.error
             if self._closing:
                 raise Cancelled()
+            req = _Request(list(ids), all_logits, first=slot.posts == 0, posted=time.monotonic())
+            slot.posts += 1
             slot.request = req
             self.cond.notify()  # only the engine thread waits on cond; a task waits on its request
         req.done.wait()
@@ -181,36 +216,70 @@ class Scheduler:
 
     # --- the engine thread ------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._steps()
+        except BaseException as e:  # a bug or a failed cache operation: fail loudly, never hang
+            log.exception("the engine thread failed")
+            with self.cond:
+                self.error = EngineError(f"the engine failed ({type(e).__name__}: {e}); restart the server")
+                self._closing = True
+                self._close(self.error)
+
+    def _steps(self) -> None:
         while True:
             with self.cond:
                 while True:
                     if self._closing:
-                        self._close()
+                        self._close(None)
                         return
                     self._apply_truncates()
                     self._drop_cancelled()
                     self._admit()
                     busy = [s for s in self.slots if s.task is not None]
-                    if busy and all(s.request is not None and s.request.open for s in busy):
+                    waiting = self._wait_for(busy)
+                    if waiting == 0:
                         break
-                    self.cond.wait()
-                entries, fed = self._batch(busy)
+                    self.cond.wait(waiting)
+                entries, fed = self._batch([s for s in busy if s.request is not None and s.request.open])
+            t = time.monotonic()
             try:
                 out = self.model.forward_batch(*entries)
             except BaseException as e:  # every request of this step gets the error
                 with self.cond:
+                    self._stepped(t)
                     for slot, _, _ in fed:
                         slot.request.fail(e)
                 continue
             with self.cond:
+                self._stepped(t)
                 self._deliver(out, fed)
 
-    def _close(self) -> None:
+    def _wait_for(self, busy: List[_Slot]) -> Optional[float]:
+        """0: step now; else how long to wait for more requests (None: until woken)."""
+        posted = [s.request.posted for s in busy if s.request is not None and s.request.open]
+        if not posted:
+            return None
+        if len(posted) == len(busy):
+            return 0
+        grace = max(self.grace_seconds, self.grace_fraction * self._step_seconds)
+        left = max(self._step_end, min(posted)) + grace - time.monotonic()
+        return max(left, 0)
+
+    def _stepped(self, started: float) -> None:
+        self._step_end = time.monotonic()
+        self._step_seconds = self._step_end - started
+
+    def _close(self, error: Optional[BaseException]) -> None:
+        """Fail every open request (with `error`, else Cancelled) and drop every queued task."""
         for s in self.slots:
             if s.request is not None and s.request.open:
-                s.request.fail(Cancelled())
+                s.request.fail(error if error is not None else Cancelled())
         while self.queue:
-            self.queue.popleft().dropped()
+            task = self.queue.popleft()
+            try:
+                task.dropped(error)
+            except Exception:
+                log.exception("dropping a queued task failed")
 
     def _apply_truncates(self) -> None:
         for s in self.slots:
@@ -221,7 +290,7 @@ class Scheduler:
     def _drop_cancelled(self) -> None:
         for task in [t for t in self.queue if t.cancel.is_set()]:
             self.queue.remove(task)
-            task.dropped()
+            task.dropped(None)
         for s in self.slots:
             if s.request is not None and s.request.open and s.task is not None and s.task.cancel.is_set():
                 s.request.fail(Cancelled())
@@ -233,29 +302,43 @@ class Scheduler:
                 return
             if not task.ready():
                 continue
-            self.queue.remove(task)
             slot = self._place(task.prompt, free)
             self._admitted += 1
-            slot.task, slot.order = task, self._admitted
-            threading.Thread(target=self._work, args=(task, slot), name=f"phi2cpu-slot-{slot.seq}", daemon=True).start()
+            slot.task, slot.order, slot.posts = task, self._admitted, 0
+            try:
+                threading.Thread(target=self._work, args=(task, slot), name=f"phi2cpu-slot-{slot.seq}",
+                                 daemon=True).start()
+            except Exception as e:  # no thread for it (the process is out of threads or memory)
+                log.exception("starting a slot's thread failed")
+                slot.task = None
+                self.queue.remove(task)
+                task.dropped(e)
+                continue
+            self.queue.remove(task)
 
     def _place(self, prompt: List[int], free: List[_Slot]) -> _Slot:
-        """The free slot for `prompt`: the one with the longest cached prefix of it, or the least
-        recently used one after copying a longer prefix from another slot into it."""
-        def lcp(s: _Slot) -> int:
-            return common_prefix(self._tokens(s), prompt)
+        """The free slot for `prompt`: the one whose cached tokens share the longest prefix with it
+        (the least recently used of equals). When a busy slot shares a longer prefix, longer by at
+        least `chunk` tokens or by all that the free slot lacks, the prefix is copied into the least
+        recently used free slot, which is taken instead. The prompt's last token is always
+        evaluated, so a prefix counts up to the token before it. A failed copy is a cache miss."""
+        want = len(prompt) - 1
 
-        best = max(free, key=lambda s: (lcp(s), -s.used))
-        have = lcp(best)
-        if have == 0:
-            best = min(free, key=lambda s: s.used)
-        donors = [s for s in self.slots if s is not best]
-        donor = max(donors, key=lcp, default=None)
-        if donor is not None and lcp(donor) > have:
-            target = min(free, key=lambda s: (s is donor, s.used))
-            if target is not donor:
-                self.model.copy_seq(donor.seq, target.seq, lcp(donor))
+        def have(s: _Slot) -> int:
+            return min(common_prefix(self._tokens(s), prompt), want)
+
+        best = max(free, key=lambda s: (have(s), -s.used))
+        donor = max((s for s in self.slots if s.task is not None), key=have, default=None)
+        if donor is None:
+            return best
+        gain = have(donor) - have(best)
+        if gain > 0 and gain >= min(self.chunk, want - have(best)):
+            target = min(free, key=lambda s: s.used)
+            try:
+                self.model.copy_seq(donor.seq, target.seq, have(donor))
                 return target
+            except Exception:
+                log.exception("copying a cached prefix between slots failed; evaluating it instead")
         return best
 
     def _work(self, task: Task, slot: _Slot) -> None:
@@ -287,16 +370,22 @@ class Scheduler:
         decode = [s for s in busy if s.request.left == 1]
         for s in decode:
             add(s, 1)
+        verify = [s for s in busy if s.request.left > 1 and not s.request.first]
+        for s in verify:  # at most k + 1 tokens each: outside the prompt budget, like decode tokens
+            add(s, s.request.left)
         room = self.chunk
-        for s in sorted((s for s in busy if s.request.left > 1), key=lambda s: s.order):
+        chunks = []
+        for s in sorted((s for s in busy if s.request.left > 1 and s.request.first), key=lambda s: s.order):
             if room == 0:
                 break
             n = min(room, s.request.left)
             add(s, n)
+            chunks.append((s.seq, n))
             room -= n
         self.steps += 1
         self.tokens_evaluated += len(tokens)
-        self.step_log.append(Step(tuple(s.seq for s in decode), tuple((s.seq, n) for s, n, _ in fed if s not in decode)))
+        self.step_log.append(Step(tuple(s.seq for s in decode), tuple(chunks),
+                                  tuple((s.seq, s.request.left) for s in verify)))
         return (tokens, positions, seqs, wants), fed
 
     def _deliver(self, out: np.ndarray, fed) -> None:

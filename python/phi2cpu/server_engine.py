@@ -25,7 +25,7 @@ from .grammar import Constraint
 from .lookup import LookupParams
 from .perplexity import window_nll
 from .sampling import SamplingParams
-from .server_batch import DEFAULT_CHUNK, Cancelled, Scheduler, SlotModel, Task
+from .server_batch import DEFAULT_CHUNK, Cancelled, EngineError, Scheduler, SlotModel, Task
 from .server_errors import APIError
 
 MAX_SEED = 2 ** 64 - 1
@@ -148,6 +148,16 @@ class Engine:
     def slots_busy(self) -> int:
         return self.scheduler.slots_busy
 
+    @property
+    def queued(self) -> int:
+        """Choices waiting in the scheduler's queue for a slot (a request of n choices counts n)."""
+        return self.scheduler.queued
+
+    @property
+    def error(self) -> Optional[EngineError]:
+        """Why the engine serves nothing more (its thread failed), or None."""
+        return self.scheduler.error
+
     def retry_after(self) -> int:
         """Seconds a refused client should wait: the queue ahead of it at the mean job time, over the slots."""
         return max(1, min(60, math.ceil(self._job_seconds * (self.waiting + 1) / self.slots_total)))
@@ -174,17 +184,19 @@ class Engine:
         run = _Run(job, emit, done, [_Prompt() for _ in job.prompts], len(job.prompts) * job.n)
         tasks = [Task(ids, job.cancel, run=lambda m, p=p, j=j: self._task(run, p, j, m),
                       ready=lambda p=p, j=j: j == 0 or run.prompts[p].ready,
-                      dropped=lambda: self._task_done(run))
+                      dropped=lambda error: self._dropped(run, error))
                  for p, ids in enumerate(job.prompts) for j in range(job.n)]
         with self._lock:
             self.waiting += 1
             self._jobs.add(job)
         try:
             self.scheduler.submit(tasks)
-        except RuntimeError:  # shut down
+        except (RuntimeError, EngineError) as e:  # shut down, or the engine thread failed
             with self._lock:
                 self.waiting -= 1
                 self._jobs.discard(job)
+            if isinstance(e, EngineError):
+                raise APIError(503, str(e), code="engine_failed") from None
             raise APIError(503, "the server is shutting down", code="server_shutting_down") from None
         try:
             while True:
@@ -195,6 +207,13 @@ class Engine:
         finally:
             job.cancel.set()
             self.scheduler.wake()
+
+    def _dropped(self, run: _Run, error: Optional[BaseException]) -> None:
+        """A task left the queue without running: cancelled (`error` None), or it could not run."""
+        if error is not None:
+            run.emit(ErrorEvent(error))
+            run.job.cancel.set()
+        self._task_done(run)
 
     def _task_done(self, run: _Run) -> None:
         with self._lock:
@@ -225,6 +244,9 @@ class Engine:
             if j == 0:
                 try:
                     ps.logprobs, last, evaluated = self._prefill(job, m, ids)
+                except BaseException:  # the other choices must not start: cancel before releasing them
+                    job.cancel.set()
+                    raise
                 finally:
                     ps.ready = True
                     self.scheduler.wake()

@@ -446,11 +446,13 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "error"] = "ok"
     model: str
-    requests_running: int
-    requests_waiting: int
+    requests_running: int = Field(..., description="requests at least one of whose choices has a slot")
+    requests_waiting: int = Field(..., description="requests none of whose choices has a slot yet (serve "
+                                                   "--max-queue bounds those beyond the free slots)")
     slots_busy: int = Field(..., description="KV-cache slots generating now")
     slots_total: int = Field(..., description="KV-cache slots (serve --parallel)")
-    queue_length: int = Field(..., description="requests waiting for a slot (serve --max-queue bounds it)")
+    queue_length: int = Field(..., description="choices waiting in the scheduler's queue for a slot: a request "
+                                               "of n choices counts n until each has one")
     error: Optional[str] = None  # with status "error" (HTTP 503): why the model cannot serve
 
 

@@ -21,6 +21,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from .errors import ModelFileError, Phi2Error
+from .server_batch import EngineError
 from .server_engine import EndEvent, ErrorEvent, Job, TextEvent, TokenLogprob
 from .server_errors import APIError, bad, short
 from .server_models import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
@@ -259,14 +260,16 @@ SSE = {"text/event-stream": {"schema": {"type": "string"}, "description": "with 
 async def health(st: ServerState = Depends(get_state)) -> Any:
     """Liveness and load: answers while a generation runs, with the slots busy and the requests
     queued. 503 with status "error" once the model file was truncated or rewritten under the
-    running server (it must be restarted)."""
+    running server, or the engine thread failed (it must be restarted)."""
     e = st.engine
     h = Health(model=st.model_name, requests_running=e.running, requests_waiting=e.waiting,
-               slots_busy=e.slots_busy, slots_total=e.slots_total, queue_length=e.waiting)
+               slots_busy=e.slots_busy, slots_total=e.slots_total, queue_length=e.queued)
     try:
         st.model.check_files()
-    except ModelFileError as e:
-        h.status, h.error = "error", str(e)
+        if e.error is not None:
+            raise e.error
+    except (ModelFileError, EngineError) as err:
+        h.status, h.error = "error", str(err)
         return Response(h.model_dump_json(), status_code=503, media_type="application/json")
     return h
 
