@@ -529,3 +529,20 @@ def test_info_shows_file_type_bits_and_memory(monkeypatch, capsys):
     bpw = (13926400 + 1024) * 8 / (256 * 51200 + 256)
     assert "file type: Q8_0 " in flat and f"bits/weight: {bpw:.2f} " in flat and "8.50" in f"{bpw:.2f}"
     assert "memory at --ctx 1000:" in flat and "KV cache 1.95 MiB" in flat   # 2*2*1000*256*2 bytes (f16)
+
+
+def test_serve_parallel_beyond_the_engine_or_the_memory_is_one_line_error(monkeypatch, capsys):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("prometheus_client")
+    loads = []
+    monkeypatch.setattr(phi2cpu, "load", lambda *a, **kw: loads.append(kw), raising=False)
+    path = str(phi2cpu.default_model_path())
+    assert main(["serve", path, "--parallel", "300"]) == 1
+    one_error_line(capsys.readouterr().err, "--parallel must be at most 256, got 300")
+    monkeypatch.setattr("phi2cpu.server_limits.available_memory", lambda: 100 << 20)
+    assert main(["serve", path, "--parallel", "64", "--ctx-size", "2048"]) == 1
+    err = capsys.readouterr().err
+    one_error_line(err, "--parallel 64 with --ctx-size 2048 needs", "GiB of KV cache", "0.10 GiB of memory available",
+                   "lower --parallel or --ctx-size")
+    assert loads == []

@@ -20,7 +20,8 @@ uvicorn = pytest.importorskip("uvicorn", reason="the server needs uvicorn: pip i
 
 import phi2cpu  # noqa: E402
 from phi2cpu.server import create_app  # noqa: E402
-from phi2cpu.server_limits import default_parallel, kv_bytes_per_seq  # noqa: E402
+from phi2cpu.modelinfo import kv_bytes_per_seq  # noqa: E402
+from phi2cpu.server_limits import default_parallel  # noqa: E402
 
 CTX = 512
 LONG = "def total(values):\n    result = 0\n    for v in values:\n        result += v\n    return result\n\n" * 8

@@ -665,12 +665,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         except ImportError as e:
             raise Phi2Error(str(e)) from None
         return serve_from_cli(args, path, defaults=defaults, api_key=api_key, origins=origins)
-    parallel = args.parallel
-    if parallel is None:
-        from .gguf_io import read_model_file
-        from .server_limits import default_parallel
+    from .gguf_io import read_model_file
+    from .server_limits import check_parallel, default_parallel
 
-        parallel = default_parallel(read_model_file(path).config, args.ctx, args.kv_type or "f16")
+    config, kv_type, parallel = read_model_file(path).config, args.kv_type or "f16", args.parallel
+    if parallel is None:
+        parallel = default_parallel(config, args.ctx, kv_type)
+    else:
+        check_parallel(config, args.ctx, kv_type, parallel)
     model = _load(path, args.threads, args.ctx, args.kv_type, n_seq=parallel)
     template = template or for_model(model)
     name = args.aliases[0] if args.aliases else (name_of(path) or os.path.basename(path))

@@ -72,11 +72,16 @@ class Memory:
 KV_BYTES = {"f16": 2, "f32": 4}  # per cached element, by kv_type
 
 
+def kv_bytes_per_seq(config, n_ctx: int, kv_type: str = "f16") -> int:
+    """Bytes of one sequence's full KV cache: keys and values, n_layer x n_ctx x n_embd each."""
+    return 2 * config.n_layer * n_ctx * config.n_embd * KV_BYTES[kv_type]
+
+
 def memory_needed(config: PhiConfig, tensor_bytes: int, n_ctx: int, kv_type: str = "f16") -> Memory:
     """Bytes a loaded model holds at a context of n_ctx tokens with one sequence's cache of kv_type
     (csrc/model: KVCache, Model buffers)."""
     d, ff = config.n_embd, config.n_ff
-    kv = 2 * config.n_layer * n_ctx * d * KV_BYTES[kv_type]
+    kv = kv_bytes_per_seq(config, n_ctx, kv_type)
     batch = min(n_ctx, MAX_BATCH)
     floats = batch * (7 * d + ff) + config.n_vocab   # x h att tmp (d each), qkv (3d), ff; last logits
     # the widest matmul input (ff values a token) quantized for the dot kernels, at most Q8_K's

@@ -21,6 +21,8 @@ import ctypes.util
 import json
 from typing import Callable, Optional
 
+from .errors import Phi2Error
+
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full 2048-token context is tens of KB even as JSON
 MAX_JSON_DEPTH = 32               # chat content parts need 5; json.loads recurses ~1000 deep
 DEFAULT_READ_TIMEOUT = 20.0       # seconds for one request's line, headers and body
@@ -227,13 +229,6 @@ def release_memory() -> None:
 MAX_DEFAULT_PARALLEL = 4      # slots `serve` makes unless told: see default_parallel
 
 
-def kv_bytes_per_seq(config, n_ctx: int, kv_type: str) -> int:
-    """Bytes of one sequence's full KV cache: keys and values, n_layer x n_ctx x n_embd each."""
-    from .modelinfo import KV_BYTES
-
-    return 2 * config.n_layer * n_ctx * config.n_embd * KV_BYTES[kv_type]
-
-
 def available_memory() -> Optional[int]:
     """Bytes of memory the OS says are available (MemAvailable), or None where it does not say."""
     try:
@@ -250,16 +245,35 @@ def default_parallel(config, n_ctx: int, kv_type: str, memory: Optional[int] = N
     """`serve`'s slots when --parallel is not given: 4 (a 4-token decode step reads each weight
     once, at well under twice the cost of a 1-token step), fewer when the slots' KV caches would
     take more than half of the available memory, and at least 1."""
+    from .modelinfo import kv_bytes_per_seq
+
     memory = available_memory() if memory is None else memory
     if memory is None:
         return MAX_DEFAULT_PARALLEL
     return max(1, min(MAX_DEFAULT_PARALLEL, memory // 2 // kv_bytes_per_seq(config, n_ctx, kv_type)))
 
 
+def check_parallel(config, n_ctx: int, kv_type: str, parallel: int, memory: Optional[int] = None) -> None:
+    """Refuse `serve --parallel N` beyond the engine's sequences, or with slots whose KV caches
+    (reserved at start) exceed the available memory, where the OS says how much that is."""
+    from .model import MAX_SEQ
+    from .modelinfo import kv_bytes_per_seq
+
+    if parallel > MAX_SEQ:
+        raise Phi2Error(f"--parallel must be at most {MAX_SEQ}, got {parallel}")
+    memory = available_memory() if memory is None else memory
+    per = kv_bytes_per_seq(config, n_ctx, kv_type)
+    if memory is not None and parallel * per > memory:
+        gib = 2 ** 30
+        raise Phi2Error(f"--parallel {parallel} with --ctx-size {n_ctx} needs {parallel * per / gib:.2f} GiB of KV "
+                        f"cache ({per / gib:.2f} GiB a slot), more than the {memory / gib:.2f} GiB of memory "
+                        f"available: lower --parallel or --ctx-size")
+
+
 def reserve_kv_cache(model) -> None:
     """Write every page of every sequence of `model`'s KV cache once. The engine allocates a
     sequence's cache on first use, untouched, so without this the first requests that fill the
-    slots add n_seq x kv_bytes_per_seq (2 x n_layer x n_ctx x n_embd x 2 bytes in f16, 4 in f32)
+    slots add n_seq x modelinfo.kv_bytes_per_seq (2 x n_layer x n_ctx x n_embd x 2 bytes in f16, 4 in f32)
     to the RSS for good; with it the server's memory is all there when it starts listening, and a
     request never grows it."""
     import numpy as np
