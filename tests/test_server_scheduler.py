@@ -225,6 +225,8 @@ def test_a_verification_does_not_wait_for_another_slots_prompt():
     assert log[at].verify == ((1, 5),)
     assert sum(s.prompt_tokens for s in log[at + 1:]) > 0  # the long prompt was still being fed
     assert all(s.prompt_tokens <= chunk for s in log)
+    k, n_seq = 4, 2  # the stated bound: n_seq x (k + 1) + chunk tokens a step
+    assert all(len(s.decode) + sum(n for _, n in s.verify) + s.prompt_tokens <= n_seq * (k + 1) + chunk for s in log)
     sched.shutdown()
 
 

@@ -52,10 +52,13 @@ examples:
   phi2cpu serve phi-2:q4_0 --ray --replicas 2 --max-replicas 8 --threads 4   # Ray Serve, autoscaled
 
 Requests share --parallel slots: they are decoded together, one step at a time; new ones join
-between steps in arrival order; long prompts are fed --batch-chunk tokens a step, so a stream waits
-at most one step of --parallel + --batch-chunk tokens. A freed slot keeps its tokens, so a request
-that repeats a cached prefix (a chat resending its history) evaluates only what is new. The bytes a
-request gets do not depend on the other requests nor on the cache.
+between steps in arrival order; long prompts are fed --batch-chunk tokens a step and a prompt-lookup
+verification (k + 1 tokens) never waits for them, so a stream waits at most one step of
+--parallel x (k + 1) + --batch-chunk tokens (k: the largest lookup draft in use, 0 without
+lookup), plus a grace of 10 ms or a quarter of the last step for slots still sampling. A freed
+slot keeps its tokens, so a request that repeats a cached prefix (a chat resending its history)
+evaluates only what is new. The bytes a request gets do not depend on the other requests nor on
+the cache.
 Point any OpenAI client at http://HOST:PORT/v1 (with --api-key, pass the key as the client's api_key)."""
 
 CHAT_EXAMPLES = """\
@@ -292,7 +295,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                           "at 2048 positions Phi-2 needs 640 MiB per slot in f16)")
     srv.add_argument("--batch-chunk", type=_positive_int, default=DEFAULT_CHUNK, metavar="N",
                      help="prompt tokens evaluated per step over all slots, so a long prompt holds the other "
-                          "streams up by one step of at most --parallel + N tokens (default: %(default)s)")
+                          "streams up by one step of at most --parallel x (k + 1) + N tokens, k the lookup "
+                          "draft (default: %(default)s)")
     srv.add_argument("--max-queue", "--queue", type=_positive_int, default=64, metavar="N",
                      help="requests allowed to wait for a slot; more get 503 with Retry-After (default: 64)")
     srv.add_argument("--max-body-bytes", type=_positive_int, default=limits.DEFAULT_MAX_BODY_BYTES, metavar="N",

@@ -3,7 +3,8 @@
 - ``phi2cpu_requests_total{endpoint, status}``: HTTP requests answered (refusals included).
 - ``phi2cpu_prompt_tokens_total``, ``phi2cpu_completion_tokens_total``: tokens read and generated.
 - ``phi2cpu_prompt_tokens_evaluated_total``: prompt tokens the model actually processed (the rest
-  came from a slot's cache).
+  came from a slot's cache), including the last prompt token that each extra choice (n, best_of)
+  evaluates again.
 - ``phi2cpu_queue_depth``, ``phi2cpu_requests_running``: jobs waiting for the model, and running.
 - ``phi2cpu_slots_busy``, ``phi2cpu_slots_total``: KV-cache slots generating, and all of them.
 - ``phi2cpu_time_to_first_token_seconds``: from a job's arrival in the queue to its first token.
@@ -30,7 +31,8 @@ class Metrics:
         self.prompt_tokens = Counter("phi2cpu_prompt_tokens", "prompt tokens evaluated", registry=r)
         self.completion_tokens = Counter("phi2cpu_completion_tokens", "tokens generated", registry=r)
         self.evaluated = Counter("phi2cpu_prompt_tokens_evaluated",
-                                 "prompt tokens the model processed (not taken from a slot's cache)", registry=r)
+                                 "prompt tokens the model processed (not taken from a slot's cache; each extra choice's re-evaluated "
+                                 "last prompt token included)", registry=r)
         Gauge("phi2cpu_slots_busy", "KV-cache slots generating", registry=r).set_function(slots_busy)
         Gauge("phi2cpu_slots_total", "KV-cache slots (--parallel)", registry=r).set(slots_total)
         Gauge("phi2cpu_queue_depth", "requests waiting for the model", registry=r).set_function(waiting)
