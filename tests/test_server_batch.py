@@ -281,6 +281,9 @@ def test_an_engine_failure_fails_requests_and_shows_on_health():
         assert r.status == 503 and h["status"] == "error" and "the cache is broken" in h["error"]
         status, body, _ = client.post("/v1/completions", dict(prompt="z =", max_tokens=2))
         assert status == 503 and body["error"]["code"] == "engine_failed"
+        c, resp = client.stream(prompt="z =", max_tokens=2)  # refused before the stream begins
+        assert resp.status == 503 and json.loads(resp.read())["error"]["code"] == "engine_failed"
+        c.close()
 
 
 def test_default_parallel_and_kv_bytes(local):

@@ -163,6 +163,9 @@ class Engine:
         return max(1, min(60, math.ceil(self._job_seconds * (self.waiting + 1) / self.slots_total)))
 
     def check_capacity(self) -> None:
+        """503 before a response starts (streamed or not) when the engine failed or the queue is full."""
+        if self.error is not None:
+            raise APIError(503, str(self.error), code="engine_failed")
         with self._lock:  # requests that free slots are about to take do not count as queued
             if self.waiting - (self.slots_total - self.slots_busy) >= self.max_queue:
                 raise APIError(503, f"the server is busy: {self.waiting} requests are waiting; retry later",
