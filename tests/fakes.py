@@ -30,6 +30,12 @@ def tiny_tokenizer() -> Tokenizer:
     return Tokenizer.from_gguf_vocab(*tiny_gguf_vocab())
 
 
+def write_tiny_tokenizer_json(model_dir) -> None:
+    """The tiny tokenizer as model_dir/tokenizer.json, for checkpoints with TINY_MODEL_VOCAB
+    embedding rows (a quantizer then handles 320 vocabulary rows, not Phi-2's 51200)."""
+    tiny_tokenizer()._hf.save(f"{model_dir}/tokenizer.json")
+
+
 def onehot(token: int, n_vocab: int = TINY_MODEL_VOCAB, n_valid: int = TINY_N_VOCAB) -> np.ndarray:
     """Logits that make `token` the only sensible choice; padding rows get a huge decoy value."""
     row = np.zeros(n_vocab, dtype=np.float32)

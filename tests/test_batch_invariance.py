@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from fakes import TINY_MODEL_VOCAB, write_tiny_tokenizer_json
 
 from phi2cpu import _core
 from phi2cpu.checkpoint import write_random_checkpoint
@@ -18,7 +19,7 @@ from phi2cpu.quantize import QTYPES, quantize
 SMALL = {
     "architectures": ["PhiForCausalLM"], "model_type": "phi", "hidden_size": 256, "intermediate_size": 512,
     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "partial_rotary_factor": 0.5,
-    "rope_theta": 10000.0, "layer_norm_eps": 1e-5, "max_position_embeddings": 2048, "vocab_size": 51200,
+    "rope_theta": 10000.0, "layer_norm_eps": 1e-5, "max_position_embeddings": 2048, "vocab_size": TINY_MODEL_VOCAB,
     "hidden_act": "gelu_new", "tie_word_embeddings": False,
 }
 CHUNKS = (1, 2, 3, 5, 9)  # 1..8 tokens run through the small-batch GEMV, 9 and more through the GEMM
@@ -42,9 +43,10 @@ print(json.dumps(bad))
 
 
 @pytest.fixture(scope="module")
-def typed_files(tmp_path_factory, phi2_dir):
+def typed_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("invariance")
-    ck = write_random_checkpoint(d / "ck", SMALL, seed=5, shards=1, tokenizer_dir=phi2_dir, std=0.05)
+    ck = write_random_checkpoint(d / "ck", SMALL, seed=5, shards=1, std=0.05)
+    write_tiny_tokenizer_json(ck)
     files = {}
     for qtype in QTYPES:
         files[qtype] = d / f"small.{qtype}.gguf"
@@ -54,7 +56,7 @@ def typed_files(tmp_path_factory, phi2_dir):
 
 @pytest.mark.parametrize("isa", _core.available_isas().split(", "))
 def test_logits_do_not_depend_on_how_the_sequence_is_fed(typed_files, isa):
-    ids = [(i * 7919) % 50000 for i in range(13)]
+    ids = [(i * 7919) % TINY_MODEL_VOCAB for i in range(13)]
     for qtype, path in typed_files.items():
         out = subprocess.run([sys.executable, "-c", CHILD, str(path), json.dumps(ids), json.dumps(list(CHUNKS))],
                              env=dict(os.environ, PHI2CPU_ISA=isa), capture_output=True, text=True)
