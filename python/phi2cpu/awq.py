@@ -27,6 +27,7 @@ from . import _core
 
 ALPHAS = tuple(i / 10 for i in range(11))
 _FLOAT_TYPES = {0, 1, 30}  # F32, F16, BF16: no rounding grid to fit
+_ERROR_ROWS = 1024  # rows per block of the error sum
 _MIN_REL = 1e-6  # mean squares below this fraction of the largest count as this fraction
 
 
@@ -40,11 +41,16 @@ def scales(m: np.ndarray, alpha: float) -> np.ndarray:
 def quantize_error(w: np.ndarray, ttype: int, m: np.ndarray, s: np.ndarray, threads: int = 1
                    ) -> tuple[float, np.ndarray]:
     """(sum_j m_j (W_ij - Q(W diag(s))_ij / s_j)^2, the bytes of Q(W diag(s))) for float32 W."""
-    ws = (w * s).astype(np.float32)
+    ws = np.empty(w.shape, np.float32)  # rounded from float64 as the folded tensor is, in row blocks
+    for r0 in range(0, w.shape[0], _ERROR_ROWS):
+        ws[r0:r0 + _ERROR_ROWS] = w[r0:r0 + _ERROR_ROWS] * s
     imp = (m / s**2).astype(np.float32)
     q = _core.quantize(ws, ttype, imp, threads)
-    d = _core.dequantize(q, ttype, w.shape[1]).reshape(w.shape).astype(np.float64)
-    err = float(((d - ws) ** 2 @ imp.astype(np.float64)).sum())
+    # in blocks of rows, so the float64 temporaries stay a small fraction of W (lm_head: 500 MiB)
+    err, imp64 = 0.0, imp.astype(np.float64)
+    for r0 in range(0, w.shape[0], _ERROR_ROWS):
+        d = _core.dequantize(q[r0:r0 + _ERROR_ROWS], ttype, w.shape[1]).reshape(-1, w.shape[1])
+        err += float(((d.astype(np.float64) - ws[r0:r0 + _ERROR_ROWS]) ** 2 @ imp64).sum())
     return err, q
 
 
