@@ -8,6 +8,7 @@
 #     module built under ASan/UBSan;
 #  3. without one (tools/without_compilers.sh): install the wheel, binary packages only, and run the
 #     whole suite against that installed package, never this checkout's python/.
+# Steps 2 and 3 run side by side.
 # Needs python3 with venv, a C++ compiler, make and the package index; test assets in ../shared (or
 # $PHI2CPU_SHARED). The sdist and the wheel are left in dist/.
 set -euo pipefail
@@ -51,25 +52,37 @@ sdist=$repo/dist/$(basename "$sdist")
 ls -l "$sdist" "$wheel"
 python3 -c 'import os, sys; print(f"wheel: {os.path.basename(sys.argv[1])}, {os.path.getsize(sys.argv[1]) / 1e6:.1f} MB")' "$wheel"
 
-step "2. with a compiler: install the wheel, run the demo and the C++ kernel tests"
-# The wheel of step 1 was built from the sdist (python -m build builds the sdist, then the wheel
-# from it), so the sdist's own build is already proven; installing it again would only repeat it.
-venv "$work/kernel-venv"
-# cmake, pybind11: the kernel tests configure csrc/ themselves, and build the Python module under
-# ASan + UBSan for the corpus replay
-"$work/kernel-venv/bin/pip" install --quiet "$wheel" pytest cmake pybind11
-(cd "$work" && "$work/kernel-venv/bin/python" -c 'import phi2cpu, phi2cpu._core; print("installed:", phi2cpu.__file__)')
-(cd "$work" && "$work/kernel-venv/bin/phi2cpu" run "def fib(n):" --max-tokens 8 && echo)
-set +e
-PATH=$work/kernel-venv/bin:$PATH "$work/kernel-venv/bin/python" -m pytest -rs --durations=10 tests/test_kernels_cpp.py tests/test_portability.py
-kernels=$(pytest_status $?)
-set -e
+# Steps 2 and 3 share nothing but the wheel, and neither keeps two cores busy for long (single-threaded
+# emulators and sanitizer runs in one, Python and subprocess waits in the other), so they run side by
+# side: step 2 in the background, its log printed whole when both are done.
+kernel_tests() {
+  # The wheel of step 1 was built from the sdist (python -m build builds the sdist, then the wheel
+  # from it), so the sdist's own build is already proven; installing it again would only repeat it.
+  venv "$work/kernel-venv"
+  # cmake, pybind11: the kernel tests configure csrc/ themselves, and build the Python module under
+  # ASan + UBSan for the corpus replay
+  "$work/kernel-venv/bin/pip" install --quiet "$wheel" pytest cmake pybind11
+  (cd "$work" && "$work/kernel-venv/bin/python" -c 'import phi2cpu, phi2cpu._core; print("installed:", phi2cpu.__file__)')
+  (cd "$work" && "$work/kernel-venv/bin/phi2cpu" run "def fib(n):" --max-tokens 8 && echo)
+  set +e
+  PATH=$work/kernel-venv/bin:$PATH "$work/kernel-venv/bin/python" -m pytest -rs --durations=10 \
+    --basetemp="$work/kernel-tests" tests/test_kernels_cpp.py tests/test_portability.py  # apart from step 3's
+  pytest_status $? >"$work/kernels.rc"
+}
+
+step "2. with a compiler, in the background: install the wheel, run the demo and the C++ kernel tests"
+(set -e; kernel_tests) >"$work/kernels.log" 2>&1 &
+kernels_pid=$!
 
 step "3. without a compiler: install the wheel into a fresh venv and test the installed package"
 set +e
 bash tools/without_compilers.sh bash tools/test_installed.sh "$wheel" "$work/wheel-venv"
 suite=$(pytest_status $?)
+wait "$kernels_pid"
 set -e
+step "2. (its log)"
+cat "$work/kernels.log"
+kernels=$(cat "$work/kernels.rc" 2>/dev/null || echo 1)  # no status file: the step failed before pytest
 
 step "done: C++ kernel tests exit $kernels, installed-package suite exit $suite"
 [ "$kernels" -eq 0 ] && [ "$suite" -eq 0 ]
