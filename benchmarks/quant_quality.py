@@ -1,11 +1,12 @@
 """Quantization fidelity: perplexity on the eval text and mean KL divergence from F16, per file.
 
     python benchmarks/quant_quality.py MODEL_DIR EVAL_TXT --out DIR [--types q4_0,q4_k_m,...]
-        [--windows N] [--llama-cpp-bin DIR] [--awq]
+        [--windows N] [--llama-cpp-bin DIR] [--awq] [--gptq]
 
 Makes the F16 file, the calibration text (CALIBRATION_FILES of this Python's standard library,
 refused if any shares a 32+ character line with the eval text), its imatrix, then for each type
-one file without and one with `--imatrix` (with --awq a third, `--imatrix --awq`); with llama.cpp's
+one file without and one with `--imatrix` (with --awq a third, `--imatrix --awq`; with --gptq
+`--gptq` over the same calibration text, without and with the imatrix); with llama.cpp's
 tools (`--llama-cpp-bin`, or the
 LLAMA_CPP_BIN environment variable: a directory holding llama-quantize) also llama-quantize's file
 of each type from the same F16 and the same imatrix. Every file is scored over the same windows in
@@ -50,7 +51,8 @@ def llama_tool(bin_dir: str | None, name: str) -> Path | None:
 
 
 def build_files(model_dir: Path, eval_text: str, out: Path, types: list[str], llama_bin: str | None,
-                chunks: int | None, plain: bool = True, awq: bool = False) -> tuple[Path, dict[str, Path]]:
+                chunks: int | None, plain: bool = True, awq: bool = False,
+                gptq: bool = False) -> tuple[Path, dict[str, Path]]:
     f16 = out / "f16.gguf"
     if not f16.exists():
         quantize(model_dir, f16, "f16", progress=False)
@@ -67,6 +69,9 @@ def build_files(model_dir: Path, eval_text: str, out: Path, types: list[str], ll
         variants = ((t, {}), (f"{t}+imatrix", {"imatrix": im_path}))[0 if plain else 1:]
         if awq:
             variants += ((f"{t}+imatrix+awq", {"imatrix": im_path, "awq": True}),)
+        if gptq:
+            g = {"gptq": calib, "gptq_chunks": chunks}
+            variants += ((f"{t}+gptq", g), (f"{t}+gptq+imatrix", {**g, "imatrix": im_path}))[0 if plain else 1:]
         for label, kw in variants:
             p = out / f"{label.replace('+', '.')}.gguf"
             if not p.exists():
@@ -154,11 +159,12 @@ def main() -> int:
     ap.add_argument("--llama-cpp-bin", default=None)
     ap.add_argument("--no-plain", action="store_true", help="only the files made with the imatrix")
     ap.add_argument("--awq", action="store_true", help="also each type with --imatrix --awq")
+    ap.add_argument("--gptq", action="store_true", help="also each type with --gptq (and --gptq --imatrix)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     eval_text = args.eval_text.read_text(encoding="utf-8")
     f16, files = build_files(args.model_dir, eval_text, args.out, args.types.split(","), args.llama_cpp_bin,
-                             args.chunks, plain=not args.no_plain, awq=args.awq)
+                             args.chunks, plain=not args.no_plain, awq=args.awq, gptq=args.gptq)
     res = score(f16, files, eval_text, args.windows, args.out / "quant_quality.json")
     (args.out / "quant_quality.md").write_text(markdown(res))
     print(markdown(res))

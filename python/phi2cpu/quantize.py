@@ -15,7 +15,10 @@ its type's block (256 values for K-quants) falls back to Q8_0 (to F16 when not e
 
 Per-tensor overrides (llama-quantize's --token-embedding-type, --output-tensor-type and
 --tensor-type PATTERN=TYPE) replace a mix's choice for matching matrices; with --imatrix, --awq folds
-searched per-channel scales into the LayerNorms and V rows first (phi2cpu.awq).
+searched per-channel scales into the LayerNorms and V rows first (phi2cpu.awq). --gptq TEXT runs the
+float model over a calibration text and rounds every Q4_0, IQ4_NL, Q4_K, IQ4_XS and Q6_K matrix that
+has inputs with error feedback through their covariance (phi2cpu.gptq); the types and bytes layout
+stay the mix's.
 
 The types themselves (names, block sizes) come from the engine, phi2cpu._core.types().
 
@@ -39,6 +42,7 @@ from gguf import LlamaFileType
 from tqdm import tqdm
 
 from . import _core
+from . import gptq as gptq_mod
 from .atomic import sigterm_raises
 from .checkpoint import HFCheckpoint, expected_gguf_shapes, gguf_tensor_names
 from .errors import ModelFileError, Phi2Error, error_message
@@ -256,7 +260,8 @@ def chat_template_of(src: Path) -> Optional[str]:
 def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bool = True,
              allow_requantize: bool = False, imatrix: str | Path | None = None,
              threads: int | None = None, tensor_types: Sequence[tuple[str, str]] | None = None,
-             awq: bool = False) -> dict[str, Any]:
+             awq: bool = False, gptq: str | Path | None = None, gptq_chunks: int | None = None,
+             gptq_chunk_size: int = 512) -> dict[str, Any]:
     """Convert `src` (HF checkpoint dir or phi2 GGUF) to a GGUF at `out`. Returns a summary.
     `qtype` is case-blind (q4_k_m or Q4_K_M). A GGUF whose matrices are not F32/F16/BF16 is refused
     unless `allow_requantize`, and so is an `out` that is `src`. With `imatrix` (an importance-matrix
@@ -267,7 +272,11 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
     name matches PATTERN (re.search, first pair wins) takes TYPE in place of the mix's choice.
     `awq` (needs `imatrix`): per-channel scales searched on the imatrix and folded into the LayerNorms
     and V rows before quantizing (phi2cpu.awq); the float model computes the same function, the
-    file is a standard GGUF, and the summary's "awq" says which scaling each group took."""
+    file is a standard GGUF, and the summary's "awq" says which scaling each group took.
+    `gptq` (a calibration text file; needs a float GGUF `src`, which the engine runs over the text in
+    `gptq_chunk_size`-token chunks, at most `gptq_chunks`): error-feedback rounding (phi2cpu.gptq) of
+    every matrix with inputs whose type it supports; the scales still come from the type's search
+    (weighted by `imatrix` when given). The calibration file's name and size go in the recipe."""
     if not isinstance(qtype, str) or qtype.lower() not in QTYPES:
         raise ValueError(f"qtype must be one of {', '.join(QTYPES)}, not {qtype!r}")
     threads = (os.cpu_count() or 1) if threads is None else threads
@@ -284,6 +293,13 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
         raise Phi2Error(f"{out}: is a directory; OUT is the file to write, e.g. {out / f'phi-2.{qtype}.gguf'}")
     if awq and imatrix is None:
         raise Phi2Error("--awq searches its scales on an importance matrix: pass --imatrix FILE too")
+    if gptq is not None and awq:
+        raise Phi2Error("--gptq and --awq cannot be combined: the covariances are of the unscaled inputs")
+    if gptq is None and gptq_chunks is not None:
+        raise Phi2Error("--gptq-chunks limits the --gptq calibration: pass --gptq TEXT too")
+    if gptq is not None and not _is_gguf(src):
+        raise Phi2Error(f"{src}: --gptq runs the float model over the calibration text, so SRC must be a GGUF "
+                        f"file; convert first (quantize {src} model.f16.gguf f16)")
     _check_source(src, out, allow_requantize)
     t0 = time.perf_counter()
     config, tokenizer, names, load = _gguf_source(src) if _is_gguf(src) else _hf_source(src)
@@ -298,10 +314,19 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
         recipe["imatrix"] = {"file": Path(imatrix).name, "datasets": im.datasets, "chunks": im.chunk_count,
                              "entries": len(im.sums)}
     weighted_types = {t["id"] for t in _core.types() if t.get("weighted")}
-    bar = tqdm(total=len(names), desc=f"quantize {qtype}", unit="tensor", disable=None if progress else True)
-
     types = {n: overridden_type(n, shapes[n], tensor_type(n, shapes[n], qtype, config.n_layer), overrides)
              for n in names}
+    covs = None
+    if gptq is not None:
+        from .imatrix import matrix_inputs
+        fed = {w for ws in matrix_inputs(config.n_layer).values() for w in ws}
+        done = [n for n in names if n in fed and int(types[n]) in gptq_mod.CODECS]
+        if not done:
+            raise Phi2Error(f"--gptq: no matrix of this file has a type the error-feedback rounding supports "
+                            f"({', '.join(gptq_mod._core_name(t) for t in gptq_mod.CODECS)})")
+        covs, recipe["gptq"] = _gptq_covariances(src, gptq, gptq_chunks, gptq_chunk_size, threads, progress, im)
+        recipe["gptq"]["tensors"] = len(done)
+    bar = tqdm(total=len(names), desc=f"quantize {qtype}", unit="tensor", disable=None if progress else True)
     folder = None
     if awq:
         from . import awq as awq_mod
@@ -317,7 +342,11 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
                 return done
             x = folder.tensor(name) if folder is not None else load(name)
             imp = im.importance(name) if im is not None and int(ttype) in weighted_types else None
-            data = x if ttype == T.F32 else _core.quantize(x, int(ttype), imp, threads)
+            u = covs.factor(name) if covs is not None and int(ttype) in gptq_mod.CODECS else None
+            if u is not None:
+                data = gptq_mod.quantize_matrix(x, None, int(ttype), imp, threads=threads, u=u)[0]
+            else:
+                data = x if ttype == T.F32 else _core.quantize(x, int(ttype), imp, threads)
             bar.update(1)
             return data
         return make
@@ -339,6 +368,35 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
             "tensor_bytes": sum(tensor_nbytes(t, s) for _, _, t, s in plan),
             "file_bytes": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 3), "recipe": recipe,
             **({"awq": folder.report} if folder is not None else {})}
+
+
+def _gptq_covariances(src: Path, text_path: str | Path, chunks: int | None, chunk_size: int, threads: int,
+                      progress: bool, im) -> tuple[Any, dict[str, Any]]:
+    """The lazily collected input covariances of `src` over the calibration text, and its recipe entry."""
+    from . import load as load_model
+
+    if chunks is not None and (not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1):
+        raise Phi2Error(f"--gptq-chunks must be a whole number of at least 1, not {chunks!r}")
+    p = Path(text_path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise Phi2Error(f"{p}: the calibration text is not valid UTF-8 (offset {e.start})") from None
+    except OSError as e:
+        raise Phi2Error(f"{p}: cannot read the calibration text ({e.strerror or e})") from None
+    model = load_model(src, threads=threads, n_ctx=chunk_size, repack_cache=False)
+    if not (isinstance(chunk_size, int) and 2 <= chunk_size <= model.n_ctx):
+        raise Phi2Error(f"GPTQ chunk size must be an integer in 2..{model.n_ctx}, got {chunk_size!r}")
+    ids = model.tokenize(text)
+    n = len(ids) // chunk_size if chunks is None else min(chunks, len(ids) // chunk_size)
+    if n < 1:
+        raise Phi2Error(f"{p}: the calibration text is {len(ids)} tokens; --gptq needs at least one chunk of "
+                        f"{chunk_size}")
+    covs = gptq_mod.Covariances(model, ids, chunk_size, n, progress=progress)
+    entry = {"calibration": p.name, "calibration_bytes": len(text.encode("utf-8")), "chunks": n,
+             "chunk_size": chunk_size, "damp": gptq_mod.DAMP, "layers_per_pass": covs.per_pass,
+             "scales": "imatrix-weighted search" if im is not None else "the type's quantizer"}
+    return covs, entry
 
 
 def main(argv: list[str] | None = None, prog: str = "tools/quantize.py") -> int:
@@ -370,6 +428,11 @@ is refused unless --allow-requantize (each rounding adds error); OUT == SRC is a
     ap.add_argument("--awq", action="store_true",
                     help="with --imatrix: per-channel scales searched on the imatrix, folded into the LayerNorms "
                          "and the V rows (the float model is unchanged; the rounding error where inputs are large drops)")
+    ap.add_argument("--gptq", metavar="TEXT", default=None,
+                    help="calibration text: run SRC (a float GGUF) over it and round each matrix with error "
+                         "feedback through its input covariance (GPTQ); the types and layout stay the mix's")
+    ap.add_argument("--gptq-chunks", type=int, default=None, metavar="N",
+                    help="with --gptq: use at most N chunks of 512 tokens of the text (default: all)")
     ap.add_argument("--token-embedding-type", metavar="TYPE", default=None,
                     help="type of token_embd in place of the mix's (as llama-quantize's option)")
     ap.add_argument("--output-tensor-type", metavar="TYPE", default=None,
@@ -394,7 +457,7 @@ is refused unless --allow-requantize (each rounding adds error); OUT == SRC is a
     try:
         s = quantize(args.src, args.out, args.type or args.qtype or "q8_0", progress=not args.quiet,
                      allow_requantize=args.allow_requantize, imatrix=args.imatrix, threads=args.threads,
-                     tensor_types=overrides, awq=args.awq)
+                     tensor_types=overrides, awq=args.awq, gptq=args.gptq, gptq_chunks=args.gptq_chunks)
     except (Phi2Error, OSError) as e:
         print(f"{prog.split()[0]}: error: {error_message(e)}", file=sys.stderr)
         return 1
