@@ -116,6 +116,12 @@ def test_awq_lowers_the_weighted_error_of_the_file(tiny, tmp_path, qtype):
     assert np.array_equal(deq["blk.0.ffn_down.weight"], deq_plain["blk.0.ffn_down.weight"])
 
 
+def test_awq_needs_a_quantized_mix(tiny, tmp_path):
+    with pytest.raises(Phi2Error, match="f16 quantizes none of them"):
+        quantize(tiny["ck"], tmp_path / "x.gguf", "f16", progress=False, imatrix=tiny["imatrix"], awq=True)
+    assert not list(tmp_path.iterdir())
+
+
 def test_awq_needs_an_imatrix(tiny, tmp_path, capsys):
     with pytest.raises(Phi2Error, match="pass --imatrix"):
         quantize(tiny["ck"], tmp_path / "x.gguf", "q4_0", progress=False, awq=True)

@@ -377,7 +377,8 @@ def test_tensor_type_overrides_like_llama_quantize(ckpt, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--output-tensor-type", "q9_9"], "tensor type 'q9_9' for '^output\\\\.weight$' is not one of"),
+    (["--output-tensor-type", "q9_9"], "tensor type 'q9_9' for --output-tensor-type is not one of"),
+    (["--token-embedding-type", "q9"], "tensor type 'q9' for --token-embedding-type is not one of"),
     (["--tensor-type", "blk.(=q4_0"], "is not a regular expression"),
     (["--tensor-type", "ffn_down=q4"], "tensor type 'q4' for 'ffn_down' is not one of"),
 ])

@@ -26,7 +26,7 @@ import numpy as np
 from . import _core
 
 ALPHAS = tuple(i / 10 for i in range(11))
-_FLOAT_TYPES = {0, 1, 30}  # F32, F16, BF16: no rounding grid to fit
+_FLOAT_TYPES = frozenset(t["id"] for t in _core.types() if t["block_size"] == 1)  # no rounding grid to fit
 _ERROR_ROWS = 1024  # rows per block of the error sum
 _MIN_REL = 1e-6  # mean squares below this fraction of the largest count as this fraction
 

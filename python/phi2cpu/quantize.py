@@ -145,14 +145,16 @@ def tensor_type(name: str, shape: tuple[int, ...], qtype: str, n_layer: int = 0)
     return T[t]
 
 
-def parse_tensor_types(pairs: Sequence[tuple[str, str]] | None) -> list[tuple[re.Pattern, str, str]]:
-    """Validate (PATTERN, TYPE) overrides: a regular expression searched in each 2-D tensor's GGUF name,
-    and a weight type name (case-blind). Returns (compiled pattern, pattern, TYPE) in order."""
+def parse_tensor_types(pairs: Sequence[tuple[str, ...]] | None) -> list[tuple[re.Pattern, str, str]]:
+    """Validate (PATTERN, TYPE[, LABEL]) overrides: a regular expression searched in each 2-D tensor's
+    GGUF name, and a weight type name (case-blind); LABEL names the override in errors (the option
+    that made it), else the pattern does. Returns (compiled pattern, pattern, TYPE) in order."""
     out = []
-    for pattern, tname in pairs or ():
+    for pattern, tname, *label in pairs or ():
         t = str(tname).upper()
         if t not in TYPES:
-            raise Phi2Error(f"tensor type {tname!r} for {pattern!r} is not one of {', '.join(TYPES)}")
+            where = label[0] if label else repr(pattern)
+            raise Phi2Error(f"tensor type {tname!r} for {where} is not one of {', '.join(TYPES)}")
         try:
             out.append((re.compile(pattern), pattern, t))
         except re.error as e:
@@ -328,6 +330,9 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
         recipe["gptq"]["tensors"] = len(done)
     bar = tqdm(total=len(names), desc=f"quantize {qtype}", unit="tensor", disable=None if progress else True)
     folder = None
+    if awq and all(t in FLOAT_TYPES for n, t in types.items() if len(shapes[n]) == 2 and n != "token_embd.weight"):
+        raise Phi2Error(f"--awq scales the inputs of quantized matrices, and {qtype} quantizes none of them: "
+                        "choose a quantized TYPE")
     if awq:
         from . import awq as awq_mod
         folder = awq_mod.Folder(load, {n: int(t) for n, t in types.items()}, im.importance, config.n_embd, threads)
@@ -446,9 +451,10 @@ is refused unless --allow-requantize (each rounding adds error); OUT == SRC is a
     args = ap.parse_args(argv)
     if args.type and args.qtype and args.type != args.qtype:
         ap.error(f"TYPE {args.type} and --type {args.qtype} differ; give one")
-    overrides = [(r"^token_embd\.weight$", args.token_embedding_type)] if args.token_embedding_type else []
+    overrides = ([(r"^token_embd\.weight$", args.token_embedding_type, "--token-embedding-type")]
+                 if args.token_embedding_type else [])
     if args.output_tensor_type:
-        overrides.append((r"^output\.weight$", args.output_tensor_type))
+        overrides.append((r"^output\.weight$", args.output_tensor_type, "--output-tensor-type"))
     for item in args.tensor_type:
         pattern, eq, tname = item.rpartition("=")
         if not eq or not pattern or not tname:
