@@ -22,7 +22,9 @@ stay the mix's.
 
 The types themselves (names, block sizes) come from the engine, phi2cpu._core.types().
 
-Works one tensor at a time (load, quantize, write, drop), so memory stays near one tensor.
+Works one tensor at a time (load, quantize, write, drop), so memory stays near one tensor; --awq
+holds one group (a layer's attn_qkv, ffn_up and attn_output, or lm_head) at a time, and --gptq its
+input covariances (phi2cpu.gptq.MEMORY_BUDGET).
 """
 from __future__ import annotations
 
