@@ -198,6 +198,13 @@ def test_truncated_dat_and_bad_entries_are_clear_errors(tmp_path):
         imx.load(_write_dat(tmp_path / "neg.dat", [(b"a.weight", 1, [-1.0])]))
 
 
+def test_an_imatrix_of_no_named_dataset_round_trips(tmp_path):
+    im = _sample()
+    im.datasets = []
+    back = imx.load(imx.save(im, tmp_path / "anon.gguf"))
+    assert back.datasets == [] and back.chunk_count == im.chunk_count and set(back.sums) == set(im.sums)
+
+
 def test_gguf_without_metadata_or_counts_is_refused(tmp_path):
     w = gguf.GGUFWriter(tmp_path / "nometa.gguf", "phi2")
     w.add_tensor("a.weight.in_sum2", np.ones((1, 32), np.float32))

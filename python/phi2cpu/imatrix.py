@@ -154,10 +154,11 @@ def _load_gguf(p: Path) -> IMatrix:
     except Exception as e:  # the reader raises whatever a truncated or garbled file trips
         raise ModelFileError(f"{p}: not a readable GGUF file ({type(e).__name__}: {e})") from None
     kv = {k: v for k, v in r.fields.items()}
-    missing = [k for k in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE) if k not in kv]
+    missing = [k for k in (KEY_CHUNK_COUNT, KEY_CHUNK_SIZE) if k not in kv]
     if missing:
         raise ModelFileError(f"{p}: not an imatrix file (no {', '.join(missing)})")
-    im = IMatrix(datasets=[str(x) for x in kv[KEY_DATASETS].contents()],
+    # no datasets key: an empty list (the GGUF writer leaves out an empty array, so save() writes none)
+    im = IMatrix(datasets=[str(x) for x in kv[KEY_DATASETS].contents()] if KEY_DATASETS in kv else [],
                  chunk_count=int(kv[KEY_CHUNK_COUNT].contents()), chunk_size=int(kv[KEY_CHUNK_SIZE].contents()))
     tensors = {t.name: t for t in r.tensors}
     names = {n[: -len(SUM2)] for n in tensors if n.endswith(SUM2)} | {n[: -len(COUNTS)] for n in tensors if n.endswith(COUNTS)}
