@@ -133,17 +133,8 @@ def test_a_failed_prefix_copy_is_a_cache_miss():
         raise MemoryError("no room")
 
     sched = Scheduler(model, chunk=8)
-    hold, holder = threading.Event(), Recorder()
     prompt = list(range(40))
-
-    def keep_busy(m):
-        m.eval(prompt)
-        hold.wait(WAIT)
-
-    sched.submit([holder.task(prompt, keep_busy)])
-    deadline = time.monotonic() + WAIT
-    while model.seq_n_past(0) < len(prompt) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    hold, holder = _fill(sched, model, prompt)
     model.copy_seq = copy_fails
     got = Recorder()
     seen = []
