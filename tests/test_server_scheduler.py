@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from phi2cpu.errors import Phi2Error
+from phi2cpu.lookup import MAX_DRAFT
 from phi2cpu.sampling import SamplingParams
 from phi2cpu.server_batch import EngineError, Scheduler, Task
 from phi2cpu.server_engine import Engine, ErrorEvent, Job
@@ -234,6 +235,28 @@ def _fill(sched: Scheduler, model: FakeModel, prompt: List[int]):
     while model.seq_n_past(0) < len(prompt) and time.monotonic() < deadline:
         time.sleep(0.005)
     return hold, holder
+
+
+def test_a_later_request_longer_than_any_draft_is_fed_in_chunks():
+    """A task that feeds a whole prompt again after its first request (a reset, then a re-feed) shares
+    the chunk budget: only requests a verification can be (MAX_DRAFT + 1 tokens) go outside it."""
+    chunk = 8
+    model = FakeModel(1)
+    sched = Scheduler(model, chunk=chunk)
+    again = list(range(3, 3 + MAX_DRAFT + 40))
+    got = Recorder()
+
+    def body(m):
+        m.eval([1, 2])
+        m.reset()
+        m.eval(again)
+
+    sched.submit([got.task([1, 2], body)])
+    assert got.wait().error is None
+    log = list(sched.step_log)
+    assert all(s.prompt_tokens <= chunk and not s.verify for s in log)
+    assert sum(s.prompt_tokens for s in log) + sum(len(s.decode) for s in log) == 2 + len(again)
+    sched.shutdown()
 
 
 def test_a_prefix_is_copied_only_when_it_saves_enough():

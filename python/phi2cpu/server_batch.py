@@ -42,6 +42,7 @@ from typing import Callable, Deque, List, Optional, Tuple
 import numpy as np
 
 from .errors import ContextFullError, Phi2Error
+from .lookup import MAX_DRAFT
 
 DEFAULT_CHUNK = 64      # prompt tokens per step, over all slots
 STEP_LOG = 4096         # steps kept in Scheduler.step_log (read by the tests)
@@ -370,12 +371,15 @@ class Scheduler:
         decode = [s for s in busy if s.request.left == 1]
         for s in decode:
             add(s, 1)
-        verify = [s for s in busy if s.request.left > 1 and not s.request.first]
-        for s in verify:  # at most k + 1 tokens each: outside the prompt budget, like decode tokens
+        # a later request of at most MAX_DRAFT + 1 tokens is a verification, fed whole outside the
+        # prompt budget like decode tokens; a longer one (a task that re-feeds a prompt) is chunked
+        verify = [s for s in busy
+                  if not s.request.first and s.request.fed == 0 and 1 < s.request.left <= MAX_DRAFT + 1]
+        for s in verify:
             add(s, s.request.left)
         room = self.chunk
         chunks = []
-        for s in sorted((s for s in busy if s.request.left > 1 and s.request.first), key=lambda s: s.order):
+        for s in sorted((s for s in busy if s.request.left > 1 and s not in verify), key=lambda s: s.order):
             if room == 0:
                 break
             n = min(room, s.request.left)
