@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _core
 from .errors import Phi2Error
+from .gguf_io import type_name
 from .imatrix import matrix_inputs
 
 DAMP = 0.01
@@ -184,7 +185,7 @@ def quantize_matrix(w: np.ndarray, h: Optional[np.ndarray], type_id: int, import
     --imatrix does."""
     codec = CODECS.get(int(type_id))
     if codec is None:
-        raise Phi2Error(f"GPTQ rounding supports {', '.join(_core_name(t) for t in CODECS)}, not {_core_name(type_id)}")
+        raise Phi2Error(f"GPTQ rounding supports {', '.join(type_name(t) for t in CODECS)}, not {type_name(type_id)}")
     w = np.array(w, np.float64)
     rows, cols = w.shape
     shape = (h if u is None else u).shape
@@ -215,10 +216,6 @@ def quantize_matrix(w: np.ndarray, h: Optional[np.ndarray], type_id: int, import
             out.append(with_codes(codec, blocks, codes).reshape(rows, -1))
         w[:, i2:] -= err @ u[i1:i2, i2:]
     return np.concatenate(out, axis=1), q
-
-
-def _core_name(type_id: int) -> str:
-    return next((t["name"] for t in _core.types() if t["id"] == int(type_id)), str(type_id))
 
 
 def output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:

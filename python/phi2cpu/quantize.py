@@ -48,7 +48,7 @@ from . import gptq as gptq_mod
 from .atomic import sigterm_raises
 from .checkpoint import HFCheckpoint, expected_gguf_shapes, gguf_tensor_names
 from .errors import ModelFileError, Phi2Error, error_message
-from .gguf_io import Vocab, read_model_file, tensor_nbytes, write_gguf
+from .gguf_io import Vocab, read_model_file, tensor_nbytes, type_name, write_gguf
 
 # The engine's tensor types by name (block geometry from _core: the one place a type is described).
 TYPES = {t["name"]: t for t in _core.types() if t["weight"]}
@@ -327,7 +327,7 @@ def quantize(src: str | Path, out: str | Path, qtype: str = "q8_0", progress: bo
         done = [n for n in names if n in fed and int(types[n]) in gptq_mod.CODECS]
         if not done:
             raise Phi2Error(f"--gptq: no matrix of this file has a type the error-feedback rounding supports "
-                            f"({', '.join(gptq_mod._core_name(t) for t in gptq_mod.CODECS)})")
+                            f"({', '.join(type_name(t) for t in gptq_mod.CODECS)})")
         covs, recipe["gptq"] = _gptq_covariances(src, gptq, gptq_chunks, gptq_chunk_size, threads, progress, im)
         recipe["gptq"]["tensors"] = len(done)
     bar = tqdm(total=len(names), desc=f"quantize {qtype}", unit="tensor", disable=None if progress else True)
