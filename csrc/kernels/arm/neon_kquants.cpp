@@ -73,8 +73,9 @@ float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
                 sumi = vmlaq_n_s32(sumi, p, sc[2 * c + s]);
             }
         }
-        sum += fp16_to_fp32(a[i].d) * b[i].d * float(vaddvq_s32(sumi)) -
-               fp16_to_fp32(a[i].dmin) * b[i].d * float(min_dot_bsums(m, b[i].bsums));
+        // the order every path follows (vec_dot_q4_K_q8_K_ref)
+        sum = std::fma(float(vaddvq_s32(sumi)), fp16_to_fp32(a[i].d) * b[i].d, sum);
+        sum = std::fma(float(-min_dot_bsums(m, b[i].bsums)), fp16_to_fp32(a[i].dmin) * b[i].d, sum);
     }
     return sum;
 }
@@ -117,7 +118,7 @@ float vec_dot_q6_K_q8_K_neon(int64_t n, const void* w, const void* x) {
                 }
             }
         }
-        sum += fp16_to_fp32(a[i].d) * b[i].d * float(vaddvq_s32(sumi));
+        sum = std::fma(float(vaddvq_s32(sumi)), fp16_to_fp32(a[i].d) * b[i].d, sum);  // as the reference
     }
     return sum;
 }

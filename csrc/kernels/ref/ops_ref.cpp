@@ -122,7 +122,9 @@ inline int32_t kquant_min_sum(const uint8_t* scales, const int16_t* bsums) {
 }
 
 // Q4_K and Q5_K differ only in how an element is read (k4_quant). Per block:
-// d*x.d * sum_j sc[j] (q . xq)_j  -  dmin*x.d * sum_j m[j] (sum xq)_j
+// d*x.d * sum_j sc[j] (q . xq)_j  -  dmin*x.d * sum_j m[j] (sum xq)_j, in the order every path's
+// dots and GEMMs of these types follow (dispatch.h): the block's exact integer sums isum and msum, then
+//   acc = fma(float(isum), d * x.d, acc);  acc = fma(float(-msum), dmin * x.d, acc)
 template <typename Block>
 float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
     const Block* a = static_cast<const Block*>(w);
@@ -137,8 +139,8 @@ float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
             for (int l = 0; l < 32; l++) s += k4_quant(a[blk], j, l) * int32_t(b[blk].qs[32 * j + l]);
             isum += sc * s;
         }
-        const float d = fp16_to_fp32(a[blk].d) * b[blk].d, dmin = fp16_to_fp32(a[blk].dmin) * b[blk].d;
-        sum += d * float(isum) - dmin * float(kquant_min_sum(a[blk].scales, b[blk].bsums));
+        sum = fma_exact(float(isum), fp16_to_fp32(a[blk].d) * b[blk].d, sum);
+        sum = fma_exact(float(-kquant_min_sum(a[blk].scales, b[blk].bsums)), fp16_to_fp32(a[blk].dmin) * b[blk].d, sum);
     }
     return sum;
 }
@@ -207,7 +209,7 @@ float vec_dot_q6_K_q8_K_ref(int64_t n, const void* w, const void* x) {
             }
             for (int j = 0; j < 8; j++) isum += sc[j] * s[j];
         }
-        sum += fp16_to_fp32(a[blk].d) * b[blk].d * float(isum);
+        sum = fma_exact(float(isum), fp16_to_fp32(a[blk].d) * b[blk].d, sum);  // the order of every path
     }
     return sum;
 }

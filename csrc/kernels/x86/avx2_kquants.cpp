@@ -29,8 +29,7 @@ template <typename Block>
 float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
     const Block* a = static_cast<const Block*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
+    float acc = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         uint8_t sc[8], m[8];
         unpack_scales_k4(a[i].scales, sc, m);
@@ -43,11 +42,9 @@ float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
             sumi = _mm256_add_epi32(sumi,
                                     dot_scaled(hi, load256(b[i].qs + 64 * c + 32), _mm256_set1_epi16(sc[2 * c + 1])));
         }
-        const float d = half_to_float(a[i].d) * b[i].d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        mins += half_to_float(a[i].dmin) * b[i].d * float(min_dot_bsums(m, b[i].bsums));
+        acc = k4_block_step(a[i], b[i], hsum_i32(sumi), min_dot_bsums(m, b[i].bsums), acc);
     }
-    return hsum(acc) - mins;
+    return acc;
 }
 
 }  // namespace
@@ -59,7 +56,7 @@ float vec_dot_q5_K_q8_K_avx2(int64_t n, const void* w, const void* x) { return v
 float vec_dot_q6_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
     const block_q6_K* a = static_cast<const block_q6_K*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    __m256 acc = _mm256_setzero_ps();
+    float acc = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         // sum sc*(q-32)*x = sum sc*q*x - 32 sum sc*bsum
         __m256i sumi = _mm256_slli_epi32(q6_scale_dot_bsums(a[i].scales, b[i].bsums), 5);
@@ -73,9 +70,9 @@ float vec_dot_q6_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
                 sumi = _mm256_add_epi32(sumi, dot_scaled(v[g], load256(xq + 32 * g),
                                                          scale_pair_epi16(sc[2 * g], sc[2 * g + 1])));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * b[i].d), _mm256_cvtepi32_ps(sumi), acc);
+        acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);
     }
-    return hsum(acc);
+    return acc;
 }
 
 float vec_dot_iq4_xs_q8_K_avx2(int64_t n, const void* w, const void* x) {

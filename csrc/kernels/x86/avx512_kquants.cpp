@@ -23,8 +23,7 @@ template <typename Block>
 float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
     const Block* a = static_cast<const Block*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
+    float acc = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         uint8_t sc[8], m[8];
         unpack_scales_k4(a[i].scales, sc, m);
@@ -38,10 +37,9 @@ float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
             sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p0, _mm256_set1_epi32(sc[2 * c])));
             sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p1, _mm256_set1_epi32(sc[2 * c + 1])));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * b[i].d), _mm256_cvtepi32_ps(sumi), acc);
-        mins += half_to_float(a[i].dmin) * b[i].d * float(min_dot_bsums(m, b[i].bsums));
+        acc = k4_block_step(a[i], b[i], hsum_i32(sumi), min_dot_bsums(m, b[i].bsums), acc);
     }
-    return hsum(acc) - mins;
+    return acc;
 }
 
 }  // namespace
@@ -57,7 +55,7 @@ float vec_dot_q5_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
 float vec_dot_q6_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
     const block_q6_K* a = static_cast<const block_q6_K*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    __m256 acc = _mm256_setzero_ps();
+    float acc = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         // sum sc*(q-32)*x = sum sc*q*x - 32 sum sc*bsum
         __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(),
@@ -73,9 +71,9 @@ float vec_dot_q6_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
                 sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, scale_pair_epi32(sc[2 * g], sc[2 * g + 1])));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * b[i].d), _mm256_cvtepi32_ps(sumi), acc);
+        acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);
     }
-    return hsum(acc);
+    return acc;
 }
 
 float vec_dot_iq4_xs_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {

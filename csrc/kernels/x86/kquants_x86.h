@@ -43,6 +43,14 @@ inline int32_t hsum_i32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
+// One Q4_K/Q5_K block of a dot in the order every path follows (vec_dot_q4_K_q8_K_ref): its exact
+// integer sums isum and msum (the mins' term) into the running sum.
+template <typename Block>
+inline float k4_block_step(const Block& a, const block_q8_K& b, int32_t isum, int32_t msum, float acc) {
+    acc = fma_ss(float(isum), half_to_float(a.d) * b.d, acc);
+    return fma_ss(float(-msum), half_to_float(a.dmin) * b.d, acc);
+}
+
 // sum_j m[j] * (bsums[2j] + bsums[2j+1]): a Q4_K/Q5_K block's min term against its Q8_K activations.
 inline int32_t min_dot_bsums(const uint8_t* m, const int16_t* bsums) {
     const __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));

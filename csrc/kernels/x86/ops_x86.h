@@ -24,6 +24,13 @@ void gemm_q8_0_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_by
                          float* y, int64_t ldy);
 void gemm_q4_0_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy);
+// Prefill over K-quant rows as stored (no repack), with the bits of the type's dot.
+void gemm_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
+void gemm_q5_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
+void gemm_q6_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
 float vec_dot_q4_K_q8_K_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q5_K_q8_K_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q6_K_q8_K_avx2(int64_t n, const void* w, const void* x);

@@ -85,7 +85,39 @@ using tile_fn = void (*)(int64_t nb, const uint8_t* panel, const block_q8_0* x, 
 
 // Cache blocking: Cfg::kKcBlocks blocks of K (a token tile of activations stays in L1) times
 // Cfg::kPanels panels (in L2) are packed once and every token tile runs over all of them, so the
-// activations stream from L3 once per kPanels * kRows rows. tiles[nt] handles nt <= Cfg::kTok tokens;
+// activations stream from L3 once per kPanels * kRows rows. pack(rp, nr, b0, kb, panel) packs blocks
+// [b0, b0 + kb) of the nr rows from row rp; tile(nt, kb, panel, t0, b0, rp, nr) multiplies such a
+// panel by the nt <= Cfg::kTok tokens from t0 (adding to y where b0 > 0).
+template <typename Cfg, typename Pack, typename Tile>
+void gemm_blocked(int64_t nb, int64_t n_rows, int64_t n_tok, Pack&& pack, Tile&& tile) {
+    struct alignas(64) Line {
+        uint8_t b[64];
+    };
+    thread_local std::vector<Line> panel_buf;
+    const int64_t panel_bytes = std::min(nb, Cfg::kKcBlocks) * Cfg::kPanelBlock;
+    static_assert(Cfg::kPanelBlock % 32 == 0, "panel blocks keep the 32-byte alignment of the buffer");
+    panel_buf.resize(size_t((Cfg::kPanels * panel_bytes + 63) / 64));
+    uint8_t* panels = reinterpret_cast<uint8_t*>(panel_buf.data());
+    for (int64_t b0 = 0; b0 < nb; b0 += Cfg::kKcBlocks) {
+        const int64_t kb = std::min(Cfg::kKcBlocks, nb - b0);
+        for (int64_t r0 = 0; r0 < n_rows; r0 += Cfg::kRows * Cfg::kPanels) {
+            const int np = int(std::min<int64_t>(Cfg::kPanels, (n_rows - r0 + Cfg::kRows - 1) / Cfg::kRows));
+            for (int p = 0; p < np; p++) {
+                const int64_t rp = r0 + p * Cfg::kRows;
+                pack(rp, int(std::min<int64_t>(Cfg::kRows, n_rows - rp)), b0, kb, panels + p * panel_bytes);
+            }
+            for (int64_t t0 = 0; t0 < n_tok; t0 += Cfg::kTok) {
+                const int nt = int(std::min<int64_t>(Cfg::kTok, n_tok - t0));
+                for (int p = 0; p < np; p++) {
+                    const int64_t rp = r0 + p * Cfg::kRows;
+                    tile(nt, kb, panels + p * panel_bytes, t0, b0, rp, int(std::min<int64_t>(Cfg::kRows, n_rows - rp)));
+                }
+            }
+        }
+    }
+}
+
+// The Q8_0-activation GEMM over repacked Q4_0 / Q8_0 rows: tiles[nt] handles nt <= Cfg::kTok tokens;
 // Cfg::pack<Block>(w, nr, nb, b0, kb, panel) packs blocks [b0, b0 + kb) of nr rows starting at w.
 template <typename Cfg, typename Block>
 void gemm_packed(const tile_fn* tiles, int32_t offset, int64_t K, int64_t n_rows, const void* w, size_t row_bytes,
@@ -93,37 +125,18 @@ void gemm_packed(const tile_fn* tiles, int32_t offset, int64_t K, int64_t n_rows
     const int64_t nb = K / QK8_0;
     const block_q8_0* xb = static_cast<const block_q8_0*>(x);
     thread_local ActSide side;
-    struct alignas(64) Line {
-        uint8_t b[64];
-    };
-    thread_local std::vector<Line> panel_buf;
     fill_side(xb, n_tok * nb, offset, side);
-    const int64_t panel_bytes = std::min(nb, Cfg::kKcBlocks) * Cfg::kPanelBlock;
-    static_assert(Cfg::kPanelBlock % 32 == 0, "panel blocks keep the 32-byte alignment of the buffer");
-    panel_buf.resize(size_t((Cfg::kPanels * panel_bytes + 63) / 64));
-    uint8_t* panels = reinterpret_cast<uint8_t*>(panel_buf.data());
     const uint8_t* wb = static_cast<const uint8_t*>(w);
-    for (int64_t b0 = 0; b0 < nb; b0 += Cfg::kKcBlocks) {
-        const int64_t kb = std::min(Cfg::kKcBlocks, nb - b0);
-        for (int64_t r0 = 0; r0 < n_rows; r0 += Cfg::kRows * Cfg::kPanels) {
-            const int np = int(std::min<int64_t>(Cfg::kPanels, (n_rows - r0 + Cfg::kRows - 1) / Cfg::kRows));
-            for (int p = 0; p < np; p++) {
-                const int64_t rp = r0 + p * Cfg::kRows;
-                const int nr = int(std::min<int64_t>(Cfg::kRows, n_rows - rp));
-                Cfg::template pack<Block>(wb + size_t(rp) * row_bytes, nr, nb, b0, kb, panels + p * panel_bytes);
-            }
-            for (int64_t t0 = 0; t0 < n_tok; t0 += Cfg::kTok) {
-                const int nt = int(std::min<int64_t>(Cfg::kTok, n_tok - t0));
-                const size_t o = size_t(t0 * nb + b0);
-                for (int p = 0; p < np; p++) {
-                    const int64_t rp = r0 + p * Cfg::kRows;
-                    const int nr = int(std::min<int64_t>(Cfg::kRows, n_rows - rp));
-                    tiles[nt](kb, panels + p * panel_bytes, xb + o, nb, side.d.data() + o, side.bias.data() + o,
-                              y + t0 * ldy + rp, ldy, nr, b0 > 0);
-                }
-            }
-        }
-    }
+    gemm_blocked<Cfg>(
+        nb, n_rows, n_tok,
+        [&](int64_t rp, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
+            Cfg::template pack<Block>(wb + size_t(rp) * row_bytes, nr, nb, b0, kb, panel);
+        },
+        [&](int nt, int64_t kb, const uint8_t* panel, int64_t t0, int64_t b0, int64_t rp, int nr) {
+            const size_t o = size_t(t0 * nb + b0);
+            tiles[nt](kb, panel, xb + o, nb, side.d.data() + o, side.bias.data() + o, y + t0 * ldy + rp, ldy, nr,
+                      b0 > 0);
+        });
 }
 
 }  // namespace
