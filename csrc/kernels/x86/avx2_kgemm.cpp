@@ -82,10 +82,11 @@ void pack_k4(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb,
             const Block& a = reinterpret_cast<const Block*>(w + size_t(i) * row_bytes)[b];
             d[i] = half_to_float(a.d);
             dmin[i] = half_to_float(a.dmin);
-            uint8_t sc[8], m[8];
-            unpack_scales_k4(a.scales, sc, m);
-            for (int j = 0; j < 8; j++) scales[8 * j + i] = pair16(sc[j], sc[j]);
-            for (int p = 0; p < 4; p++) mins[8 * p + i] = pair16(m[2 * p], m[2 * p + 1]);
+            const K4Scales s = unpack_scales_k4(a.scales);
+            const auto sc = [&](int j) { return int((s.sc >> (8 * j)) & 0xff); };
+            const auto m = [&](int j) { return int((s.m >> (8 * j)) & 0xff); };
+            for (int j = 0; j < 8; j++) scales[8 * j + i] = pair16(sc(j), sc(j));
+            for (int p = 0; p < 4; p++) mins[8 * p + i] = pair16(m(2 * p), m(2 * p + 1));
             __m256i qh = k4_high_bits(a);
             for (int c = 0; c < 4; c++) k4_chunk(a.qs, c, qh, chunks[2 * c][i], chunks[2 * c + 1][i]);
         }

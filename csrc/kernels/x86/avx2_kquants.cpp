@@ -31,18 +31,21 @@ float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
     float acc = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
-        uint8_t sc[8], m[8];
-        unpack_scales_k4(a[i].scales, sc, m);
-        __m256i qh = k4_high_bits(a[i]);
         __m256i sumi = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
+        const K4Scales s = unpack_scales_k4(a[i].scales);
+        const __m256i sc = bytes_epi16x2(s.sc);
+        __m256i qh = k4_high_bits(a[i]);
+        const auto chunk = [&](int c, __m256i sc_lo, __m256i sc_hi) {
             __m256i lo, hi;
             k4_chunk(a[i].qs, c, qh, lo, hi);
-            sumi = _mm256_add_epi32(sumi, dot_scaled(lo, load256(b[i].qs + 64 * c), _mm256_set1_epi16(sc[2 * c])));
-            sumi = _mm256_add_epi32(sumi,
-                                    dot_scaled(hi, load256(b[i].qs + 64 * c + 32), _mm256_set1_epi16(sc[2 * c + 1])));
-        }
-        acc = k4_block_step(a[i], b[i], hsum_i32(sumi), min_dot_bsums(m, b[i].bsums), acc);
+            sumi = _mm256_add_epi32(sumi, dot_scaled(lo, load256(b[i].qs + 64 * c), sc_lo));
+            sumi = _mm256_add_epi32(sumi, dot_scaled(hi, load256(b[i].qs + 64 * c + 32), sc_hi));
+        };
+        chunk(0, splat_epi16<0>(sc), splat_epi16<1>(sc));
+        chunk(1, splat_epi16<2>(sc), splat_epi16<3>(sc));
+        chunk(2, splat_epi16<4>(sc), splat_epi16<5>(sc));
+        chunk(3, splat_epi16<6>(sc), splat_epi16<7>(sc));
+        acc = k4_block_step(a[i], b[i], sumi, min_dot_bsums(s.m, b[i].bsums), acc);
     }
     return acc;
 }
@@ -59,16 +62,15 @@ float vec_dot_q6_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
     float acc = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         // sum sc*(q-32)*x = sum sc*q*x - 32 sum sc*bsum
-        __m256i sumi = _mm256_slli_epi32(q6_scale_dot_bsums(a[i].scales, b[i].bsums), 5);
-        sumi = _mm256_sub_epi32(_mm256_setzero_si256(), sumi);
+        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                        _mm256_slli_epi32(q6_scale_dot_bsums(a[i].scales, b[i].bsums), 5));
         for (int h = 0; h < 2; h++) {
             __m256i v[4];
             unpack_q6_half(a[i].ql + 64 * h, a[i].qh + 32 * h, v);
-            const int8_t* sc = a[i].scales + 8 * h;
+            __m256i sc[4];
+            q6_half_scales(a[i].scales + 8 * h, sc);
             const int8_t* xq = b[i].qs + 128 * h;
-            for (int g = 0; g < 4; g++)
-                sumi = _mm256_add_epi32(sumi, dot_scaled(v[g], load256(xq + 32 * g),
-                                                         scale_pair_epi16(sc[2 * g], sc[2 * g + 1])));
+            for (int g = 0; g < 4; g++) sumi = _mm256_add_epi32(sumi, dot_scaled(v[g], load256(xq + 32 * g), sc[g]));
         }
         acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);
     }

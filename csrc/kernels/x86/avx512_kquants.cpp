@@ -25,8 +25,8 @@ float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
     float acc = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
-        uint8_t sc[8], m[8];
-        unpack_scales_k4(a[i].scales, sc, m);
+        const K4Scales s = unpack_scales_k4(a[i].scales);
+        const auto sc = [&](int j) { return _mm256_set1_epi32(int((s.sc >> (8 * j)) & 0xff)); };
         __m256i qh = k4_high_bits(a[i]);
         __m256i sumi = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
@@ -34,10 +34,10 @@ float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
             k4_chunk(a[i].qs, c, qh, lo, hi);
             const __m256i p0 = dot_u8_s8(lo, load256(b[i].qs + 64 * c));
             const __m256i p1 = dot_u8_s8(hi, load256(b[i].qs + 64 * c + 32));
-            sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p0, _mm256_set1_epi32(sc[2 * c])));
-            sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p1, _mm256_set1_epi32(sc[2 * c + 1])));
+            sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p0, sc(2 * c)));
+            sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p1, sc(2 * c + 1)));
         }
-        acc = k4_block_step(a[i], b[i], hsum_i32(sumi), min_dot_bsums(m, b[i].bsums), acc);
+        acc = k4_block_step(a[i], b[i], sumi, min_dot_bsums(s.m, b[i].bsums), acc);
     }
     return acc;
 }
@@ -71,7 +71,7 @@ float vec_dot_q6_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
                 sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, scale_pair_epi32(sc[2 * g], sc[2 * g + 1])));
             }
         }
-        acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);
+        acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);  // as the reference
     }
     return acc;
 }

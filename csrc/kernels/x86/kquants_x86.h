@@ -11,14 +11,35 @@ namespace {
 
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
-// The eight 6-bit scales and mins of a Q4_K/Q5_K block (packing in quant/blocks.h).
-inline void unpack_scales_k4(const uint8_t* q, uint8_t* sc, uint8_t* m) {
-    for (int j = 0; j < 8; j++) {
-        int s, mn;
-        k4_scale_min(j, q, &s, &mn);
-        sc[j] = uint8_t(s);
-        m[j] = uint8_t(mn);
-    }
+// The eight 6-bit scales and mins of a Q4_K/Q5_K block (packing in quant/blocks.h, k4_scale_min),
+// byte j of `sc` / `m` for sub-block j, from the 12 bytes as three words.
+struct K4Scales {
+    uint64_t sc, m;
+};
+inline K4Scales unpack_scales_k4(const uint8_t* q) {
+    uint32_t w[3];
+    std::memcpy(w, q, 12);
+    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, top2 = 0x03030303;
+    const uint32_t sc_hi = (w[2] & low4) | (((w[0] >> 6) & top2) << 4);
+    const uint32_t m_hi = ((w[2] >> 4) & low4) | (((w[1] >> 6) & top2) << 4);
+    return {(w[0] & low6) | (uint64_t(sc_hi) << 32), (w[1] & low6) | (uint64_t(m_hi) << 32)};
+}
+
+// The eight bytes of v as int16, in both 128-bit halves.
+inline __m256i bytes_epi16x2(uint64_t v) {
+    return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(v))));
+}
+
+// v holding the same eight int16 in both 128-bit halves (bytes_epi16x2): element A in every int16
+// of the low half, element B in every int16 of the high half.
+template <int A, int B>
+inline __m256i splat2_epi16(__m256i v) {
+    return _mm256_shuffle_epi8(v, _mm256_set_m128i(_mm_set1_epi16(int16_t(0x0100 + 0x0202 * B)),
+                                                   _mm_set1_epi16(int16_t(0x0100 + 0x0202 * A))));
+}
+template <int J>
+inline __m256i splat_epi16(__m256i v) {
+    return splat2_epi16<J, J>(v);
 }
 
 // The high bits of a Q5_K block's values (bit j of byte l: element l of sub-block j); zero for Q4_K.
@@ -43,20 +64,20 @@ inline int32_t hsum_i32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-// One Q4_K/Q5_K block of a dot in the order every path follows (vec_dot_q4_K_q8_K_ref): its exact
-// integer sums isum and msum (the mins' term) into the running sum.
-template <typename Block>
-inline float k4_block_step(const Block& a, const block_q8_K& b, int32_t isum, int32_t msum, float acc) {
-    acc = fma_ss(float(isum), half_to_float(a.d) * b.d, acc);
-    return fma_ss(float(-msum), half_to_float(a.dmin) * b.d, acc);
+// sum_j m[j] * (bsums[2j] + bsums[2j+1]), a Q4_K/Q5_K block's min term against its Q8_K
+// activations, as 8 int32 partial sums.
+inline __m256i min_dot_bsums(uint64_t m, const int16_t* bsums) {
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(m)));
+    const __m256i pairs = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+    return _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bsums)), pairs);
 }
 
-// sum_j m[j] * (bsums[2j] + bsums[2j+1]): a Q4_K/Q5_K block's min term against its Q8_K activations.
-inline int32_t min_dot_bsums(const uint8_t* m, const int16_t* bsums) {
-    const __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
-    const __m256i pairs = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
-    const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bsums));
-    return hsum_i32(_mm256_madd_epi16(bs, pairs));
+// One Q4_K/Q5_K block of a dot in the order every path follows (vec_dot_q4_K_q8_K_ref): its exact
+// integer sums isum and msum (the mins' term), as 8 int32 partial sums each, into the running sum.
+template <typename Block>
+inline float k4_block_step(const Block& a, const block_q8_K& b, __m256i isum, __m256i msum, float acc) {
+    acc = fma_ss(float(hsum_i32(isum)), half_to_float(a.d) * b.d, acc);
+    return fma_ss(float(-hsum_i32(msum)), half_to_float(a.dmin) * b.d, acc);
 }
 
 // sum_j scales[j] * bsums[j] over the 16 sub-blocks of a Q6_K block, as 8 int32 partial sums
@@ -81,6 +102,18 @@ inline void unpack_q6_half(const uint8_t* ql, const uint8_t* qh, __m256i* v) {
     v[1] = _mm256_or_si256(_mm256_and_si256(b, m4), high(2));
     v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), high(4));
     v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), m4), high(6));
+}
+
+// The four scale pairs of one Q6_K half (8 scales) for its 32-value groups, as scale_pair_epi16 makes
+// them: group g's low 128 bits take scale 2g, its high 128 bits scale 2g + 1.
+inline void q6_half_scales(const int8_t* sc, __m256i (&out)[4]) {
+    int64_t v;
+    std::memcpy(&v, sc, 8);
+    const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_cvtsi64_si128(v)));
+    out[0] = splat2_epi16<0, 1>(s16);
+    out[1] = splat2_epi16<2, 3>(s16);
+    out[2] = splat2_epi16<4, 5>(s16);
+    out[3] = splat2_epi16<6, 7>(s16);
 }
 
 // Two int16 (AVX2 madd) or int32 (VNNI) scale vectors for a 32-value group spanning two 16-value
