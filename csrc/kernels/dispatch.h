@@ -26,8 +26,8 @@ using vec_dot_fn = float (*)(int64_t n, const void* w, const void* x);
 // the other tokens, the other rows or the tiling: a row's logits never depend on its batch. Where
 // both are loops over the row's vec_dot this holds by construction; the Q4_0 / Q8_0 kernels
 // instead all compute  acc = 0; for each block b in order: acc = fma(float(isum_b), dw_b * dx_b, acc)
-// with isum_b the block's exact integer dot (vec_dot_q4_0_q8_0_ref is this spec), and the Q4_K /
-// Q5_K / Q6_K dots and GEMMs the same per 256-value block, with a second fma for the mins
+// with isum_b the block's exact integer dot (vec_dot_q4_0_q8_0_ref is this spec), and the Q2_K..Q6_K
+// and IQ4_XS kernels the same per 256-value block, with a second fma for the mins
 // (vec_dot_q4_K_q8_K_ref). Float lanes hold rows, tokens or (row, token) pairs (the i8mm 2x2
 // tiles), never parts of one sum. test_kernels.cpp checks the bits on every path.
 using gemm_fn = void (*)(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,

@@ -25,23 +25,22 @@ const TypeKernelsOverride kAvx2Rows[] = {
      quantize_as<block_q8_0, quantize_row_q8_0_avx2>},
     {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_avx2, gemv_rows<vec_dot_iq4_nl_q8_0_avx2>,
      gemm_rows<vec_dot_iq4_nl_q8_0_avx2>, nullptr, nullptr},
-    {GgmlType::Q2_K, vec_dot_q2_K_q8_K_avx2, gemv_rows<vec_dot_q2_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>, gemm_rows<vec_dot_q2_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>,
+    {GgmlType::Q2_K, vec_dot_q2_K_q8_K_avx2, gemv_rows<vec_dot_q2_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>, gemm_q2_K_q8_K_avx2,
      nullptr, nullptr},
-    {GgmlType::Q3_K, vec_dot_q3_K_q8_K_avx2, gemv_rows<vec_dot_q3_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>, gemm_rows<vec_dot_q3_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>,
+    {GgmlType::Q3_K, vec_dot_q3_K_q8_K_avx2, gemv_rows<vec_dot_q3_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>, gemm_q3_K_q8_K_avx2,
      nullptr, nullptr},
-    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx2, gemv_rows<vec_dot_q4_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>,
-     gemm_q4_K_q8_K_avx2, nullptr, nullptr},
+    // Q4_K's and Q6_K's gemv/gemm read rows in lanes (repack.h)
+    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx2, gemv_q4_K_q8_K_avx2, gemm_q4_K_q8_K_avx2, repack_q4_K_rows8, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx2, gemv_rows<vec_dot_q5_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>,
      gemm_q5_K_q8_K_avx2, nullptr, nullptr},
-    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx2, gemv_rows<vec_dot_q6_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>,
-     gemm_q6_K_q8_K_avx2, nullptr, nullptr},
+    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx2, gemv_q6_K_q8_K_avx2, gemm_q6_K_q8_K_avx2, repack_q6_K_rows8, nullptr},
     {GgmlType::IQ4_XS, vec_dot_iq4_xs_q8_K_avx2, gemv_rows<vec_dot_iq4_xs_q8_K_avx2, QK_K, sizeof(block_q8_K)>,
-     gemm_rows<vec_dot_iq4_xs_q8_K_avx2, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
+     gemm_iq4_xs_q8_K_avx2, nullptr, nullptr},
     {GgmlType::Q8_K, nullptr, nullptr, nullptr, nullptr, quantize_as<block_q8_K, quantize_row_q8_K_avx2>},
 };
 
-// On top of the AVX2 rows: the gemv/gemm read the same repacked rows as the AVX2 kernels. Q4_K, Q5_K
-// and Q6_K keep the AVX2 GEMM, which gives the bits of these dots (the order all paths follow).
+// On top of the AVX2 rows: the gemv/gemm read the same repacked rows as the AVX2 kernels. the K-quants
+// and IQ4_XS keep the AVX2 GEMM, which gives the bits of these dots (the order all paths follow).
 const TypeKernelsOverride kAvx512Rows[] = {
     {GgmlType::F32, vec_dot_f32_f32_avx512, gemv_rows<vec_dot_f32_f32_avx512, 1, sizeof(float)>, gemm_rows<vec_dot_f32_f32_avx512, 1, sizeof(float)>,
      nullptr, nullptr},
@@ -60,17 +59,15 @@ const TypeKernelsOverride kAvx512Rows[] = {
     {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_avx512vnni, gemv_rows<vec_dot_iq4_nl_q8_0_avx512vnni>,
      gemm_rows<vec_dot_iq4_nl_q8_0_avx512vnni>, nullptr, nullptr},
     {GgmlType::Q2_K, vec_dot_q2_K_q8_K_avx512vnni, gemv_rows<vec_dot_q2_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
-     gemm_rows<vec_dot_q2_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
-    {GgmlType::Q3_K, vec_dot_q3_K_q8_K_avx512vnni, gemv_rows<vec_dot_q3_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
-     gemm_rows<vec_dot_q3_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
-    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx512vnni, gemv_rows<vec_dot_q4_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
      nullptr, nullptr, nullptr},
+    {GgmlType::Q3_K, vec_dot_q3_K_q8_K_avx512vnni, gemv_rows<vec_dot_q3_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
+     nullptr, nullptr, nullptr},
+    {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx512vnni, gemv_rows<vec_dot_q5_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
      nullptr, nullptr, nullptr},
-    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx512vnni, gemv_rows<vec_dot_q6_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
-     nullptr, nullptr, nullptr},
+    {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::IQ4_XS, vec_dot_iq4_xs_q8_K_avx512vnni, gemv_rows<vec_dot_iq4_xs_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
-     gemm_rows<vec_dot_iq4_xs_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>, nullptr, nullptr},
+     nullptr, nullptr, nullptr},
 };
 
 }  // namespace

@@ -25,13 +25,39 @@ namespace phi2cpu {
 
 // The version of the layouts below; a repack cache (model/repack_cache.h) written for another
 // version is not used. Raise it with every change to what a repack writes.
-constexpr int kRepackLayoutVersion = 1;
+constexpr int kRepackLayoutVersion = 2;
 
 // dst rows (n_rows rows of n elements, row_bytes apart in both) from src rows; src and dst must not overlap.
 using repack_fn = void (*)(int64_t n, int64_t n_rows, const void* src, void* dst);
 
 void repack_q4_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst);
 void repack_q8_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst);
+
+// "Rows in lanes" (Q4_K, Q6_K): rows go in groups of 8 (rows 8g..8g+7), and a group's 8 * row_bytes hold,
+// per 256-value block b, 1152 bytes (the 8 rows' 144 bytes rearranged) at b * 1152:
+//   [0, 16)     the 8 rows' fp16 d, [16, 32) their fp16 dmin;
+//   [32, 128)   their 12 scale bytes, byte k of row i at 32 + 8k + i (so one 64-bit word holds
+//               byte k of all 8 rows);
+//   [128, 1152) their quants: for chunk c (values 64c..64c+63: sub-blocks 2c, 2c+1) and group g
+//               (0..7), 32 bytes at 128 + (8c + g) * 32 whose bytes 4i..4i+3 are row i's
+//               qs[32c + 4g .. 32c + 4g + 3] (low nibbles: sub-block 2c, values 4g..4g+3; high
+//               nibbles: sub-block 2c + 1, the same values).
+// The last n_rows % 8 rows keep their GGUF blocks. So any range of whole groups, or running to the
+// last row, of a repacked tensor is a repacked tensor.
+void repack_q4_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst);
+constexpr int kK4GroupRows = 8;
+constexpr size_t kK4GroupBlockBytes = 8 * sizeof(block_q4_K);
+
+// The same for Q6_K: per block, 1680 bytes (8 x 210):
+//   [0, 16)     the 8 rows' fp16 d;
+//   [16, 144)   their 16 scales, scale j of row i at 16 + 8j + i;
+//   [144, 1680) for half h (values 128h..128h+127) and group g (0..7), 96 bytes at
+//               144 + (8h + g) * 96: three 32-byte vectors whose bytes 4i..4i+3 are row i's
+//               ql[64h + 4g ..], ql[64h + 32 + 4g ..] and qh[32h + 4g ..] (4 bytes each), so
+//               each vector holds what the GGUF bytes at those places hold for values
+//               4g..4g+3 of the half's four 32-value chunks (quant/blocks.h).
+void repack_q6_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst);
+constexpr size_t kQ6GroupBlockBytes = 8 * sizeof(block_q6_K);
 
 // Byte offsets inside a repacked tensor of nb blocks per row: where block b of row r has its
 // fp16 scale, and its quants (Q8_0: `half` 0 or 1 picks quants 0..15 or 16..31, 16 bytes each;

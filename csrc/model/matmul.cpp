@@ -15,7 +15,7 @@ namespace {
 // stream for the hardware prefetcher (32-row items left 2-thread decoding 20% slower), and a few
 // ranges per thread still even out a thread that falls behind.
 constexpr int64_t kGemvItemsPerThread = 4;
-constexpr int64_t kGemvRowAlign = 4;    // the multi-row GEMV kernels take rows in fours
+constexpr int64_t kGemvRowAlign = 8;    // the multi-row GEMV kernels take rows in fours (Q4_K: eights)
 constexpr int64_t kQGemmRowAlign = 32;  // integer GEMM row ranges: whole packed panel groups
 // Prefill splits an integer GEMM into this many row ranges per thread. With 2, a 2-thread Q8_0
 // prefill kept the cores busy 1.82-1.94x of its wall time, and when one core ran slow the other

@@ -153,7 +153,7 @@ Weights Weights::bind(const MappedFile& file, const Config& c, const std::vector
 
 void repack_matrix(const Tensor& t, uint8_t* dst, const MappedFile& file, ThreadPool& pool) {
     const repack_fn fn = kernels().of(t.tt->type).repack;
-    pool.parallel_for(t.rows, 64, [&](int64_t r0, int64_t r1) {  // 64 rows: whole 4-row groups
+    pool.parallel_for(t.rows, 64, [&](int64_t r0, int64_t r1) {  // 64 rows: whole 4- and 8-row groups
         fn(t.cols, r1 - r0, t.data + size_t(r0) * t.row_bytes, dst + size_t(r0) * t.row_bytes);
     });
     file.release(t.data, size_t(t.rows) * t.row_bytes);

@@ -271,9 +271,9 @@ void test_multirow(const Kernels& k, const Kernels& ref) {
 
 // Batch invariance (dispatch.h): every (row, token) output of the gemv and the gemm, bit for bit, is
 // the one the gemv gives that token alone: whatever the token count (1..8 through the gemv, up to 13
-// through the gemm), the other tokens, and the row range a thread is given (starting at a 4-row group
-// or a 32-row GEMM range). Q4_0, Q8_0, Q4_K, Q5_K and Q6_K kernels on every path also equal the
-// scalar dot bit for bit, the order they all follow.
+// through the gemm), the other tokens, and the row range a thread is given (starting at an 8-row GEMV
+// range or a 32-row GEMM range). Q4_0, Q8_0, Q2_K..Q6_K and IQ4_XS kernels on every path also equal the scalar
+// dot bit for bit, the order they all follow.
 bool same_bits(const float* a, const float* b) { return std::memcmp(a, b, sizeof(float)) == 0; }
 
 void test_batch_invariance(const Kernels& k, const Kernels& ref) {
@@ -282,8 +282,9 @@ void test_batch_invariance(const Kernels& k, const Kernels& ref) {
         const TypeKernels& row = k.of(tt.type);
         if (!row.vec_dot) continue;
         const TypeTraits& at = *type_traits(tt.vec_dot_type);
-        const bool spec = tt.type == GgmlType::Q4_0 || tt.type == GgmlType::Q8_0 || tt.type == GgmlType::Q4_K ||
-                          tt.type == GgmlType::Q5_K || tt.type == GgmlType::Q6_K;
+        const bool spec = tt.type == GgmlType::Q4_0 || tt.type == GgmlType::Q8_0 || tt.type == GgmlType::Q2_K ||
+                          tt.type == GgmlType::Q3_K || tt.type == GgmlType::Q4_K || tt.type == GgmlType::Q5_K ||
+                          tt.type == GgmlType::Q6_K || tt.type == GgmlType::IQ4_XS;
         for (int64_t k32 : {3, 80, 101}) {
             const int64_t K = (k32 * 32 + tt.block_size - 1) / tt.block_size * tt.block_size;
             const size_t rb = row_size(tt, K), xb = row_size(at, K);
@@ -315,7 +316,7 @@ void test_batch_invariance(const Kernels& k, const Kernels& ref) {
                 return ok;
             };
             bool ok_v = true, ok_g = true;
-            for (int64_t r0 : {0, 4, 32})
+            for (int64_t r0 : {0, 8, 32})
                 for (int64_t T = 1; T <= kTok; T++)
                     for (int64_t t0 : {int64_t(0), kTok - T}) {
                         if (T <= kGemvMaxTokens) ok_v = ok_v && agrees(row.gemv, r0, t0, T);

@@ -138,7 +138,7 @@ float vec_dot_iq4_xs_q8_K_neon(int64_t n, const void* w, const void* x) {
             p = vdotq_s32(p, hi, vld1q_s8(b[i].qs + 32 * j + 16));
             sumi = vmlaq_n_s32(sumi, p, iq4xs_scale(a[i], j));
         }
-        sum += fp16_to_fp32(a[i].d) * b[i].d * float(vaddvq_s32(sumi));
+        sum = std::fma(float(vaddvq_s32(sumi)), fp16_to_fp32(a[i].d) * b[i].d, sum);  // as the reference
     }
     return sum;
 }

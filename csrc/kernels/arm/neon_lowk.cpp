@@ -6,6 +6,8 @@
 
 #include <arm_neon.h>
 
+#include <cmath>
+
 #include "quant/fp16.h"
 
 namespace phi2cpu {
@@ -43,7 +45,9 @@ float vec_dot_q2_K_q8_K_neon(int64_t n, const void* w, const void* x) {
         ms = vmlal_s16(ms, vget_low_s16(m1), vget_low_s16(b1));
         ms = vmlal_s16(ms, vget_high_s16(m1), vget_high_s16(b1));
         msum = vaddvq_s32(ms);
-        sum += fp16_to_fp32(a[i].d) * b[i].d * float(isum) - fp16_to_fp32(a[i].dmin) * b[i].d * float(msum);
+        // the order every path follows (vec_dot_q2_K_q8_K_ref)
+        sum = std::fma(float(isum), fp16_to_fp32(a[i].d) * b[i].d, sum);
+        sum = std::fma(float(-msum), fp16_to_fp32(a[i].dmin) * b[i].d, sum);
     }
     return sum;
 }
@@ -72,7 +76,7 @@ float vec_dot_q3_K_q8_K_neon(int64_t n, const void* w, const void* x) {
                 isum += q3_scale(a[i].scales, j) * vaddvq_s32(s0) + q3_scale(a[i].scales, j + 1) * vaddvq_s32(s1);
             }
         }
-        sum += fp16_to_fp32(a[i].d) * b[i].d * float(isum);
+        sum = std::fma(float(isum), fp16_to_fp32(a[i].d) * b[i].d, sum);  // as the reference
     }
     return sum;
 }

@@ -164,7 +164,8 @@ float vec_dot_q2_K_q8_K_ref(int64_t n, const void* w, const void* x) {
             isum += (a[blk].scales[j] & 15) * s;
             msum += (a[blk].scales[j] >> 4) * int32_t(b[blk].bsums[j]);
         }
-        sum += fp16_to_fp32(a[blk].d) * b[blk].d * float(isum) - fp16_to_fp32(a[blk].dmin) * b[blk].d * float(msum);
+        sum = fma_exact(float(isum), fp16_to_fp32(a[blk].d) * b[blk].d, sum);  // the order of vec_dot_q4_K_q8_K_ref
+        sum = fma_exact(float(-msum), fp16_to_fp32(a[blk].dmin) * b[blk].d, sum);
     }
     return sum;
 }
@@ -180,7 +181,7 @@ float vec_dot_q3_K_q8_K_ref(int64_t n, const void* w, const void* x) {
             for (int l = 0; l < 16; l++) s += q3_quant(a[blk], 16 * j + l) * int32_t(b[blk].qs[16 * j + l]);
             isum += q3_scale(a[blk].scales, j) * s;
         }
-        sum += fp16_to_fp32(a[blk].d) * b[blk].d * float(isum);
+        sum = fma_exact(float(isum), fp16_to_fp32(a[blk].d) * b[blk].d, sum);  // as Q6_K
     }
     return sum;
 }
@@ -227,7 +228,7 @@ float vec_dot_iq4_xs_q8_K_ref(int64_t n, const void* w, const void* x) {
                 s += kIQ4NLValues[nibble_quant(a[blk].qs + 16 * j, l)] * int32_t(b[blk].qs[32 * j + l]);
             isum += iq4xs_scale(a[blk], j) * s;
         }
-        sum += fp16_to_fp32(a[blk].d) * b[blk].d * float(isum);
+        sum = fma_exact(float(isum), fp16_to_fp32(a[blk].d) * b[blk].d, sum);  // as Q6_K
     }
     return sum;
 }

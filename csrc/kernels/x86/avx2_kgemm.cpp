@@ -1,8 +1,8 @@
-// AVX2 integer GEMM for prefill over K-quant rows: Q4_K / Q5_K / Q6_K weights times Q8_K activation
-// rows, with int8 dot products (maddubs) and each sub-block's integer scale applied in 32 bits, so a
-// block's sum stays exact and each (row, token) output gets the bits of the type's dot
-// (vec_dot_q4_K_q8_K_ref, vec_dot_q6_K_q8_K_ref: per block acc = fma(float(isum), d * x.d, acc), then
-// for Q4_K / Q5_K acc = fma(float(-msum), dmin * x.d, acc)). Compiled with -mavx2 -mfma -mf16c.
+// AVX2 integer GEMM for prefill over K-quant rows: Q2_K / Q3_K / Q4_K / Q5_K / Q6_K / IQ4_XS weights
+// times Q8_K activation rows, with int8 dot products (maddubs) and each sub-block's integer scale applied
+// in 32 bits, so a block's sum stays exact and each (row, token) output gets the bits of the type's
+// dot (vec_dot_q4_K_q8_K_ref and the others: per block acc = fma(float(isum), d * x.d, acc), then
+// for the types with mins acc = fma(float(-msum), dmin * x.d, acc)). Compiled with -mavx2 -mfma -mf16c.
 //
 // The rows stay in their GGUF blocks; eight at a time are unpacked into a panel (driver:
 // kernels/x86/qgemm_x86.h), block by block: the rows' f32 scales, their sub-block scales as int16
@@ -13,8 +13,12 @@
 //
 // 16-bit bounds (Q8_K quants are in [-128, 127]): a maddubs pair reaches 2*15*128 = 3840 for Q4_K,
 // so a sub-block's 8 groups sum in 16 bits (30720); 2*31*128 = 7936 for Q5_K, 4 groups (31744);
-// 2*63*128 = 16128 for Q6_K, 2 groups (32256).
+// 2*63*128 = 16128 for Q6_K, 2 groups (32256); Q3_K (q + 4 <= 7) and Q2_K (<= 3) sum a 16-value
+// sub-block's 4 groups (7168, 3072). IQ4_XS's signed values go through the sign trick (tile_iq4_xs).
+#include "kernels/dispatch.h"
+#include "kernels/repack.h"
 #include "kernels/x86/kquants_x86.h"
+#include "kernels/x86/lowk_x86.h"
 #include "kernels/x86/ops_x86.h"
 #include "kernels/x86/qgemm_x86.h"
 
@@ -36,11 +40,20 @@ struct K4Panel {
     static constexpr int kD = 0, kDmin = 32, kScales = 64, kMins = kScales + 8 * 32, kQuants = kMins + 4 * 32;
     static constexpr int kBytes = kQuants + kQuantBytes;
 };
-// Panel block of Q6_K rows: d[8] (f32), per 16-value sub-block j the rows' scales as above, per
-// sub-block pair p the rows' (sc_2p, sc_2p+1) (for the -32 offset against the Q8_K sums), the quants
-// (0..63).
-struct Q6Panel {
-    static constexpr int kD = 0, kScales = 32, kPairs = kScales + 16 * 32, kQuants = kPairs + 8 * 32;
+// Panel block of rows with 16 sub-blocks of 16 (Q2_K, Q3_K, Q6_K): d[8], dmin[8] (f32; dmin for
+// Q2_K), per sub-block j the rows' scales as above, per sub-block pair p the rows' (c_2p, c_2p+1),
+// the coefficients of the Q8_K sums of 16 (Q6_K: -32 sc_j for its 0..63 values' offset; Q3_K: -4 sc_j
+// for its values kept as q + 4; Q2_K: its mins m_j, which have their own scale dmin), then the
+// quants (0..63).
+struct K16Panel {
+    static constexpr int kD = 0, kDmin = 32, kScales = 64, kCoef = kScales + 16 * 32, kQuants = kCoef + 8 * 32;
+    static constexpr int kBytes = kQuants + kQuantBytes;
+};
+
+// Panel block of IQ4_XS rows: d[8] (f32), per sub-block j of 32 the rows' scales ls_j - 32 as above,
+// then the quants as the signed table values (-127..113).
+struct XsPanel {
+    static constexpr int kD = 0, kScales = 32, kQuants = kScales + 8 * 32;
     static constexpr int kBytes = kQuants + kQuantBytes;
 };
 
@@ -94,32 +107,142 @@ void pack_k4(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb,
     }
 }
 
-void pack_q6(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
+// Q4_K rows as repack_q4_K_rows8 leaves them: a panel of 8 rows is one group, already rows in
+// lanes; the last n_rows % 8 rows (nr < 8) are GGUF blocks.
+void pack_q4_K_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
+    if (nr < kRows) return pack_k4<block_q4_K>(w, row_bytes, nr, b0, kb, panel);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int64_t b = b0; b < b0 + kb; b++) {
-        uint8_t* pb = panel + (b - b0) * Q6Panel::kBytes;
-        float* d = reinterpret_cast<float*>(pb + Q6Panel::kD);
-        int32_t* scales = reinterpret_cast<int32_t*>(pb + Q6Panel::kScales);
-        int32_t* pairs = reinterpret_cast<int32_t*>(pb + Q6Panel::kPairs);
-        __m256i chunks[8][kRows];  // elements 32c..32c+31 of row i
+        const uint8_t* g = w + size_t(b) * kK4GroupBlockBytes;
+        uint8_t* pb = panel + (b - b0) * K4Panel::kBytes;
+        _mm256_store_ps(reinterpret_cast<float*>(pb + K4Panel::kD), _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g))));
+        _mm256_store_ps(reinterpret_cast<float*>(pb + K4Panel::kDmin),
+                        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16))));
+        uint64_t sc[8], m[8];
+        unpack_scales_k4_rows8(g + 32, sc, m);
+        for (int j = 0; j < 8; j++) _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kScales + 32 * j), lanes_pair16(sc[j]));
+        for (int p = 0; p < 4; p++)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kMins + 32 * p), lanes_pair16(m[2 * p], m[2 * p + 1]));
+        for (int c = 0; c < 4; c++)
+            for (int gr = 0; gr < 8; gr++) {
+                const __m256i v = load256(g + 128 + (8 * c + gr) * 32);
+                _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kQuants + (8 * (2 * c) + gr) * 32), _mm256_and_si256(v, m4));
+                _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kQuants + (8 * (2 * c + 1) + gr) * 32),
+                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            }
+    }
+}
+
+// One row's block as the K16 panel wants it: scales sc_j, coefficients c_j (K16Panel) and the 8
+// groups of 32 values as unsigned bytes (group g: values 32g..32g+31).
+struct K16Row {
+    float d, dmin;
+    int sc[16], c[16];
+    __m256i v[8];
+};
+
+inline void unpack_k16(const block_q6_K& a, K16Row& r) {
+    r.d = half_to_float(a.d);
+    r.dmin = 0.0f;
+    for (int j = 0; j < 16; j++) r.sc[j] = a.scales[j], r.c[j] = -32 * a.scales[j];
+    for (int h = 0; h < 2; h++) {
+        __m256i v[4];
+        unpack_q6_half(a.ql + 64 * h, a.qh + 32 * h, v);
+        for (int g = 0; g < 4; g++) r.v[4 * h + g] = v[g];
+    }
+}
+
+inline void unpack_k16(const block_q3_K& a, K16Row& r) {
+    r.d = half_to_float(a.d);
+    r.dmin = 0.0f;
+    for (int j = 0; j < 16; j++) r.sc[j] = q3_scale(a.scales, j), r.c[j] = -4 * r.sc[j];
+    const __m256i hm = load256(a.hmask);
+    for (int h = 0; h < 2; h++) {
+        const __m256i q = load256(a.qs + 32 * h);
+        for (int k = 0; k < 4; k++) r.v[4 * h + k] = q3_group(q, hm, k, 4 * h + k);
+    }
+}
+
+inline void unpack_k16(const block_q2_K& a, K16Row& r) {
+    r.d = half_to_float(a.d);
+    r.dmin = half_to_float(a.dmin);
+    for (int j = 0; j < 16; j++) r.sc[j] = a.scales[j] & 15, r.c[j] = a.scales[j] >> 4;
+    for (int h = 0; h < 2; h++) {
+        const __m256i q = load256(a.qs + 32 * h);
+        for (int k = 0; k < 4; k++) r.v[4 * h + k] = k2_field(q, k);
+    }
+}
+
+template <typename Block>
+void pack_k16(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
+    for (int64_t b = b0; b < b0 + kb; b++) {
+        uint8_t* pb = panel + (b - b0) * K16Panel::kBytes;
+        float* d = reinterpret_cast<float*>(pb + K16Panel::kD);
+        float* dmin = reinterpret_cast<float*>(pb + K16Panel::kDmin);
+        int32_t* scales = reinterpret_cast<int32_t*>(pb + K16Panel::kScales);
+        int32_t* coef = reinterpret_cast<int32_t*>(pb + K16Panel::kCoef);
+        __m256i chunks[8][kRows];  // values 32c..32c+31 of row i
+        for (int i = 0; i < kRows; i++) {
+            K16Row r{};
+            if (i < nr) unpack_k16(reinterpret_cast<const Block*>(w + size_t(i) * row_bytes)[b], r);
+            d[i] = r.d;
+            dmin[i] = r.dmin;
+            for (int j = 0; j < 16; j++) scales[8 * j + i] = pair16(r.sc[j], r.sc[j]);
+            for (int p = 0; p < 8; p++) coef[8 * p + i] = pair16(r.c[2 * p], r.c[2 * p + 1]);
+            for (int c = 0; c < 8; c++) chunks[c][i] = i < nr ? r.v[c] : _mm256_setzero_si256();
+        }
+        for (int c = 0; c < 8; c++) store_groups(pb + K16Panel::kQuants, c, chunks[c]);
+    }
+}
+
+void pack_iq4_xs(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
+    const __m256i table = iq4nl_table256();
+    for (int64_t b = b0; b < b0 + kb; b++) {
+        uint8_t* pb = panel + (b - b0) * XsPanel::kBytes;
+        float* d = reinterpret_cast<float*>(pb + XsPanel::kD);
+        int32_t* scales = reinterpret_cast<int32_t*>(pb + XsPanel::kScales);
+        __m256i chunks[8][kRows];  // sub-block j of row i
         for (int i = 0; i < kRows; i++) {
             if (i >= nr) {
                 d[i] = 0.0f;
-                for (int j = 0; j < 16; j++) scales[8 * j + i] = 0;
-                for (int p = 0; p < 8; p++) pairs[8 * p + i] = 0;
-                for (int c = 0; c < 8; c++) chunks[c][i] = _mm256_setzero_si256();
+                for (int j = 0; j < 8; j++) scales[8 * j + i] = 0, chunks[j][i] = _mm256_setzero_si256();
                 continue;
             }
-            const block_q6_K& a = reinterpret_cast<const block_q6_K*>(w + size_t(i) * row_bytes)[b];
+            const block_iq4_xs& a = reinterpret_cast<const block_iq4_xs*>(w + size_t(i) * row_bytes)[b];
             d[i] = half_to_float(a.d);
-            for (int j = 0; j < 16; j++) scales[8 * j + i] = pair16(a.scales[j], a.scales[j]);
-            for (int p = 0; p < 8; p++) pairs[8 * p + i] = pair16(a.scales[2 * p], a.scales[2 * p + 1]);
-            for (int h = 0; h < 2; h++) {
-                __m256i v[4];
-                unpack_q6_half(a.ql + 64 * h, a.qh + 32 * h, v);
-                for (int g = 0; g < 4; g++) chunks[4 * h + g][i] = v[g];
+            for (int j = 0; j < 8; j++) {
+                const int ls = iq4xs_scale(a, j);
+                scales[8 * j + i] = pair16(ls, ls);
+                chunks[j][i] = iq4xs_values(a, j, table);
             }
         }
-        for (int c = 0; c < 8; c++) store_groups(pb + Q6Panel::kQuants, c, chunks[c]);
+        for (int j = 0; j < 8; j++) store_groups(pb + XsPanel::kQuants, j, chunks[j]);
+    }
+}
+
+// Q6_K rows as repack_q6_K_rows8 leaves them (a full panel is one group; nr < 8: GGUF blocks).
+void pack_q6_K_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
+    if (nr < kRows) return pack_k16<block_q6_K>(w, row_bytes, nr, b0, kb, panel);
+    for (int64_t b = b0; b < b0 + kb; b++) {
+        const uint8_t* g = w + size_t(b) * kQ6GroupBlockBytes;
+        uint8_t* pb = panel + (b - b0) * K16Panel::kBytes;
+        _mm256_store_ps(reinterpret_cast<float*>(pb + K16Panel::kD), _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g))));
+        _mm256_store_ps(reinterpret_cast<float*>(pb + K16Panel::kDmin), _mm256_setzero_ps());
+        uint64_t sw[16];
+        std::memcpy(sw, g + 16, sizeof sw);
+        for (int j = 0; j < 16; j++)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kScales + 32 * j), lanes_pair16_signed(sw[j], sw[j]));
+        for (int p = 0; p < 8; p++)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kCoef + 32 * p),
+                               lanes_pair16_signed(sw[2 * p], sw[2 * p + 1], -32));
+        for (int h = 0; h < 2; h++)
+            for (int gr = 0; gr < 8; gr++) {
+                const uint8_t* q = g + 144 + (8 * h + gr) * 96;
+                __m256i v[4];
+                unpack_q6_half(q, q + 64, v);
+                for (int k = 0; k < 4; k++)
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kQuants + (8 * (4 * h + k) + gr) * 32), v[k]);
+            }
     }
 }
 
@@ -214,44 +337,96 @@ void tile_k4(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx,
     for (int t = 0; t < T; t++) store_rows(y + t * ldy, acc[t], nr);
 }
 
-// T tokens x 8 rows of Q6_K: isum = sum_j sc_j (q . x)_j - 32 sum_j sc_j bsums_j, exact in 32 bits.
-template <int T>
-void tile_q6(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx, const MinSums*, float* y,
-             int64_t ldy, int nr, bool accumulate) {
+// T tokens x 8 rows of 16-value sub-blocks: isum = sum_j sc_j (q . x)_j plus, for Q6_K and Q3_K,
+// sum_j c_j bsums_j (the offset of the unsigned values), exact in 32 bits; Q2_K's (Mins) sum_j c_j
+// bsums_j is its msum. G groups of 4 sum in 16 bits before the scale (Q6_K 2, Q2_K / Q3_K 4).
+template <int T, int G, bool Mins>
+void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx, const MinSums*, float* y,
+              int64_t ldy, int nr, bool accumulate) {
     __m256 acc[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows(y + t * ldy, nr) : _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* pb = panel + b * Q6Panel::kBytes;
-        const uint8_t* quants = pb + Q6Panel::kQuants;
+        const uint8_t* pb = panel + b * K16Panel::kBytes;
+        const uint8_t* quants = pb + K16Panel::kQuants;
         __m256i s32[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) s32[t] = _mm256_setzero_si256();
+#pragma GCC unroll 1
+        for (int j = 0; j < 16; j++) {
+            const __m256i sc = load_v(pb + K16Panel::kScales + 32 * j);
+#pragma GCC unroll 2
+            for (int h = 0; h < 4; h += G) {
+                __m256i s16[T];
+                const __m256i w0 = load_v(quants + (4 * j + h) * 32);
+#pragma GCC unroll 8
+                for (int t = 0; t < T; t++) s16[t] = _mm256_maddubs_epi16(w0, bcast4(x[t * ldx + b].qs + 16 * j + 4 * h));
+#pragma GCC unroll 4
+                for (int g = h + 1; g < h + G; g++) {
+                    const __m256i w = load_v(quants + (4 * j + g) * 32);
+#pragma GCC unroll 8
+                    for (int t = 0; t < T; t++)
+                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, bcast4(x[t * ldx + b].qs + 16 * j + 4 * g)));
+                }
+#pragma GCC unroll 8
+                for (int t = 0; t < T; t++) s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(s16[t], sc));
+            }
+        }
+        const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb + K16Panel::kD));
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
             const int16_t* bs = x[t * ldx + b].bsums;
-            __m256i off = _mm256_setzero_si256();
+            __m256i o = _mm256_setzero_si256();
             for (int p = 0; p < 8; p++) {
                 int32_t pr;
                 std::memcpy(&pr, bs + 2 * p, 4);
-                off = _mm256_add_epi32(off, _mm256_madd_epi16(load_v(pb + Q6Panel::kPairs + 32 * p), _mm256_set1_epi32(pr)));
+                o = _mm256_add_epi32(o, _mm256_madd_epi16(load_v(pb + K16Panel::kCoef + 32 * p), _mm256_set1_epi32(pr)));
             }
-            s32[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5));
+            const __m256 dx = _mm256_set1_ps(x[t * ldx + b].d);
+            if constexpr (Mins) {
+                const __m256 dmin = _mm256_load_ps(reinterpret_cast<const float*>(pb + K16Panel::kDmin));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dw, dx), acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), o)),
+                                         _mm256_mul_ps(dmin, dx), acc[t]);
+            } else {
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s32[t], o)), _mm256_mul_ps(dw, dx), acc[t]);
+            }
         }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) store_rows(y + t * ldy, acc[t], nr);
+}
+
+// T tokens x 8 rows of IQ4_XS: signed values, so maddubs takes |x| (Q8_K's -128 read as 128) and the
+// values carrying x's sign; a pair reaches 2*128*127 = 32512, so every group is scaled and widened to
+// 32 bits at once.
+template <int T>
+void tile_iq4_xs(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx, const MinSums*, float* y,
+                 int64_t ldy, int nr, bool accumulate) {
+    __m256 acc[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows(y + t * ldy, nr) : _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* pb = panel + b * XsPanel::kBytes;
+        const uint8_t* quants = pb + XsPanel::kQuants;
+        __m256i s32[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) s32[t] = _mm256_setzero_si256();
 #pragma GCC unroll 1
-        for (int j = 0; j < 16; j++) {
-            const __m256i sc = load_v(pb + Q6Panel::kScales + 32 * j);
+        for (int j = 0; j < 8; j++) {
+            const __m256i sc = load_v(pb + XsPanel::kScales + 32 * j);
 #pragma GCC unroll 2
-            for (int h = 0; h < 4; h += 2) {
-                const __m256i w0 = load_v(quants + (4 * j + h) * 32), w1 = load_v(quants + (4 * j + h + 1) * 32);
+            for (int g = 0; g < 8; g++) {
+                const __m256i w = load_v(quants + (8 * j + g) * 32);
 #pragma GCC unroll 8
                 for (int t = 0; t < T; t++) {
-                    const int8_t* xq = x[t * ldx + b].qs + 16 * j + 4 * h;
-                    const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(w0, bcast4(xq)),
-                                                         _mm256_maddubs_epi16(w1, bcast4(xq + 4)));
-                    s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(s16, sc));
+                    const __m256i xb = bcast4(x[t * ldx + b].qs + 32 * j + 4 * g);
+                    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(xb, xb), _mm256_sign_epi8(w, xb));
+                    s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(p, sc));
                 }
             }
         }
-        const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb + Q6Panel::kD));
+        const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb + XsPanel::kD));
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dw, _mm256_set1_ps(x[t * ldx + b].d)),
@@ -267,7 +442,17 @@ using ktile_fn = void (*)(int64_t nb, const uint8_t* panel, const block_q8_K* x,
 template <int G>
 constexpr ktile_fn kTilesK4[kTok + 1] = {nullptr,         tile_k4<1, G>, tile_k4<2, G>, tile_k4<3, G>,
                                          tile_k4<4, G>, tile_k4<5, G>, tile_k4<6, G>};
-constexpr ktile_fn kTilesQ6[kTok + 1] = {nullptr, tile_q6<1>, tile_q6<2>, tile_q6<3>, tile_q6<4>, tile_q6<5>, tile_q6<6>};
+template <int G, bool Mins>
+constexpr ktile_fn kTilesK16[kTok + 1] = {nullptr,
+                                          tile_k16<1, G, Mins>,
+                                          tile_k16<2, G, Mins>,
+                                          tile_k16<3, G, Mins>,
+                                          tile_k16<4, G, Mins>,
+                                          tile_k16<5, G, Mins>,
+                                          tile_k16<6, G, Mins>};
+
+constexpr ktile_fn kTilesXs[kTok + 1] = {nullptr,        tile_iq4_xs<1>, tile_iq4_xs<2>, tile_iq4_xs<3>,
+                                         tile_iq4_xs<4>, tile_iq4_xs<5>, tile_iq4_xs<6>};
 
 template <typename Layout, typename Pack>
 void gemm_k(const ktile_fn* tiles, Pack pack, bool mins, int64_t K, int64_t n_rows, const void* w, size_t row_bytes,
@@ -289,11 +474,145 @@ void gemm_k(const ktile_fn* tiles, Pack pack, bool mins, int64_t K, int64_t n_ro
         });
 }
 
+// Decoding over Q4_K rows in lanes (repack_q4_K_rows8): per group of 8 rows and block, the scales are
+// unpacked once for every token, and each token's 8 row sums come side by side from one maddubs per
+// group, in the order of the dot (each lane: acc = fma(float(isum), d * x.d, acc), then the mins').
+template <int T>
+void gemv_group_q4_K(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+    constexpr int64_t n_tok = T;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[T];
+    for (int64_t t = 0; t < n_tok; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, g += kK4GroupBlockBytes) {
+        uint64_t sc8[8], m8[8];
+        unpack_scales_k4_rows8(g + 32, sc8, m8);
+        __m256i sc[8], mins[4];
+        for (int j = 0; j < 8; j++) sc[j] = lanes_pair16(sc8[j]);
+        for (int p = 0; p < 4; p++) mins[p] = lanes_pair16(m8[2 * p], m8[2 * p + 1]);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16)));
+        for (int64_t t = 0; t < n_tok; t++) {
+            const block_q8_K& xt = x[t * nb + b];
+            __m256i s32 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+#pragma GCC unroll 8
+                for (int gr = 0; gr < 8; gr++) {
+                    const __m256i v = load256(g + 128 + (8 * c + gr) * 32);
+                    lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), bcast4(xt.qs + 64 * c + 4 * gr)));
+                    hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                                                   bcast4(xt.qs + 64 * c + 32 + 4 * gr)));
+                }
+                s32 = _mm256_add_epi32(s32, _mm256_add_epi32(_mm256_madd_epi16(lo, sc[2 * c]), _mm256_madd_epi16(hi, sc[2 * c + 1])));
+            }
+            const MinSums& m = ms[t * nb + b];
+            __m256i msum = _mm256_madd_epi16(mins[0], _mm256_set1_epi32(m.pair[0]));
+            for (int p = 1; p < 4; p++) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], _mm256_set1_epi32(m.pair[p])));
+            const __m256 dx = _mm256_set1_ps(xt.d);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, dx), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), msum)), _mm256_mul_ps(dmin, dx), acc[t]);
+        }
+    }
+    for (int64_t t = 0; t < n_tok; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
+}
+
+// The same for Q6_K rows in lanes (repack_q6_K_rows8): isum = sum_j sc_j (q . x)_j - 32 sum_j sc_j bsums_j.
+template <int T>
+void gemv_group_q6_K(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums*, float* y, int64_t ldy) {
+    constexpr int64_t n_tok = T;
+    __m256 acc[T];
+    for (int64_t t = 0; t < n_tok; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, g += kQ6GroupBlockBytes) {
+        uint64_t sw[16];
+        std::memcpy(sw, g + 16, sizeof sw);
+        __m256i sc[16], off[8];
+        for (int j = 0; j < 16; j++) sc[j] = lanes_pair16_signed(sw[j], sw[j]);
+        for (int p = 0; p < 8; p++) off[p] = lanes_pair16_signed(sw[2 * p], sw[2 * p + 1], -32);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+        for (int64_t t = 0; t < n_tok; t++) {
+            const block_q8_K& xt = x[t * nb + b];
+            __m256i s32 = _mm256_setzero_si256();
+            for (int p = 0; p < 8; p++) {
+                int32_t pr;
+                std::memcpy(&pr, xt.bsums + 2 * p, 4);
+                s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(off[p], _mm256_set1_epi32(pr)));
+            }
+            for (int h = 0; h < 2; h++)
+#pragma GCC unroll 4
+                for (int gr = 0; gr < 8; gr += 2) {
+                    const uint8_t* q = g + 144 + (8 * h + gr) * 96;
+                    __m256i v0[4], v1[4];
+                    unpack_q6_half(q, q + 64, v0);
+                    unpack_q6_half(q + 96, q + 160, v1);
+#pragma GCC unroll 4
+                    for (int k = 0; k < 4; k++) {  // values e..e+7 of the block: sub-block e / 16
+                        const int e = 128 * h + 32 * k + 4 * gr;
+                        const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(v0[k], bcast4(xt.qs + e)),
+                                                             _mm256_maddubs_epi16(v1[k], bcast4(xt.qs + e + 4)));
+                        s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(s16, sc[e / 16]));
+                    }
+                }
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, _mm256_set1_ps(xt.d)), acc[t]);
+        }
+    }
+    for (int64_t t = 0; t < n_tok; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
+}
+
+using kgroup_fn = void (*)(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy);
+
+// fn[T] for T = 1..kGemvMaxTokens tokens
+template <template <int> class G>
+struct KGroupTable {
+    kgroup_fn fn[kGemvMaxTokens + 1] = {nullptr,       G<1>::run, G<2>::run, G<3>::run, G<4>::run,
+                                        G<5>::run, G<6>::run, G<7>::run, G<8>::run};
+};
+template <int T>
+struct GroupQ4K {
+    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+        gemv_group_q4_K<T>(nb, g, x, ms, y, ldy);
+    }
+};
+template <int T>
+struct GroupQ6K {
+    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+        gemv_group_q6_K<T>(nb, g, x, ms, y, ldy);
+    }
+};
+static_assert(kGemvMaxTokens == 8, "KGroupTable lists 1..8 tokens");
+
+// The rows-in-lanes GEMV of Q4_K / Q6_K: whole 8-row groups, then the GGUF rows after them.
+void gemv_rows8(const kgroup_fn* groups, float (*dot)(int64_t, const void*, const void*), bool mins, int64_t K,
+                int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x, float* y, int64_t ldy) {
+    const int64_t nb = K / QK_K;
+    const block_q8_K* xb = static_cast<const block_q8_K*>(x);
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    thread_local std::vector<MinSums> ms;
+    if (mins) fill_min_sums(xb, n_tok * nb, ms);
+    const int64_t grouped = n_rows / kK4GroupRows * kK4GroupRows;
+    for (int64_t r = 0; r < grouped; r += kK4GroupRows)
+        groups[n_tok](nb, wb + size_t(r) * row_bytes, xb, mins ? ms.data() : nullptr, y + r, ldy);
+    for (int64_t r = grouped; r < n_rows; r++)  // the GGUF rows after the groups
+        for (int64_t t = 0; t < n_tok; t++) y[t * ldy + r] = dot(K, wb + size_t(r) * row_bytes, xb + t * nb);
+}
+
 }  // namespace
+
+void gemv_q6_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy) {
+    static const KGroupTable<GroupQ6K> table;
+    gemv_rows8(table.fn, vec_dot_q6_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
+
+void gemv_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy) {
+    static const KGroupTable<GroupQ4K> table;
+    gemv_rows8(table.fn, vec_dot_q4_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
 
 void gemm_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemm_k<K4Panel>(kTilesK4<8>, pack_k4<block_q4_K>, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k<K4Panel>(kTilesK4<8>, pack_q4_K_rows8, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_q5_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
@@ -303,7 +622,22 @@ void gemm_q5_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_by
 
 void gemm_q6_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemm_k<Q6Panel>(kTilesQ6, pack_q6, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k<K16Panel>(kTilesK16<2, false>, pack_q6_K_rows8, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
+
+void gemm_q3_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy) {
+    gemm_k<K16Panel>(kTilesK16<4, false>, pack_k16<block_q3_K>, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
+
+void gemm_q2_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy) {
+    gemm_k<K16Panel>(kTilesK16<4, true>, pack_k16<block_q2_K>, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
+
+void gemm_iq4_xs_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                           float* y, int64_t ldy) {
+    gemm_k<XsPanel>(kTilesXs, pack_iq4_xs, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 }  // namespace phi2cpu

@@ -80,7 +80,7 @@ float vec_dot_iq4_xs_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
     const block_iq4_xs* a = static_cast<const block_iq4_xs*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
     const __m256i table = iq4nl_table256();
-    __m256 acc = _mm256_setzero_ps();
+    float acc = 0.0f;
     for (int64_t i = 0; i < n / QK_K; i++) {
         __m256i sumi = _mm256_setzero_si256();
         for (int j = 0; j < 8; j++) {
@@ -90,9 +90,9 @@ float vec_dot_iq4_xs_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
             const __m256i p = dot_u8_s8(_mm256_sign_epi8(xq, xq), _mm256_sign_epi8(v, xq));
             sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, _mm256_set1_epi32(iq4xs_scale(a[i], j))));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(a[i].d) * b[i].d), _mm256_cvtepi32_ps(sumi), acc);
+        acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);  // as the reference
     }
-    return hsum(acc);
+    return acc;
 }
 
 }  // namespace phi2cpu

@@ -25,6 +25,39 @@ inline K4Scales unpack_scales_k4(const uint8_t* q) {
     return {(w[0] & low6) | (uint64_t(sc_hi) << 32), (w[1] & low6) | (uint64_t(m_hi) << 32)};
 }
 
+// The 8 scales and mins of sub-block j of 8 rows stored rows in lanes (repack_q4_K_rows8, repack.h):
+// sc[j] / m[j] hold row i's in byte i, from the block's 96 scale bytes.
+inline void unpack_scales_k4_rows8(const uint8_t* p, uint64_t (&sc)[8], uint64_t (&m)[8]) {
+    uint64_t q[12];
+    std::memcpy(q, p, sizeof q);
+    const uint64_t low6 = 0x3f3f3f3f3f3f3f3full, low4 = 0x0f0f0f0f0f0f0f0full, top2 = 0x0303030303030303ull;
+    for (int j = 0; j < 4; j++) {
+        sc[j] = q[j] & low6;
+        m[j] = q[j + 4] & low6;
+        sc[j + 4] = (q[j + 8] & low4) | (((q[j] >> 6) & top2) << 4);
+        m[j + 4] = ((q[j + 8] >> 4) & low4) | (((q[j + 4] >> 6) & top2) << 4);
+    }
+}
+
+// Byte i of v in int32 lane i, as the int16 pair (v_i, v_i).
+inline __m256i lanes_pair16(uint64_t v) {
+    const __m256i x = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(v)));
+    return _mm256_or_si256(x, _mm256_slli_epi32(x, 16));
+}
+
+// Byte i of lo and of hi in int32 lane i, as the int16 pair (lo_i, hi_i).
+inline __m256i lanes_pair16(uint64_t lo, uint64_t hi) {
+    return _mm256_or_si256(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(lo))),
+                           _mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(hi))), 16));
+}
+
+// Signed bytes i of lo and hi in int32 lane i as the int16 pair (lo_i * f, hi_i * f).
+inline __m256i lanes_pair16_signed(uint64_t lo, uint64_t hi, int f = 1) {
+    const __m256i a = _mm256_mullo_epi32(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(int64_t(lo))), _mm256_set1_epi32(f));
+    const __m256i b = _mm256_mullo_epi32(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(int64_t(hi))), _mm256_set1_epi32(f));
+    return _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(b, 16));
+}
+
 // The eight bytes of v as int16, in both 128-bit halves.
 inline __m256i bytes_epi16x2(uint64_t v) {
     return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(v))));
