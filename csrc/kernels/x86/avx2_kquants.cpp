@@ -29,7 +29,7 @@ template <typename Block>
 float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
     const Block* a = static_cast<const Block*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    float acc = 0.0f;
+    BlockAcc acc;
     for (int64_t i = 0; i < n / QK_K; i++) {
         __m256i sumi = _mm256_setzero_si256();
         const K4Scales s = unpack_scales_k4(a[i].scales);
@@ -45,9 +45,9 @@ float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
         chunk(1, splat_epi16<2>(sc), splat_epi16<3>(sc));
         chunk(2, splat_epi16<4>(sc), splat_epi16<5>(sc));
         chunk(3, splat_epi16<6>(sc), splat_epi16<7>(sc));
-        acc = k4_block_step(a[i], b[i], sumi, min_dot_bsums(s.m, b[i].bsums), acc);
+        k4_block_step(a[i], b[i], sumi, min_dot_bsums(s.m, b[i].bsums), acc);
     }
-    return acc;
+    return acc.value();
 }
 
 }  // namespace
@@ -59,7 +59,7 @@ float vec_dot_q5_K_q8_K_avx2(int64_t n, const void* w, const void* x) { return v
 float vec_dot_q6_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
     const block_q6_K* a = static_cast<const block_q6_K*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    float acc = 0.0f;
+    BlockAcc acc;
     for (int64_t i = 0; i < n / QK_K; i++) {
         // sum sc*(q-32)*x = sum sc*q*x - 32 sum sc*bsum
         __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(),
@@ -72,16 +72,16 @@ float vec_dot_q6_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
             const int8_t* xq = b[i].qs + 128 * h;
             for (int g = 0; g < 4; g++) sumi = _mm256_add_epi32(sumi, dot_scaled(v[g], load256(xq + 32 * g), sc[g]));
         }
-        acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);
+        acc.add(sumi, half_to_float(a[i].d) * b[i].d);
     }
-    return acc;
+    return acc.value();
 }
 
 float vec_dot_iq4_xs_q8_K_avx2(int64_t n, const void* w, const void* x) {
     const block_iq4_xs* a = static_cast<const block_iq4_xs*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
     const __m256i table = iq4nl_table256();
-    float acc = 0.0f;
+    BlockAcc acc;
     for (int64_t i = 0; i < n / QK_K; i++) {
         __m256i sumi = _mm256_setzero_si256();
         for (int j = 0; j < 8; j++) {
@@ -91,9 +91,9 @@ float vec_dot_iq4_xs_q8_K_avx2(int64_t n, const void* w, const void* x) {
             sumi = _mm256_add_epi32(sumi, dot_scaled(_mm256_sign_epi8(xq, xq), _mm256_sign_epi8(v, xq),
                                                      _mm256_set1_epi16(int16_t(iq4xs_scale(a[i], j)))));
         }
-        acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);  // as the reference
+        acc.add(sumi, half_to_float(a[i].d) * b[i].d);  // as the reference
     }
-    return acc;
+    return acc.value();
 }
 
 // Same bytes as quantize_row_q8_K_ref: cvtps rounds to nearest even like nearbyint, and the scale

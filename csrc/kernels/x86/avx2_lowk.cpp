@@ -17,7 +17,7 @@ using namespace x86;
 float vec_dot_q2_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
     const block_q2_K* a = static_cast<const block_q2_K*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    float acc = 0.0f;
+    BlockAcc acc;
     for (int64_t i = 0; i < n / QK_K; i++) {
         __m256i sumi = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
@@ -30,16 +30,16 @@ float vec_dot_q2_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
             }
         }
         // the order every path follows (vec_dot_q2_K_q8_K_ref)
-        acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);
-        acc = fma_ss(float(-q2_min_dot_bsums(a[i].scales, b[i].bsums)), half_to_float(a[i].dmin) * b[i].d, acc);
+        acc.add(sumi, half_to_float(a[i].d) * b[i].d);
+        acc.sub(q2_min_dot_bsums(a[i].scales, b[i].bsums), half_to_float(a[i].dmin) * b[i].d);
     }
-    return acc;
+    return acc.value();
 }
 
 float vec_dot_q3_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
     const block_q3_K* a = static_cast<const block_q3_K*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    float acc = 0.0f;
+    BlockAcc acc;
     for (int64_t i = 0; i < n / QK_K; i++) {
         int16_t sc[16];
         unpack_scales_q3(a[i].scales, sc);
@@ -55,9 +55,9 @@ float vec_dot_q3_K_q8_K_avx2(int64_t n, const void* w, const void* x) {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair_epi16(sc[2 * g], sc[2 * g + 1])));
             }
         }
-        acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);  // as the reference
+        acc.add(sumi, half_to_float(a[i].d) * b[i].d);  // as the reference
     }
-    return acc;
+    return acc.value();
 }
 
 }  // namespace phi2cpu

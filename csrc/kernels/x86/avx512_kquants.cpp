@@ -23,7 +23,7 @@ template <typename Block>
 float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
     const Block* a = static_cast<const Block*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    float acc = 0.0f;
+    BlockAcc acc;
     for (int64_t i = 0; i < n / QK_K; i++) {
         const K4Scales s = unpack_scales_k4(a[i].scales);
         const auto sc = [&](int j) { return _mm256_set1_epi32(int((s.sc >> (8 * j)) & 0xff)); };
@@ -37,9 +37,9 @@ float vec_dot_k4_q8_K(int64_t n, const void* w, const void* x) {
             sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p0, sc(2 * c)));
             sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p1, sc(2 * c + 1)));
         }
-        acc = k4_block_step(a[i], b[i], sumi, min_dot_bsums(s.m, b[i].bsums), acc);
+        k4_block_step(a[i], b[i], sumi, min_dot_bsums(s.m, b[i].bsums), acc);
     }
-    return acc;
+    return acc.value();
 }
 
 }  // namespace
@@ -55,7 +55,7 @@ float vec_dot_q5_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
 float vec_dot_q6_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
     const block_q6_K* a = static_cast<const block_q6_K*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
-    float acc = 0.0f;
+    BlockAcc acc;
     for (int64_t i = 0; i < n / QK_K; i++) {
         // sum sc*(q-32)*x = sum sc*q*x - 32 sum sc*bsum
         __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(),
@@ -71,16 +71,16 @@ float vec_dot_q6_K_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
                 sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, scale_pair_epi32(sc[2 * g], sc[2 * g + 1])));
             }
         }
-        acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);  // as the reference
+        acc.add(sumi, half_to_float(a[i].d) * b[i].d);  // as the reference
     }
-    return acc;
+    return acc.value();
 }
 
 float vec_dot_iq4_xs_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
     const block_iq4_xs* a = static_cast<const block_iq4_xs*>(w);
     const block_q8_K* b = static_cast<const block_q8_K*>(x);
     const __m256i table = iq4nl_table256();
-    float acc = 0.0f;
+    BlockAcc acc;
     for (int64_t i = 0; i < n / QK_K; i++) {
         __m256i sumi = _mm256_setzero_si256();
         for (int j = 0; j < 8; j++) {
@@ -90,9 +90,9 @@ float vec_dot_iq4_xs_q8_K_avx512vnni(int64_t n, const void* w, const void* x) {
             const __m256i p = dot_u8_s8(_mm256_sign_epi8(xq, xq), _mm256_sign_epi8(v, xq));
             sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, _mm256_set1_epi32(iq4xs_scale(a[i], j))));
         }
-        acc = fma_ss(float(hsum_i32(sumi)), half_to_float(a[i].d) * b[i].d, acc);  // as the reference
+        acc.add(sumi, half_to_float(a[i].d) * b[i].d);  // as the reference
     }
-    return acc;
+    return acc.value();
 }
 
 }  // namespace phi2cpu

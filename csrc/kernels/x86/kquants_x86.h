@@ -105,12 +105,30 @@ inline __m256i min_dot_bsums(uint64_t m, const int16_t* bsums) {
     return _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bsums)), pairs);
 }
 
-// One Q4_K/Q5_K block of a dot in the order every path follows (vec_dot_q4_K_q8_K_ref): its exact
-// integer sums isum and msum (the mins' term), as 8 int32 partial sums each, into the running sum.
+// A K-quant dot's running sum in the order every path follows (vec_dot_q4_K_q8_K_ref): per block,
+// acc = fma(float(isum), d * x.d, acc) and, with mins, acc = fma(float(-msum), dmin * x.d, acc),
+// each integer sum given as 8 int32 partial sums. It stays in a vector register: the lanes are
+// reduced and converted there (float(-m) is -float(m), so the mins' step is one fnmadd), with no
+// trip through a general register on the way to the next block.
+struct BlockAcc {
+    __m128 v = _mm_setzero_ps();
+
+    static __m128 sum_ps(__m256i s) {
+        __m128i r = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        r = _mm_add_epi32(r, _mm_shuffle_epi32(r, _MM_SHUFFLE(1, 0, 3, 2)));
+        r = _mm_add_epi32(r, _mm_shuffle_epi32(r, _MM_SHUFFLE(2, 3, 0, 1)));
+        return _mm_cvtepi32_ps(r);
+    }
+    void add(__m256i isum, float scale) { v = _mm_fmadd_ss(sum_ps(isum), _mm_set_ss(scale), v); }
+    void sub(__m256i msum, float scale) { v = _mm_fnmadd_ss(sum_ps(msum), _mm_set_ss(scale), v); }
+    float value() const { return _mm_cvtss_f32(v); }
+};
+
+// One Q4_K/Q5_K block of a dot: its integer sums isum and msum (the mins' term) into the running sum.
 template <typename Block>
-inline float k4_block_step(const Block& a, const block_q8_K& b, __m256i isum, __m256i msum, float acc) {
-    acc = fma_ss(float(hsum_i32(isum)), half_to_float(a.d) * b.d, acc);
-    return fma_ss(float(-hsum_i32(msum)), half_to_float(a.dmin) * b.d, acc);
+inline void k4_block_step(const Block& a, const block_q8_K& b, __m256i isum, __m256i msum, BlockAcc& acc) {
+    acc.add(isum, half_to_float(a.d) * b.d);
+    acc.sub(msum, half_to_float(a.dmin) * b.d);
 }
 
 // sum_j scales[j] * bsums[j] over the 16 sub-blocks of a Q6_K block, as 8 int32 partial sums

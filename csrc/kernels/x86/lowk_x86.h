@@ -20,11 +20,12 @@ inline __m256i q3_group(__m256i q, __m256i hm, int k, int g) {
     return _mm256_or_si256(k2_field(q, k), _mm256_slli_epi16(hbit, 2));
 }
 
-// sum_j (scales[j] >> 4) * bsums[j]: a Q2_K block's min term against its Q8_K activations.
-inline int32_t q2_min_dot_bsums(const uint8_t* scales, const int16_t* bsums) {
+// sum_j (scales[j] >> 4) * bsums[j], a Q2_K block's min term against its Q8_K activations, as 8
+// int32 partial sums.
+inline __m256i q2_min_dot_bsums(const uint8_t* scales, const int16_t* bsums) {
     const __m256i s16 = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
     const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bsums));
-    return hsum_i32(_mm256_madd_epi16(_mm256_srli_epi16(s16, 4), bs));
+    return _mm256_madd_epi16(_mm256_srli_epi16(s16, 4), bs);
 }
 
 // The 16 signed scales of a Q3_K block (packing in quant/blocks.h).

@@ -22,11 +22,6 @@ inline float hsum(__m256 v) {
 
 inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
-// fma(a, b, c) rounded once, as the scalar dots' fma_exact.
-inline float fma_ss(float a, float b, float c) {
-    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
-}
-
 // The 32 nibbles of a Q4_0 block as bytes 0..15: low nibbles -> lanes 0..15, high -> 16..31.
 inline __m256i unpack_q4_0(const uint8_t* qs) {
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
