@@ -43,54 +43,49 @@ void repack_q8_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* 
     repack<block_q8_0>(n, n_rows, src, dst);
 }
 
-void repack_q4_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst) {
+namespace {
+
+// The rows-in-lanes repacks (repack.h): put(a, o, i) writes row i's block a into the 8-row block at o;
+// the last n_rows % 8 rows are copied as they are.
+template <typename Block, typename Put>
+void repack_rows8(int64_t n, int64_t n_rows, const void* src, void* dst, Put put) {
     const int64_t nb = n / QK_K;
-    const size_t row_bytes = size_t(nb) * sizeof(block_q4_K);
+    const size_t row_bytes = size_t(nb) * sizeof(Block);
     const uint8_t* s = static_cast<const uint8_t*>(src);
     uint8_t* d = static_cast<uint8_t*>(dst);
     const int64_t grouped = n_rows / kK4GroupRows * kK4GroupRows;
-    for (int64_t r0 = 0; r0 < grouped; r0 += kK4GroupRows) {
-        uint8_t* g = d + size_t(r0) * row_bytes;
-        for (int64_t b = 0; b < nb; b++) {
-            uint8_t* o = g + size_t(b) * kK4GroupBlockBytes;
-            for (int i = 0; i < kK4GroupRows; i++) {
-                const block_q4_K& a = reinterpret_cast<const block_q4_K*>(s + size_t(r0 + i) * row_bytes)[b];
-                std::memcpy(o + 2 * i, &a.d, 2);
-                std::memcpy(o + 16 + 2 * i, &a.dmin, 2);
-                for (int k = 0; k < K_SCALE_SIZE; k++) o[32 + 8 * k + i] = a.scales[k];
-                for (int c = 0; c < 4; c++)
-                    for (int gr = 0; gr < 8; gr++) std::memcpy(o + 128 + (8 * c + gr) * 32 + 4 * i, a.qs + 32 * c + 4 * gr, 4);
-            }
-        }
-    }
+    for (int64_t r0 = 0; r0 < grouped; r0 += kK4GroupRows)
+        for (int64_t b = 0; b < nb; b++)
+            for (int i = 0; i < kK4GroupRows; i++)
+                put(reinterpret_cast<const Block*>(s + size_t(r0 + i) * row_bytes)[b],
+                    d + size_t(r0) * row_bytes + size_t(b) * kK4GroupRows * sizeof(Block), i);
     std::memcpy(d + size_t(grouped) * row_bytes, s + size_t(grouped) * row_bytes, size_t(n_rows - grouped) * row_bytes);
 }
 
+}  // namespace
+
+void repack_q4_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst) {
+    repack_rows8<block_q4_K>(n, n_rows, src, dst, [](const block_q4_K& a, uint8_t* o, int i) {
+        std::memcpy(o + 2 * i, &a.d, 2);
+        std::memcpy(o + 16 + 2 * i, &a.dmin, 2);
+        for (int k = 0; k < K_SCALE_SIZE; k++) o[32 + 8 * k + i] = a.scales[k];
+        for (int c = 0; c < 4; c++)
+            for (int g = 0; g < 8; g++) std::memcpy(o + 128 + (8 * c + g) * 32 + 4 * i, a.qs + 32 * c + 4 * g, 4);
+    });
+}
+
 void repack_q6_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst) {
-    const int64_t nb = n / QK_K;
-    const size_t row_bytes = size_t(nb) * sizeof(block_q6_K);
-    const uint8_t* s = static_cast<const uint8_t*>(src);
-    uint8_t* d = static_cast<uint8_t*>(dst);
-    const int64_t grouped = n_rows / kK4GroupRows * kK4GroupRows;
-    for (int64_t r0 = 0; r0 < grouped; r0 += kK4GroupRows) {
-        uint8_t* g = d + size_t(r0) * row_bytes;
-        for (int64_t b = 0; b < nb; b++) {
-            uint8_t* o = g + size_t(b) * kQ6GroupBlockBytes;
-            for (int i = 0; i < kK4GroupRows; i++) {
-                const block_q6_K& a = reinterpret_cast<const block_q6_K*>(s + size_t(r0 + i) * row_bytes)[b];
-                std::memcpy(o + 2 * i, &a.d, 2);
-                for (int j = 0; j < QK_K / 16; j++) std::memcpy(o + 16 + 8 * j + i, &a.scales[j], 1);
-                for (int h = 0; h < 2; h++)
-                    for (int gr = 0; gr < 8; gr++) {
-                        uint8_t* v = o + 144 + (8 * h + gr) * 96 + 4 * i;
-                        std::memcpy(v, a.ql + 64 * h + 4 * gr, 4);
-                        std::memcpy(v + 32, a.ql + 64 * h + 32 + 4 * gr, 4);
-                        std::memcpy(v + 64, a.qh + 32 * h + 4 * gr, 4);
-                    }
+    repack_rows8<block_q6_K>(n, n_rows, src, dst, [](const block_q6_K& a, uint8_t* o, int i) {
+        std::memcpy(o + 2 * i, &a.d, 2);
+        for (int j = 0; j < QK_K / 16; j++) std::memcpy(o + 16 + 8 * j + i, &a.scales[j], 1);
+        for (int h = 0; h < 2; h++)
+            for (int g = 0; g < 8; g++) {
+                uint8_t* v = o + 144 + (8 * h + g) * 96 + 4 * i;
+                std::memcpy(v, a.ql + 64 * h + 4 * g, 4);
+                std::memcpy(v + 32, a.ql + 64 * h + 32 + 4 * g, 4);
+                std::memcpy(v + 64, a.qh + 32 * h + 4 * g, 4);
             }
-        }
-    }
-    std::memcpy(d + size_t(grouped) * row_bytes, s + size_t(grouped) * row_bytes, size_t(n_rows - grouped) * row_bytes);
+    });
 }
 
 block_q4_0 repacked_block_q4_0(const uint8_t* w, int64_t nb, int64_t n_rows, int64_t r, int64_t b) {

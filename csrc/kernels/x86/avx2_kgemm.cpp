@@ -246,30 +246,7 @@ void pack_q6_K_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int
     }
 }
 
-inline __m256i bcast4(const int8_t* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
-}
-
 inline __m256i load_v(const uint8_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
-
-inline __m256 load_rows(const float* y, int nr) {
-    if (nr == kRows) return _mm256_loadu_ps(y);
-    alignas(32) float tmp[kRows] = {};
-    for (int i = 0; i < nr; i++) tmp[i] = y[i];
-    return _mm256_load_ps(tmp);
-}
-
-inline void store_rows(float* y, __m256 v, int nr) {
-    if (nr == kRows) {
-        _mm256_storeu_ps(y, v);
-    } else {
-        alignas(32) float tmp[kRows];
-        _mm256_store_ps(tmp, v);
-        for (int i = 0; i < nr; i++) y[i] = tmp[i];
-    }
-}
 
 // Per (token, block): the Q8_K sums of each sub-block pair of 32, as int16 pairs (lane p: sub-blocks
 // 2p, 2p+1), the activations' side of the Q4_K / Q5_K mins.
@@ -292,7 +269,7 @@ void tile_k4(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx,
              int64_t ldy, int nr, bool accumulate) {
     __m256 acc[T];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows(y + t * ldy, nr) : _mm256_setzero_ps();
+    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows8(y + t * ldy, nr) : _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* pb = panel + b * K4Panel::kBytes;
         const uint8_t* quants = pb + K4Panel::kQuants;
@@ -307,13 +284,13 @@ void tile_k4(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx,
                 __m256i s16[T];
                 const __m256i w0 = load_v(quants + (8 * j + h) * 32);
 #pragma GCC unroll 8
-                for (int t = 0; t < T; t++) s16[t] = _mm256_maddubs_epi16(w0, bcast4(x[t * ldx + b].qs + 32 * j + 4 * h));
+                for (int t = 0; t < T; t++) s16[t] = _mm256_maddubs_epi16(w0, bcast4_epi32(x[t * ldx + b].qs + 32 * j + 4 * h));
 #pragma GCC unroll 8
                 for (int g = h + 1; g < h + G; g++) {
                     const __m256i w = load_v(quants + (8 * j + g) * 32);
 #pragma GCC unroll 8
                     for (int t = 0; t < T; t++)
-                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, bcast4(x[t * ldx + b].qs + 32 * j + 4 * g)));
+                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 32 * j + 4 * g)));
                 }
 #pragma GCC unroll 8
                 for (int t = 0; t < T; t++) s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(s16[t], sc));
@@ -334,7 +311,7 @@ void tile_k4(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx,
         }
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) store_rows(y + t * ldy, acc[t], nr);
+    for (int t = 0; t < T; t++) store_rows8(y + t * ldy, acc[t], nr);
 }
 
 // T tokens x 8 rows of 16-value sub-blocks: isum = sum_j sc_j (q . x)_j plus, for Q6_K and Q3_K,
@@ -345,7 +322,7 @@ void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx
               int64_t ldy, int nr, bool accumulate) {
     __m256 acc[T];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows(y + t * ldy, nr) : _mm256_setzero_ps();
+    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows8(y + t * ldy, nr) : _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* pb = panel + b * K16Panel::kBytes;
         const uint8_t* quants = pb + K16Panel::kQuants;
@@ -360,13 +337,13 @@ void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx
                 __m256i s16[T];
                 const __m256i w0 = load_v(quants + (4 * j + h) * 32);
 #pragma GCC unroll 8
-                for (int t = 0; t < T; t++) s16[t] = _mm256_maddubs_epi16(w0, bcast4(x[t * ldx + b].qs + 16 * j + 4 * h));
+                for (int t = 0; t < T; t++) s16[t] = _mm256_maddubs_epi16(w0, bcast4_epi32(x[t * ldx + b].qs + 16 * j + 4 * h));
 #pragma GCC unroll 4
                 for (int g = h + 1; g < h + G; g++) {
                     const __m256i w = load_v(quants + (4 * j + g) * 32);
 #pragma GCC unroll 8
                     for (int t = 0; t < T; t++)
-                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, bcast4(x[t * ldx + b].qs + 16 * j + 4 * g)));
+                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 16 * j + 4 * g)));
                 }
 #pragma GCC unroll 8
                 for (int t = 0; t < T; t++) s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(s16[t], sc));
@@ -394,7 +371,7 @@ void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx
         }
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) store_rows(y + t * ldy, acc[t], nr);
+    for (int t = 0; t < T; t++) store_rows8(y + t * ldy, acc[t], nr);
 }
 
 // T tokens x 8 rows of IQ4_XS: signed values, so maddubs takes |x| (Q8_K's -128 read as 128) and the
@@ -405,7 +382,7 @@ void tile_iq4_xs(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t 
                  int64_t ldy, int nr, bool accumulate) {
     __m256 acc[T];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows(y + t * ldy, nr) : _mm256_setzero_ps();
+    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows8(y + t * ldy, nr) : _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* pb = panel + b * XsPanel::kBytes;
         const uint8_t* quants = pb + XsPanel::kQuants;
@@ -420,7 +397,7 @@ void tile_iq4_xs(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t 
                 const __m256i w = load_v(quants + (8 * j + g) * 32);
 #pragma GCC unroll 8
                 for (int t = 0; t < T; t++) {
-                    const __m256i xb = bcast4(x[t * ldx + b].qs + 32 * j + 4 * g);
+                    const __m256i xb = bcast4_epi32(x[t * ldx + b].qs + 32 * j + 4 * g);
                     const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(xb, xb), _mm256_sign_epi8(w, xb));
                     s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(p, sc));
                 }
@@ -433,7 +410,7 @@ void tile_iq4_xs(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t 
                                      acc[t]);
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) store_rows(y + t * ldy, acc[t], nr);
+    for (int t = 0; t < T; t++) store_rows8(y + t * ldy, acc[t], nr);
 }
 
 using ktile_fn = void (*)(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx, const MinSums* ms,
@@ -500,9 +477,9 @@ void gemv_group_q4_K(int64_t nb, const uint8_t* g, const block_q8_K* x, const Mi
 #pragma GCC unroll 8
                 for (int gr = 0; gr < 8; gr++) {
                     const __m256i v = load256(g + 128 + (8 * c + gr) * 32);
-                    lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), bcast4(xt.qs + 64 * c + 4 * gr)));
+                    lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), bcast4_epi32(xt.qs + 64 * c + 4 * gr)));
                     hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
-                                                                   bcast4(xt.qs + 64 * c + 32 + 4 * gr)));
+                                                                   bcast4_epi32(xt.qs + 64 * c + 32 + 4 * gr)));
                 }
                 s32 = _mm256_add_epi32(s32, _mm256_add_epi32(_mm256_madd_epi16(lo, sc[2 * c]), _mm256_madd_epi16(hi, sc[2 * c + 1])));
             }
@@ -548,8 +525,8 @@ void gemv_group_q6_K(int64_t nb, const uint8_t* g, const block_q8_K* x, const Mi
 #pragma GCC unroll 4
                     for (int k = 0; k < 4; k++) {  // values e..e+7 of the block: sub-block e / 16
                         const int e = 128 * h + 32 * k + 4 * gr;
-                        const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(v0[k], bcast4(xt.qs + e)),
-                                                             _mm256_maddubs_epi16(v1[k], bcast4(xt.qs + e + 4)));
+                        const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(v0[k], bcast4_epi32(xt.qs + e)),
+                                                             _mm256_maddubs_epi16(v1[k], bcast4_epi32(xt.qs + e + 4)));
                         s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(s16, sc[e / 16]));
                     }
                 }

@@ -43,29 +43,6 @@ struct Avx2 {
 constexpr int kRows = Avx2::kRows;
 constexpr int kPanelBlock = Avx2::kPanelBlock;
 
-inline __m256i bcast4(const int8_t* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
-}
-
-inline __m256 load_rows(const float* y, int nr) {
-    if (nr == kRows) return _mm256_loadu_ps(y);
-    alignas(32) float tmp[kRows] = {};
-    for (int i = 0; i < nr; i++) tmp[i] = y[i];
-    return _mm256_load_ps(tmp);
-}
-
-inline void store_rows(float* y, __m256 v, int nr) {
-    if (nr == kRows) {
-        _mm256_storeu_ps(y, v);
-    } else {
-        alignas(32) float tmp[kRows];
-        _mm256_store_ps(tmp, v);
-        for (int i = 0; i < nr; i++) y[i] = tmp[i];
-    }
-}
-
 // T tokens x 8 rows. Q4_0: nibbles are unsigned, so maddubs takes them as they are and up to 8
 // groups sum in 16 bits (8 * 2 * 15 * 127 < 2^15); the offset is removed per block in 32 bits.
 template <int T>
@@ -73,20 +50,20 @@ void tile_q4_0(int64_t nb, const uint8_t* panel, const block_q8_0* x, int64_t ld
                const int32_t* bias, float* y, int64_t ldy, int nr, bool accumulate) {
     __m256 acc[T];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows(y + t * ldy, nr) : _mm256_setzero_ps();
+    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows8(y + t * ldy, nr) : _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* pb = panel + b * kPanelBlock;
         __m256i s16[T];
         const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + kRows * 4));
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++) s16[t] = _mm256_maddubs_epi16(w0, bcast4(x[t * ldx + b].qs));
+        for (int t = 0; t < T; t++) s16[t] = _mm256_maddubs_epi16(w0, bcast4_epi32(x[t * ldx + b].qs));
 #pragma GCC unroll 1
         for (int g = 1; g < QK8_0 / 4; g++) {
             const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + kRows * 4 + g * 32));
 #pragma GCC unroll 8
             for (int t = 0; t < T; t++)
-                s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, bcast4(x[t * ldx + b].qs + 4 * g)));
+                s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 4 * g)));
         }
         const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb));
 #pragma GCC unroll 8
@@ -96,7 +73,7 @@ void tile_q4_0(int64_t nb, const uint8_t* panel, const block_q8_0* x, int64_t ld
         }
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) store_rows(y + t * ldy, acc[t], nr);
+    for (int t = 0; t < T; t++) store_rows8(y + t * ldy, acc[t], nr);
 }
 
 // Q8_0: signed weights, so maddubs gets |w| and x carrying w's sign; a 16-bit pair can reach
@@ -106,7 +83,7 @@ void tile_q8_0(int64_t nb, const uint8_t* panel, const block_q8_0* x, int64_t ld
                float* y, int64_t ldy, int nr, bool accumulate) {
     __m256 acc[T];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows(y + t * ldy, nr) : _mm256_setzero_ps();
+    for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows8(y + t * ldy, nr) : _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* pb = panel + b * kPanelBlock;
@@ -119,7 +96,7 @@ void tile_q8_0(int64_t nb, const uint8_t* panel, const block_q8_0* x, int64_t ld
             const __m256i aw = _mm256_sign_epi8(w, w);
 #pragma GCC unroll 8
             for (int t = 0; t < T; t++) {
-                const __m256i xs = _mm256_sign_epi8(bcast4(x[t * ldx + b].qs + 4 * g), w);
+                const __m256i xs = _mm256_sign_epi8(bcast4_epi32(x[t * ldx + b].qs + 4 * g), w);
                 s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones));
             }
         }
@@ -130,7 +107,7 @@ void tile_q8_0(int64_t nb, const uint8_t* panel, const block_q8_0* x, int64_t ld
                                      acc[t]);
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) store_rows(y + t * ldy, acc[t], nr);
+    for (int t = 0; t < T; t++) store_rows8(y + t * ldy, acc[t], nr);
 }
 
 constexpr tile_fn kTilesQ4[Avx2::kTok + 1] = {nullptr,      tile_q4_0<1>, tile_q4_0<2>, tile_q4_0<3>,

@@ -59,6 +59,31 @@ inline void load_rows_block(const uint8_t* w, const RepackedLayout& L, int nr, i
     }
 }
 
+// The AVX2 tiles' helpers: 4 activation quants broadcast to every dword, and the y values of a
+// tile's nr <= 8 rows (those past nr read as 0 and not written).
+inline __m256i bcast4_epi32(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+inline __m256 load_rows8(const float* y, int nr) {
+    if (nr == 8) return _mm256_loadu_ps(y);
+    alignas(32) float tmp[8] = {};
+    for (int i = 0; i < nr; i++) tmp[i] = y[i];
+    return _mm256_load_ps(tmp);
+}
+
+inline void store_rows8(float* y, __m256 v, int nr) {
+    if (nr == 8) {
+        _mm256_storeu_ps(y, v);
+    } else {
+        alignas(32) float tmp[8];
+        _mm256_store_ps(tmp, v);
+        for (int i = 0; i < nr; i++) y[i] = tmp[i];
+    }
+}
+
 // An 8 x 8 transpose of dwords: out[g] holds dword g of each row r[i] in its dword i.
 inline void transpose_8x8_epi32(const __m256i* r, __m256i* out) {
     __m256i t[8], u[8];
