@@ -30,7 +30,7 @@ namespace {
 
 constexpr int kRows = 8;
 constexpr int kTok = 6;
-constexpr int kGroups = QK_K / 4;           // 4-quant groups per block
+constexpr int kGroups = QK_K / 4;          // 4-quant groups per block
 constexpr int kQuantBytes = kGroups * 32;  // a block's quants for the 8 rows
 
 // Panel block of Q4_K / Q5_K rows: d[8], dmin[8] (f32), per sub-block j a vector of the rows' scales
@@ -67,7 +67,9 @@ struct Cfg {
     static constexpr int kPanels = 4;
 };
 
-inline int32_t pair16(int lo, int hi) { return int32_t(uint32_t(uint16_t(int16_t(lo))) | (uint32_t(uint16_t(int16_t(hi))) << 16)); }
+inline int32_t pair16(int lo, int hi) {
+    return int32_t(uint32_t(uint16_t(int16_t(lo))) | (uint32_t(uint16_t(int16_t(hi))) << 16));
+}
 
 // The 32 quants of chunk c (elements 32c..32c+31) of the 8 rows r[0..8) into groups 8c..8c+7.
 inline void store_groups(uint8_t* quants, int c, const __m256i (&r)[kRows]) {
@@ -115,18 +117,22 @@ void pack_q4_K_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int
     for (int64_t b = b0; b < b0 + kb; b++) {
         const uint8_t* g = w + size_t(b) * kK4GroupBlockBytes;
         uint8_t* pb = panel + (b - b0) * K4Panel::kBytes;
-        _mm256_store_ps(reinterpret_cast<float*>(pb + K4Panel::kD), _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g))));
+        _mm256_store_ps(reinterpret_cast<float*>(pb + K4Panel::kD),
+                        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g))));
         _mm256_store_ps(reinterpret_cast<float*>(pb + K4Panel::kDmin),
                         _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16))));
         uint64_t sc[8], m[8];
         unpack_scales_k4_rows8(g + 32, sc, m);
-        for (int j = 0; j < 8; j++) _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kScales + 32 * j), lanes_pair16(sc[j]));
+        for (int j = 0; j < 8; j++)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kScales + 32 * j), lanes_pair16(sc[j]));
         for (int p = 0; p < 4; p++)
-            _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kMins + 32 * p), lanes_pair16(m[2 * p], m[2 * p + 1]));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kMins + 32 * p),
+                               lanes_pair16(m[2 * p], m[2 * p + 1]));
         for (int c = 0; c < 4; c++)
             for (int gr = 0; gr < 8; gr++) {
                 const __m256i v = load256(g + 128 + (8 * c + gr) * 32);
-                _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kQuants + (8 * (2 * c) + gr) * 32), _mm256_and_si256(v, m4));
+                _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kQuants + (8 * (2 * c) + gr) * 32),
+                                   _mm256_and_si256(v, m4));
                 _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kQuants + (8 * (2 * c + 1) + gr) * 32),
                                    _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
             }
@@ -226,12 +232,14 @@ void pack_q6_K_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int
     for (int64_t b = b0; b < b0 + kb; b++) {
         const uint8_t* g = w + size_t(b) * kQ6GroupBlockBytes;
         uint8_t* pb = panel + (b - b0) * K16Panel::kBytes;
-        _mm256_store_ps(reinterpret_cast<float*>(pb + K16Panel::kD), _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g))));
+        _mm256_store_ps(reinterpret_cast<float*>(pb + K16Panel::kD),
+                        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g))));
         _mm256_store_ps(reinterpret_cast<float*>(pb + K16Panel::kDmin), _mm256_setzero_ps());
         uint64_t sw[16];
         std::memcpy(sw, g + 16, sizeof sw);
         for (int j = 0; j < 16; j++)
-            _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kScales + 32 * j), lanes_pair16_signed(sw[j], sw[j]));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kScales + 32 * j),
+                               lanes_pair16_signed(sw[j], sw[j]));
         for (int p = 0; p < 8; p++)
             _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kCoef + 32 * p),
                                lanes_pair16_signed(sw[2 * p], sw[2 * p + 1], -32));
@@ -241,7 +249,8 @@ void pack_q6_K_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int
                 __m256i v[4];
                 unpack_q6_half(q, q + 64, v);
                 for (int k = 0; k < 4; k++)
-                    _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kQuants + (8 * (4 * h + k) + gr) * 32), v[k]);
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kQuants + (8 * (4 * h + k) + gr) * 32),
+                                       v[k]);
             }
     }
 }
@@ -284,13 +293,15 @@ void tile_k4(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx,
                 __m256i s16[T];
                 const __m256i w0 = load_v(quants + (8 * j + h) * 32);
 #pragma GCC unroll 8
-                for (int t = 0; t < T; t++) s16[t] = _mm256_maddubs_epi16(w0, bcast4_epi32(x[t * ldx + b].qs + 32 * j + 4 * h));
+                for (int t = 0; t < T; t++)
+                    s16[t] = _mm256_maddubs_epi16(w0, bcast4_epi32(x[t * ldx + b].qs + 32 * j + 4 * h));
 #pragma GCC unroll 8
                 for (int g = h + 1; g < h + G; g++) {
                     const __m256i w = load_v(quants + (8 * j + g) * 32);
 #pragma GCC unroll 8
                     for (int t = 0; t < T; t++)
-                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 32 * j + 4 * g)));
+                        s16[t] = _mm256_add_epi16(
+                            s16[t], _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 32 * j + 4 * g)));
                 }
 #pragma GCC unroll 8
                 for (int t = 0; t < T; t++) s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(s16[t], sc));
@@ -303,7 +314,8 @@ void tile_k4(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx,
             const MinSums& m = ms[t * ldx + b];
             __m256i msum = _mm256_madd_epi16(load_v(pb + K4Panel::kMins), _mm256_set1_epi32(m.pair[0]));
             for (int p = 1; p < 4; p++)
-                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(load_v(pb + K4Panel::kMins + 32 * p), _mm256_set1_epi32(m.pair[p])));
+                msum = _mm256_add_epi32(
+                    msum, _mm256_madd_epi16(load_v(pb + K4Panel::kMins + 32 * p), _mm256_set1_epi32(m.pair[p])));
             const __m256 dx = _mm256_set1_ps(x[t * ldx + b].d);
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dw, dx), acc[t]);
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), msum)),
@@ -318,8 +330,8 @@ void tile_k4(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx,
 // sum_j c_j bsums_j (the offset of the unsigned values), exact in 32 bits; Q2_K's (Mins) sum_j c_j
 // bsums_j is its msum. G groups of 4 sum in 16 bits before the scale (Q6_K 2, Q2_K / Q3_K 4).
 template <int T, int G, bool Mins>
-void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx, const MinSums*, float* y,
-              int64_t ldy, int nr, bool accumulate) {
+void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx, const MinSums*, float* y, int64_t ldy,
+              int nr, bool accumulate) {
     __m256 acc[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) acc[t] = accumulate ? load_rows8(y + t * ldy, nr) : _mm256_setzero_ps();
@@ -337,13 +349,15 @@ void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx
                 __m256i s16[T];
                 const __m256i w0 = load_v(quants + (4 * j + h) * 32);
 #pragma GCC unroll 8
-                for (int t = 0; t < T; t++) s16[t] = _mm256_maddubs_epi16(w0, bcast4_epi32(x[t * ldx + b].qs + 16 * j + 4 * h));
+                for (int t = 0; t < T; t++)
+                    s16[t] = _mm256_maddubs_epi16(w0, bcast4_epi32(x[t * ldx + b].qs + 16 * j + 4 * h));
 #pragma GCC unroll 4
                 for (int g = h + 1; g < h + G; g++) {
                     const __m256i w = load_v(quants + (4 * j + g) * 32);
 #pragma GCC unroll 8
                     for (int t = 0; t < T; t++)
-                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 16 * j + 4 * g)));
+                        s16[t] = _mm256_add_epi16(
+                            s16[t], _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 16 * j + 4 * g)));
                 }
 #pragma GCC unroll 8
                 for (int t = 0; t < T; t++) s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(s16[t], sc));
@@ -357,7 +371,8 @@ void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx
             for (int p = 0; p < 8; p++) {
                 int32_t pr;
                 std::memcpy(&pr, bs + 2 * p, 4);
-                o = _mm256_add_epi32(o, _mm256_madd_epi16(load_v(pb + K16Panel::kCoef + 32 * p), _mm256_set1_epi32(pr)));
+                o = _mm256_add_epi32(o,
+                                     _mm256_madd_epi16(load_v(pb + K16Panel::kCoef + 32 * p), _mm256_set1_epi32(pr)));
             }
             const __m256 dx = _mm256_set1_ps(x[t * ldx + b].d);
             if constexpr (Mins) {
@@ -366,7 +381,8 @@ void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), o)),
                                          _mm256_mul_ps(dmin, dx), acc[t]);
             } else {
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s32[t], o)), _mm256_mul_ps(dw, dx), acc[t]);
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s32[t], o)), _mm256_mul_ps(dw, dx), acc[t]);
             }
         }
     }
@@ -417,7 +433,7 @@ using ktile_fn = void (*)(int64_t nb, const uint8_t* panel, const block_q8_K* x,
                           float* y, int64_t ldy, int nr, bool accumulate);
 
 template <int G>
-constexpr ktile_fn kTilesK4[kTok + 1] = {nullptr,         tile_k4<1, G>, tile_k4<2, G>, tile_k4<3, G>,
+constexpr ktile_fn kTilesK4[kTok + 1] = {nullptr,       tile_k4<1, G>, tile_k4<2, G>, tile_k4<3, G>,
                                          tile_k4<4, G>, tile_k4<5, G>, tile_k4<6, G>};
 template <int G, bool Mins>
 constexpr ktile_fn kTilesK16[kTok + 1] = {nullptr,
@@ -477,18 +493,22 @@ void gemv_group_q4_K(int64_t nb, const uint8_t* g, const block_q8_K* x, const Mi
 #pragma GCC unroll 8
                 for (int gr = 0; gr < 8; gr++) {
                     const __m256i v = load256(g + 128 + (8 * c + gr) * 32);
-                    lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), bcast4_epi32(xt.qs + 64 * c + 4 * gr)));
+                    lo = _mm256_add_epi16(
+                        lo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), bcast4_epi32(xt.qs + 64 * c + 4 * gr)));
                     hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
                                                                    bcast4_epi32(xt.qs + 64 * c + 32 + 4 * gr)));
                 }
-                s32 = _mm256_add_epi32(s32, _mm256_add_epi32(_mm256_madd_epi16(lo, sc[2 * c]), _mm256_madd_epi16(hi, sc[2 * c + 1])));
+                s32 = _mm256_add_epi32(
+                    s32, _mm256_add_epi32(_mm256_madd_epi16(lo, sc[2 * c]), _mm256_madd_epi16(hi, sc[2 * c + 1])));
             }
             const MinSums& m = ms[t * nb + b];
             __m256i msum = _mm256_madd_epi16(mins[0], _mm256_set1_epi32(m.pair[0]));
-            for (int p = 1; p < 4; p++) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], _mm256_set1_epi32(m.pair[p])));
+            for (int p = 1; p < 4; p++)
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], _mm256_set1_epi32(m.pair[p])));
             const __m256 dx = _mm256_set1_ps(xt.d);
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, dx), acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), msum)), _mm256_mul_ps(dmin, dx), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), msum)),
+                                     _mm256_mul_ps(dmin, dx), acc[t]);
         }
     }
     for (int64_t t = 0; t < n_tok; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
@@ -541,7 +561,7 @@ using kgroup_fn = void (*)(int64_t nb, const uint8_t* g, const block_q8_K* x, co
 // fn[T] for T = 1..kGemvMaxTokens tokens
 template <template <int> class G>
 struct KGroupTable {
-    kgroup_fn fn[kGemvMaxTokens + 1] = {nullptr,       G<1>::run, G<2>::run, G<3>::run, G<4>::run,
+    kgroup_fn fn[kGemvMaxTokens + 1] = {nullptr,   G<1>::run, G<2>::run, G<3>::run, G<4>::run,
                                         G<5>::run, G<6>::run, G<7>::run, G<8>::run};
 };
 template <int T>
