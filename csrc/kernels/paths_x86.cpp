@@ -25,11 +25,9 @@ const TypeKernelsOverride kAvx2Rows[] = {
      quantize_as<block_q8_0, quantize_row_q8_0_avx2>},
     {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_avx2, gemv_rows<vec_dot_iq4_nl_q8_0_avx2>,
      gemm_rows<vec_dot_iq4_nl_q8_0_avx2>, nullptr, nullptr},
-    {GgmlType::Q2_K, vec_dot_q2_K_q8_K_avx2, gemv_rows<vec_dot_q2_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>, gemm_q2_K_q8_K_avx2,
-     nullptr, nullptr},
-    {GgmlType::Q3_K, vec_dot_q3_K_q8_K_avx2, gemv_rows<vec_dot_q3_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>, gemm_q3_K_q8_K_avx2,
-     nullptr, nullptr},
-    // Q4_K's and Q6_K's gemv/gemm read rows in lanes (repack.h)
+    // the gemv/gemm of Q2_K, Q3_K, Q4_K and Q6_K read rows in lanes (repack.h)
+    {GgmlType::Q2_K, vec_dot_q2_K_q8_K_avx2, gemv_q2_K_q8_K_avx2, gemm_q2_K_q8_K_avx2, repack_q2_K_rows8, nullptr},
+    {GgmlType::Q3_K, vec_dot_q3_K_q8_K_avx2, gemv_q3_K_q8_K_avx2, gemm_q3_K_q8_K_avx2, repack_q3_K_rows8, nullptr},
     {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx2, gemv_q4_K_q8_K_avx2, gemm_q4_K_q8_K_avx2, repack_q4_K_rows8, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx2, gemv_rows<vec_dot_q5_K_q8_K_avx2, QK_K, sizeof(block_q8_K)>,
      gemm_q5_K_q8_K_avx2, nullptr, nullptr},
@@ -39,8 +37,8 @@ const TypeKernelsOverride kAvx2Rows[] = {
     {GgmlType::Q8_K, nullptr, nullptr, nullptr, nullptr, quantize_as<block_q8_K, quantize_row_q8_K_avx2>},
 };
 
-// On top of the AVX2 rows: the gemv/gemm read the same repacked rows as the AVX2 kernels. the K-quants
-// and IQ4_XS keep the AVX2 GEMM, which gives the bits of these dots (the order all paths follow).
+// On top of the AVX2 rows: the gemv/gemm read the same repacked rows as the AVX2 kernels. The K-quants
+// and IQ4_XS keep the AVX2 GEMM (and the rows-in-lanes GEMV where AVX2 has one), which gives the bits of these dots (the order all paths follow).
 const TypeKernelsOverride kAvx512Rows[] = {
     {GgmlType::F32, vec_dot_f32_f32_avx512, gemv_rows<vec_dot_f32_f32_avx512, 1, sizeof(float)>, gemm_rows<vec_dot_f32_f32_avx512, 1, sizeof(float)>,
      nullptr, nullptr},
@@ -58,10 +56,8 @@ const TypeKernelsOverride kAvx512Rows[] = {
      nullptr},
     {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_avx512vnni, gemv_rows<vec_dot_iq4_nl_q8_0_avx512vnni>,
      gemm_rows<vec_dot_iq4_nl_q8_0_avx512vnni>, nullptr, nullptr},
-    {GgmlType::Q2_K, vec_dot_q2_K_q8_K_avx512vnni, gemv_rows<vec_dot_q2_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
-     nullptr, nullptr, nullptr},
-    {GgmlType::Q3_K, vec_dot_q3_K_q8_K_avx512vnni, gemv_rows<vec_dot_q3_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
-     nullptr, nullptr, nullptr},
+    {GgmlType::Q2_K, vec_dot_q2_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
+    {GgmlType::Q3_K, vec_dot_q3_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx512vnni, gemv_rows<vec_dot_q5_K_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
      nullptr, nullptr, nullptr},

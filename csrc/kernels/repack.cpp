@@ -62,6 +62,12 @@ void repack_rows8(int64_t n, int64_t n_rows, const void* src, void* dst, Put put
     std::memcpy(d + size_t(grouped) * row_bytes, s + size_t(grouped) * row_bytes, size_t(n_rows - grouped) * row_bytes);
 }
 
+// Q2_K / Q3_K: bytes 4i..4i+3 of quant vector (h, g) are row i's qs[32h + 4g .. 32h + 4g + 3].
+inline void put_k2_quants(const uint8_t* qs, uint8_t* o, int i) {
+    for (int h = 0; h < 2; h++)
+        for (int g = 0; g < 8; g++) std::memcpy(o + (8 * h + g) * 32 + 4 * i, qs + 32 * h + 4 * g, 4);
+}
+
 }  // namespace
 
 void repack_q4_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst) {
@@ -85,6 +91,24 @@ void repack_q6_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst) {
                 std::memcpy(v + 32, a.ql + 64 * h + 32 + 4 * g, 4);
                 std::memcpy(v + 64, a.qh + 32 * h + 4 * g, 4);
             }
+    });
+}
+
+void repack_q2_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst) {
+    repack_rows8<block_q2_K>(n, n_rows, src, dst, [](const block_q2_K& a, uint8_t* o, int i) {
+        std::memcpy(o + 2 * i, &a.d, 2);
+        std::memcpy(o + 16 + 2 * i, &a.dmin, 2);
+        for (int j = 0; j < QK_K / 16; j++) o[32 + 8 * j + i] = a.scales[j];
+        put_k2_quants(a.qs, o + 160, i);
+    });
+}
+
+void repack_q3_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst) {
+    repack_rows8<block_q3_K>(n, n_rows, src, dst, [](const block_q3_K& a, uint8_t* o, int i) {
+        std::memcpy(o + 2 * i, &a.d, 2);
+        for (int k = 0; k < K_SCALE_SIZE; k++) o[16 + 8 * k + i] = a.scales[k];
+        for (int g = 0; g < 8; g++) std::memcpy(o + 112 + 32 * g + 4 * i, a.hmask + 4 * g, 4);
+        put_k2_quants(a.qs, o + 368, i);
     });
 }
 

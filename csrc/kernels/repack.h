@@ -25,7 +25,7 @@ namespace phi2cpu {
 
 // The version of the layouts below; a repack cache (model/repack_cache.h) written for another
 // version is not used. Raise it with every change to what a repack writes.
-constexpr int kRepackLayoutVersion = 2;
+constexpr int kRepackLayoutVersion = 3;
 
 // dst rows (n_rows rows of n elements, row_bytes apart in both) from src rows; src and dst must not overlap.
 using repack_fn = void (*)(int64_t n, int64_t n_rows, const void* src, void* dst);
@@ -33,7 +33,7 @@ using repack_fn = void (*)(int64_t n, int64_t n_rows, const void* src, void* dst
 void repack_q4_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst);
 void repack_q8_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst);
 
-// "Rows in lanes" (Q4_K, Q6_K): rows go in groups of 8 (rows 8g..8g+7), and a group's 8 * row_bytes hold,
+// "Rows in lanes" (Q2_K, Q3_K, Q4_K, Q6_K): rows go in groups of 8 (rows 8g..8g+7), and a group's 8 * row_bytes hold,
 // per 256-value block b, 1152 bytes (the 8 rows' 144 bytes rearranged) at b * 1152:
 //   [0, 16)     the 8 rows' fp16 d, [16, 32) their fp16 dmin;
 //   [32, 128)   their 12 scale bytes, byte k of row i at 32 + 8k + i (so one 64-bit word holds
@@ -58,6 +58,24 @@ constexpr size_t kK4GroupBlockBytes = 8 * sizeof(block_q4_K);
 //               4g..4g+3 of the half's four 32-value chunks (quant/blocks.h).
 void repack_q6_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst);
 constexpr size_t kQ6GroupBlockBytes = 8 * sizeof(block_q6_K);
+
+// The same for Q2_K: per block, 672 bytes (8 x 84):
+//   [0, 16)     the 8 rows' fp16 d, [16, 32) their fp16 dmin;
+//   [32, 160)   their 16 scale bytes, byte j of row i at 32 + 8j + i;
+//   [160, 672)  for half h (values 128h..128h+127) and group g (0..7), 32 bytes at
+//               160 + (8h + g) * 32 whose bytes 4i..4i+3 are row i's qs[32h + 4g .. 32h + 4g + 3]
+//               (bit pair s: values 128h + 32s + 4g .. +3).
+void repack_q2_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst);
+constexpr size_t kQ2GroupBlockBytes = 8 * sizeof(block_q2_K);
+
+// And for Q3_K: per block, 880 bytes (8 x 110):
+//   [0, 16)     the 8 rows' fp16 d;
+//   [16, 112)   their 12 scale bytes, byte k of row i at 16 + 8k + i;
+//   [112, 368)  for group g (0..7), 32 bytes at 112 + 32g whose bytes 4i..4i+3 are row i's
+//               hmask[4g .. 4g + 3];
+//   [368, 880)  the qs as in Q2_K (at 368 + (8h + g) * 32).
+void repack_q3_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst);
+constexpr size_t kQ3GroupBlockBytes = 8 * sizeof(block_q3_K);
 
 // Byte offsets inside a repacked tensor of nb blocks per row: where block b of row r has its
 // fp16 scale, and its quants (Q8_0: `half` 0 or 1 picks quants 0..15 or 16..31, 16 bytes each;

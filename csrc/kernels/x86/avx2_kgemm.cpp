@@ -4,7 +4,8 @@
 // dot (vec_dot_q4_K_q8_K_ref and the others: per block acc = fma(float(isum), d * x.d, acc), then
 // for the types with mins acc = fma(float(-msum), dmin * x.d, acc)). Compiled with -mavx2 -mfma -mf16c.
 //
-// The rows stay in their GGUF blocks; eight at a time are unpacked into a panel (driver:
+// The rows stay in their GGUF blocks (Q5_K, IQ4_XS) or in the rows-in-lanes groups of kernels/repack.h
+// (Q2_K, Q3_K, Q4_K, Q6_K); eight at a time are unpacked into a panel (driver:
 // kernels/x86/qgemm_x86.h), block by block: the rows' f32 scales, their sub-block scales as int16
 // pairs, and the 256 quants as unsigned bytes in 64 groups of 32 bytes, where bytes 4i..4i+3 of group
 // g are quants 4g..4g+3 of row i. One maddubs of a group with a token's 4 activation quants
@@ -251,6 +252,79 @@ void pack_q6_K_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int
                 for (int k = 0; k < 4; k++)
                     _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kQuants + (8 * (4 * h + k) + gr) * 32),
                                        v[k]);
+            }
+    }
+}
+
+// The K16 panel's scale and coefficient vectors of 8 Q2_K rows in lanes (repack_q2_K_rows8), from the
+// block's 128 scale bytes: sc_j (low nibbles) and the mins m_j (high nibbles) in pairs.
+inline void q2_K_scales_rows8(const uint8_t* p, __m256i (&sc)[16], __m256i (&coef)[8]) {
+    uint64_t w[16];
+    std::memcpy(w, p, sizeof w);
+    const uint64_t low4 = 0x0f0f0f0f0f0f0f0full;
+    for (int j = 0; j < 16; j++) sc[j] = lanes_pair16(w[j] & low4);
+    for (int q = 0; q < 8; q++) coef[q] = lanes_pair16((w[2 * q] >> 4) & low4, (w[2 * q + 1] >> 4) & low4);
+}
+
+// The same for 8 Q3_K rows in lanes (repack_q3_K_rows8), from the block's 96 scale bytes: the signed
+// scales sc_j (q3_scale's packing, eight rows per 64-bit word) and the coefficients -4 sc_j.
+inline void q3_K_scales_rows8(const uint8_t* p, __m256i (&sc)[16], __m256i (&coef)[8]) {
+    uint64_t w[12], s[16];
+    std::memcpy(w, p, sizeof w);
+    const uint64_t low4 = 0x0f0f0f0f0f0f0f0full, top2 = 0x0303030303030303ull, b80 = 0x8080808080808080ull;
+    for (int j = 0; j < 16; j++) {
+        const uint64_t low = j < 8 ? w[j] & low4 : (w[j - 8] >> 4) & low4;
+        const uint64_t u = low | (((w[8 + j % 4] >> (2 * (j / 4))) & top2) << 4);  // 0..63 per byte
+        s[j] = ((u | b80) - 0x2020202020202020ull) ^ b80;                          // u - 32 per byte, no borrow
+    }
+    for (int j = 0; j < 16; j++) sc[j] = lanes_pair16_signed(s[j], s[j]);
+    for (int q = 0; q < 8; q++) coef[q] = lanes_pair16_signed(s[2 * q], s[2 * q + 1], -4);
+}
+
+// Quant vector (h, g) of Q2_K / Q3_K rows in lanes: bit pair s holds values 128h + 32s + 4g .. +3,
+// chunk 4h + s of the K16 panel (Q3_K: with its high bits from hmask vector g, as q3_group).
+inline __m256i k2_rows8_values(__m256i v, int s) { return k2_field(v, s); }
+inline __m256i k2_rows8_values(__m256i v, __m256i hm, int h, int s) { return q3_group(v, hm, s, 4 * h + s); }
+
+template <bool Q3>
+void pack_k2_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
+    if (nr < kRows) {
+        if constexpr (Q3)
+            return pack_k16<block_q3_K>(w, row_bytes, nr, b0, kb, panel);
+        else
+            return pack_k16<block_q2_K>(w, row_bytes, nr, b0, kb, panel);
+    }
+    constexpr size_t kBlock = Q3 ? kQ3GroupBlockBytes : kQ2GroupBlockBytes;
+    constexpr int kScaleAt = Q3 ? 16 : 32, kQuantsAt = Q3 ? 368 : 160;
+    for (int64_t b = b0; b < b0 + kb; b++) {
+        const uint8_t* g = w + size_t(b) * kBlock;
+        uint8_t* pb = panel + (b - b0) * K16Panel::kBytes;
+        _mm256_store_ps(reinterpret_cast<float*>(pb + K16Panel::kD),
+                        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g))));
+        _mm256_store_ps(
+            reinterpret_cast<float*>(pb + K16Panel::kDmin),
+            Q3 ? _mm256_setzero_ps() : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16))));
+        __m256i sc[16], coef[8];
+        if constexpr (Q3)
+            q3_K_scales_rows8(g + kScaleAt, sc, coef);
+        else
+            q2_K_scales_rows8(g + kScaleAt, sc, coef);
+        for (int j = 0; j < 16; j++)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kScales + 32 * j), sc[j]);
+        for (int q = 0; q < 8; q++)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kCoef + 32 * q), coef[q]);
+        for (int h = 0; h < 2; h++)
+            for (int gr = 0; gr < 8; gr++) {
+                const __m256i v = load256(g + kQuantsAt + (8 * h + gr) * 32);
+                for (int s = 0; s < 4; s++) {
+                    __m256i u;
+                    if constexpr (Q3)
+                        u = k2_rows8_values(v, load256(g + 112 + 32 * gr), h, s);
+                    else
+                        u = k2_rows8_values(v, s);
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K16Panel::kQuants + (8 * (4 * h + s) + gr) * 32),
+                                       u);
+                }
             }
     }
 }
@@ -556,6 +630,66 @@ void gemv_group_q6_K(int64_t nb, const uint8_t* g, const block_q8_K* x, const Mi
     for (int64_t t = 0; t < n_tok; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
 }
 
+// The same for Q2_K (Q3 = false) and Q3_K rows in lanes, in the order of their dots and of tile_k16:
+// isum = sum_j sc_j (u . x)_j over the unsigned values u; Q2_K's msum = sum_j m_j bsums_j goes in its own
+// step with dmin, Q3_K's offset -4 sum_j sc_j bsums_j joins isum.
+template <int T, bool Q3>
+void gemv_group_k2(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums*, float* y, int64_t ldy) {
+    constexpr size_t kBlock = Q3 ? kQ3GroupBlockBytes : kQ2GroupBlockBytes;
+    constexpr int kScaleAt = Q3 ? 16 : 32, kQuantsAt = Q3 ? 368 : 160;
+    __m256 acc[T];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, g += kBlock) {
+        __m256i sc[16], coef[8];
+        if constexpr (Q3)
+            q3_K_scales_rows8(g + kScaleAt, sc, coef);
+        else
+            q2_K_scales_rows8(g + kScaleAt, sc, coef);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+        const __m256 dmin =
+            Q3 ? _mm256_setzero_ps() : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16)));
+        for (int t = 0; t < T; t++) {
+            const block_q8_K& xt = x[t * nb + b];
+            __m256i s32 = _mm256_setzero_si256(), o = _mm256_setzero_si256();
+            for (int q = 0; q < 8; q++) {
+                int32_t pr;
+                std::memcpy(&pr, xt.bsums + 2 * q, 4);
+                o = _mm256_add_epi32(o, _mm256_madd_epi16(coef[q], _mm256_set1_epi32(pr)));
+            }
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                __m256i s16[8];  // sub-block 8h + k
+#pragma GCC unroll 8
+                for (int gr = 0; gr < 8; gr++) {
+                    const __m256i v = load256(g + kQuantsAt + (8 * h + gr) * 32);
+#pragma GCC unroll 4
+                    for (int s = 0; s < 4; s++) {
+                        __m256i u;
+                        if constexpr (Q3)
+                            u = k2_rows8_values(v, load256(g + 112 + 32 * gr), h, s);
+                        else
+                            u = k2_rows8_values(v, s);
+                        const __m256i p = _mm256_maddubs_epi16(u, bcast4_epi32(xt.qs + 128 * h + 32 * s + 4 * gr));
+                        const int k = 2 * s + gr / 4;
+                        s16[k] = gr % 4 == 0 ? p : _mm256_add_epi16(s16[k], p);
+                    }
+                }
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++) s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(s16[k], sc[8 * h + k]));
+            }
+            const __m256 dx = _mm256_set1_ps(xt.d);
+            if constexpr (Q3) {
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s32, o)), _mm256_mul_ps(dw, dx), acc[t]);
+            } else {
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, dx), acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), o)),
+                                         _mm256_mul_ps(dmin, dx), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
+}
+
 using kgroup_fn = void (*)(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy);
 
 // fn[T] for T = 1..kGemvMaxTokens tokens
@@ -576,9 +710,21 @@ struct GroupQ6K {
         gemv_group_q6_K<T>(nb, g, x, ms, y, ldy);
     }
 };
+template <int T>
+struct GroupQ2K {
+    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+        gemv_group_k2<T, false>(nb, g, x, ms, y, ldy);
+    }
+};
+template <int T>
+struct GroupQ3K {
+    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+        gemv_group_k2<T, true>(nb, g, x, ms, y, ldy);
+    }
+};
 static_assert(kGemvMaxTokens == 8, "KGroupTable lists 1..8 tokens");
 
-// The rows-in-lanes GEMV of Q4_K / Q6_K: whole 8-row groups, then the GGUF rows after them.
+// The rows-in-lanes GEMV of Q2_K / Q3_K / Q4_K / Q6_K: whole 8-row groups, then the GGUF rows after them.
 void gemv_rows8(const kgroup_fn* groups, float (*dot)(int64_t, const void*, const void*), bool mins, int64_t K,
                 int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x, float* y, int64_t ldy) {
     const int64_t nb = K / QK_K;
@@ -607,6 +753,18 @@ void gemv_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_by
     gemv_rows8(table.fn, vec_dot_q4_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
+void gemv_q3_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy) {
+    static const KGroupTable<GroupQ3K> table;
+    gemv_rows8(table.fn, vec_dot_q3_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
+
+void gemv_q2_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy) {
+    static const KGroupTable<GroupQ2K> table;
+    gemv_rows8(table.fn, vec_dot_q2_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
+
 void gemm_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
     gemm_k<K4Panel>(kTilesK4<8>, pack_q4_K_rows8, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
@@ -624,12 +782,12 @@ void gemm_q6_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_by
 
 void gemm_q3_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemm_k<K16Panel>(kTilesK16<4, false>, pack_k16<block_q3_K>, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k<K16Panel>(kTilesK16<4, false>, pack_k2_rows8<true>, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_q2_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemm_k<K16Panel>(kTilesK16<4, true>, pack_k16<block_q2_K>, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k<K16Panel>(kTilesK16<4, true>, pack_k2_rows8<false>, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_iq4_xs_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,

@@ -26,6 +26,10 @@ void gemm_q4_0_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_by
                          float* y, int64_t ldy);
 // Prefill over K-quant rows (Q4_K, Q6_K: as their repack leaves them; the others as stored), with
 // the bits of the type's dot; the Q4_K and Q6_K decode GEMVs over the same rows.
+void gemv_q2_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
+void gemv_q3_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
 void gemv_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy);
 void gemv_q6_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
