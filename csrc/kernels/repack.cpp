@@ -68,15 +68,34 @@ inline void put_k2_quants(const uint8_t* qs, uint8_t* o, int i) {
         for (int g = 0; g < 8; g++) std::memcpy(o + (8 * h + g) * 32 + 4 * i, qs + 32 * h + 4 * g, 4);
 }
 
+// Q4_K / Q5_K: row i's d, dmin and 12 scale bytes at [0, 128) of the 8-row block.
+template <typename Block>
+void put_k4_head(const Block& a, uint8_t* o, int i) {
+    std::memcpy(o + 2 * i, &a.d, 2);
+    std::memcpy(o + 16 + 2 * i, &a.dmin, 2);
+    for (int k = 0; k < K_SCALE_SIZE; k++) o[32 + 8 * k + i] = a.scales[k];
+}
+
+// Q4_K / Q5_K: bytes 4i..4i+3 of quant vector (c, g) are row i's qs[32c + 4g .. 32c + 4g + 3].
+inline void put_k4_quants(const uint8_t* qs, uint8_t* o, int i) {
+    for (int c = 0; c < 4; c++)
+        for (int g = 0; g < 8; g++) std::memcpy(o + (8 * c + g) * 32 + 4 * i, qs + 32 * c + 4 * g, 4);
+}
+
 }  // namespace
 
 void repack_q4_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst) {
     repack_rows8<block_q4_K>(n, n_rows, src, dst, [](const block_q4_K& a, uint8_t* o, int i) {
-        std::memcpy(o + 2 * i, &a.d, 2);
-        std::memcpy(o + 16 + 2 * i, &a.dmin, 2);
-        for (int k = 0; k < K_SCALE_SIZE; k++) o[32 + 8 * k + i] = a.scales[k];
-        for (int c = 0; c < 4; c++)
-            for (int g = 0; g < 8; g++) std::memcpy(o + 128 + (8 * c + g) * 32 + 4 * i, a.qs + 32 * c + 4 * g, 4);
+        put_k4_head(a, o, i);
+        put_k4_quants(a.qs, o + 128, i);
+    });
+}
+
+void repack_q5_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst) {
+    repack_rows8<block_q5_K>(n, n_rows, src, dst, [](const block_q5_K& a, uint8_t* o, int i) {
+        put_k4_head(a, o, i);
+        for (int g = 0; g < 8; g++) std::memcpy(o + 128 + 32 * g + 4 * i, a.qh + 4 * g, 4);
+        put_k4_quants(a.qs, o + 384, i);
     });
 }
 

@@ -25,7 +25,7 @@ namespace phi2cpu {
 
 // The version of the layouts below; a repack cache (model/repack_cache.h) written for another
 // version is not used. Raise it with every change to what a repack writes.
-constexpr int kRepackLayoutVersion = 3;
+constexpr int kRepackLayoutVersion = 4;
 
 // dst rows (n_rows rows of n elements, row_bytes apart in both) from src rows; src and dst must not overlap.
 using repack_fn = void (*)(int64_t n, int64_t n_rows, const void* src, void* dst);
@@ -33,7 +33,7 @@ using repack_fn = void (*)(int64_t n, int64_t n_rows, const void* src, void* dst
 void repack_q4_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst);
 void repack_q8_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst);
 
-// "Rows in lanes" (Q2_K, Q3_K, Q4_K, Q6_K): rows go in groups of 8 (rows 8g..8g+7), and a group's 8 * row_bytes hold,
+// "Rows in lanes" (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): rows go in groups of 8 (rows 8g..8g+7), and a group's 8 * row_bytes hold,
 // per 256-value block b, 1152 bytes (the 8 rows' 144 bytes rearranged) at b * 1152:
 //   [0, 16)     the 8 rows' fp16 d, [16, 32) their fp16 dmin;
 //   [32, 128)   their 12 scale bytes, byte k of row i at 32 + 8k + i (so one 64-bit word holds
@@ -47,6 +47,13 @@ void repack_q8_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* 
 void repack_q4_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst);
 constexpr int kK4GroupRows = 8;
 constexpr size_t kK4GroupBlockBytes = 8 * sizeof(block_q4_K);
+
+// The same for Q5_K: per block, 1408 bytes (8 x 176): [0, 128) as in Q4_K;
+//   [128, 384)  for group g (0..7), 32 bytes at 128 + 32g whose bytes 4i..4i+3 are row i's
+//               qh[4g .. 4g + 3] (bit j: the fifth bit of values 4g..4g+3 of sub-block j);
+//   [384, 1408) the qs as in Q4_K (at 384 + (8c + g) * 32).
+void repack_q5_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst);
+constexpr size_t kQ5GroupBlockBytes = 8 * sizeof(block_q5_K);
 
 // The same for Q6_K: per block, 1680 bytes (8 x 210):
 //   [0, 16)     the 8 rows' fp16 d;

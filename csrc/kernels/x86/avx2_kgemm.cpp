@@ -4,8 +4,8 @@
 // dot (vec_dot_q4_K_q8_K_ref and the others: per block acc = fma(float(isum), d * x.d, acc), then
 // for the types with mins acc = fma(float(-msum), dmin * x.d, acc)). Compiled with -mavx2 -mfma -mf16c.
 //
-// The rows stay in their GGUF blocks (Q5_K, IQ4_XS) or in the rows-in-lanes groups of kernels/repack.h
-// (Q2_K, Q3_K, Q4_K, Q6_K); eight at a time are unpacked into a panel (driver:
+// The rows stay in their GGUF blocks (IQ4_XS) or in the rows-in-lanes groups of kernels/repack.h
+// (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); eight at a time are unpacked into a panel (driver:
 // kernels/x86/qgemm_x86.h), block by block: the rows' f32 scales, their sub-block scales as int16
 // pairs, and the 256 quants as unsigned bytes in 64 groups of 32 bytes, where bytes 4i..4i+3 of group
 // g are quants 4g..4g+3 of row i. One maddubs of a group with a token's 4 activation quants
@@ -110,13 +110,41 @@ void pack_k4(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb,
     }
 }
 
-// Q4_K rows as repack_q4_K_rows8 leaves them: a panel of 8 rows is one group, already rows in
-// lanes; the last n_rows % 8 rows (nr < 8) are GGUF blocks.
-void pack_q4_K_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
-    if (nr < kRows) return pack_k4<block_q4_K>(w, row_bytes, nr, b0, kb, panel);
+// Q4_K / Q5_K rows in lanes (repack_q4_K_rows8, repack_q5_K_rows8): the group block's size and
+// where its quants start.
+template <bool Q5>
+struct K4Rows8 {
+    static constexpr size_t kBlock = Q5 ? kQ5GroupBlockBytes : kK4GroupBlockBytes;
+    static constexpr int kQuantsAt = Q5 ? 384 : 128;
+};
+
+// Quant vector (c, g) of a Q4_K / Q5_K group block as unsigned bytes: values 4g..4g+3 of sub-block 2c
+// of each row in lo, of sub-block 2c + 1 in hi (Q5_K: with their fifth bits).
+template <bool Q5>
+inline void k4_rows8_values(const uint8_t* grp, int c, int gr, __m256i& lo, __m256i& hi) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i v = load256(grp + K4Rows8<Q5>::kQuantsAt + (8 * c + gr) * 32);
+    lo = _mm256_and_si256(v, m4);
+    hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if constexpr (Q5) {
+        const __m256i hv = load256(grp + 128 + 32 * gr);
+        lo = _mm256_or_si256(lo, byte_bit_to(hv, 2 * c, 4));  // the fifth bits: bit j of qh vector g
+        hi = _mm256_or_si256(hi, byte_bit_to(hv, 2 * c + 1, 4));
+    }
+}
+
+// Q4_K / Q5_K rows in lanes: a panel of 8 rows is one group; the last n_rows % 8 rows (nr < 8) are
+// GGUF blocks.
+template <bool Q5>
+void pack_k4_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
+    if (nr < kRows) {
+        if constexpr (Q5)
+            return pack_k4<block_q5_K>(w, row_bytes, nr, b0, kb, panel);
+        else
+            return pack_k4<block_q4_K>(w, row_bytes, nr, b0, kb, panel);
+    }
     for (int64_t b = b0; b < b0 + kb; b++) {
-        const uint8_t* g = w + size_t(b) * kK4GroupBlockBytes;
+        const uint8_t* g = w + size_t(b) * K4Rows8<Q5>::kBlock;
         uint8_t* pb = panel + (b - b0) * K4Panel::kBytes;
         _mm256_store_ps(reinterpret_cast<float*>(pb + K4Panel::kD),
                         _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g))));
@@ -131,11 +159,10 @@ void pack_q4_K_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int
                                lanes_pair16(m[2 * p], m[2 * p + 1]));
         for (int c = 0; c < 4; c++)
             for (int gr = 0; gr < 8; gr++) {
-                const __m256i v = load256(g + 128 + (8 * c + gr) * 32);
-                _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kQuants + (8 * (2 * c) + gr) * 32),
-                                   _mm256_and_si256(v, m4));
-                _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kQuants + (8 * (2 * c + 1) + gr) * 32),
-                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                __m256i lo, hi;
+                k4_rows8_values<Q5>(g, c, gr, lo, hi);
+                _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kQuants + (8 * (2 * c) + gr) * 32), lo);
+                _mm256_store_si256(reinterpret_cast<__m256i*>(pb + K4Panel::kQuants + (8 * (2 * c + 1) + gr) * 32), hi);
             }
     }
 }
@@ -284,7 +311,9 @@ inline void q3_K_scales_rows8(const uint8_t* p, __m256i (&sc)[16], __m256i (&coe
 // Quant vector (h, g) of Q2_K / Q3_K rows in lanes: bit pair s holds values 128h + 32s + 4g .. +3,
 // chunk 4h + s of the K16 panel (Q3_K: with its high bits from hmask vector g, as q3_group).
 inline __m256i k2_rows8_values(__m256i v, int s) { return k2_field(v, s); }
-inline __m256i k2_rows8_values(__m256i v, __m256i hm, int h, int s) { return q3_group(v, hm, s, 4 * h + s); }
+inline __m256i k2_rows8_values(__m256i v, __m256i hm, int h, int s) {
+    return _mm256_or_si256(k2_field(v, s), byte_bit_to(hm, 4 * h + s, 2));
+}
 
 template <bool Q3>
 void pack_k2_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
@@ -541,16 +570,16 @@ void gemm_k(const ktile_fn* tiles, Pack pack, bool mins, int64_t K, int64_t n_ro
         });
 }
 
-// Decoding over Q4_K rows in lanes (repack_q4_K_rows8): per group of 8 rows and block, the scales are
-// unpacked once for every token, and each token's 8 row sums come side by side from one maddubs per
-// group, in the order of the dot (each lane: acc = fma(float(isum), d * x.d, acc), then the mins').
-template <int T>
-void gemv_group_q4_K(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
-    constexpr int64_t n_tok = T;
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
+// Decoding over Q4_K / Q5_K rows in lanes (repack_q4_K_rows8, repack_q5_K_rows8): per group of 8 rows
+// and block, the scales are unpacked once for every token, and each token's 8 row sums come side by
+// side from one maddubs per group, in the order of the dot (each lane: acc = fma(float(isum), d * x.d,
+// acc), then the mins'). G groups sum in 16 bits before the scale (Q4_K 8, Q5_K 4; bounds above).
+template <int T, bool Q5>
+void gemv_group_k4(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+    constexpr int G = Q5 ? 4 : 8;
     __m256 acc[T];
-    for (int64_t t = 0; t < n_tok; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, g += kK4GroupBlockBytes) {
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, g += K4Rows8<Q5>::kBlock) {
         uint64_t sc8[8], m8[8];
         unpack_scales_k4_rows8(g + 32, sc8, m8);
         __m256i sc[8], mins[4];
@@ -558,22 +587,24 @@ void gemv_group_q4_K(int64_t nb, const uint8_t* g, const block_q8_K* x, const Mi
         for (int p = 0; p < 4; p++) mins[p] = lanes_pair16(m8[2 * p], m8[2 * p + 1]);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
         const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16)));
-        for (int64_t t = 0; t < n_tok; t++) {
+        for (int t = 0; t < T; t++) {
             const block_q8_K& xt = x[t * nb + b];
             __m256i s32 = _mm256_setzero_si256();
 #pragma GCC unroll 4
             for (int c = 0; c < 4; c++) {
-                __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+                __m256i lo16 = _mm256_setzero_si256(), hi16 = _mm256_setzero_si256();
 #pragma GCC unroll 8
                 for (int gr = 0; gr < 8; gr++) {
-                    const __m256i v = load256(g + 128 + (8 * c + gr) * 32);
-                    lo = _mm256_add_epi16(
-                        lo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), bcast4_epi32(xt.qs + 64 * c + 4 * gr)));
-                    hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
-                                                                   bcast4_epi32(xt.qs + 64 * c + 32 + 4 * gr)));
+                    __m256i lo, hi;
+                    k4_rows8_values<Q5>(g, c, gr, lo, hi);
+                    const __m256i pl = _mm256_maddubs_epi16(lo, bcast4_epi32(xt.qs + 64 * c + 4 * gr));
+                    const __m256i ph = _mm256_maddubs_epi16(hi, bcast4_epi32(xt.qs + 64 * c + 32 + 4 * gr));
+                    lo16 = gr % G == 0 ? pl : _mm256_add_epi16(lo16, pl);
+                    hi16 = gr % G == 0 ? ph : _mm256_add_epi16(hi16, ph);
+                    if (gr % G == G - 1)
+                        s32 = _mm256_add_epi32(s32, _mm256_add_epi32(_mm256_madd_epi16(lo16, sc[2 * c]),
+                                                                     _mm256_madd_epi16(hi16, sc[2 * c + 1])));
                 }
-                s32 = _mm256_add_epi32(
-                    s32, _mm256_add_epi32(_mm256_madd_epi16(lo, sc[2 * c]), _mm256_madd_epi16(hi, sc[2 * c + 1])));
             }
             const MinSums& m = ms[t * nb + b];
             __m256i msum = _mm256_madd_epi16(mins[0], _mm256_set1_epi32(m.pair[0]));
@@ -585,7 +616,7 @@ void gemv_group_q4_K(int64_t nb, const uint8_t* g, const block_q8_K* x, const Mi
                                      _mm256_mul_ps(dmin, dx), acc[t]);
         }
     }
-    for (int64_t t = 0; t < n_tok; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
 }
 
 // The same for Q6_K rows in lanes (repack_q6_K_rows8): isum = sum_j sc_j (q . x)_j - 32 sum_j sc_j bsums_j.
@@ -701,7 +732,13 @@ struct KGroupTable {
 template <int T>
 struct GroupQ4K {
     static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
-        gemv_group_q4_K<T>(nb, g, x, ms, y, ldy);
+        gemv_group_k4<T, false>(nb, g, x, ms, y, ldy);
+    }
+};
+template <int T>
+struct GroupQ5K {
+    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+        gemv_group_k4<T, true>(nb, g, x, ms, y, ldy);
     }
 };
 template <int T>
@@ -724,7 +761,7 @@ struct GroupQ3K {
 };
 static_assert(kGemvMaxTokens == 8, "KGroupTable lists 1..8 tokens");
 
-// The rows-in-lanes GEMV of Q2_K / Q3_K / Q4_K / Q6_K: whole 8-row groups, then the GGUF rows after them.
+// The rows-in-lanes GEMV of Q2_K / Q3_K / Q4_K / Q5_K / Q6_K: whole 8-row groups, then the GGUF rows after them.
 void gemv_rows8(const kgroup_fn* groups, float (*dot)(int64_t, const void*, const void*), bool mins, int64_t K,
                 int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x, float* y, int64_t ldy) {
     const int64_t nb = K / QK_K;
@@ -765,14 +802,20 @@ void gemv_q2_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_by
     gemv_rows8(table.fn, vec_dot_q2_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
+void gemv_q5_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy) {
+    static const KGroupTable<GroupQ5K> table;
+    gemv_rows8(table.fn, vec_dot_q5_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
+
 void gemm_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemm_k<K4Panel>(kTilesK4<8>, pack_q4_K_rows8, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k<K4Panel>(kTilesK4<8>, pack_k4_rows8<false>, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_q5_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemm_k<K4Panel>(kTilesK4<4>, pack_k4<block_q5_K>, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k<K4Panel>(kTilesK4<4>, pack_k4_rows8<true>, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_q6_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,

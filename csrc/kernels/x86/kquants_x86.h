@@ -51,11 +51,20 @@ inline __m256i lanes_pair16(uint64_t lo, uint64_t hi) {
                            _mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(hi))), 16));
 }
 
-// Signed bytes i of lo and hi in int32 lane i as the int16 pair (lo_i * f, hi_i * f).
+// Signed bytes i of lo and hi in int32 lane i as the int16 pair (lo_i * f, hi_i * f); the products
+// must fit in 16 bits.
 inline __m256i lanes_pair16_signed(uint64_t lo, uint64_t hi, int f = 1) {
-    const __m256i a = _mm256_mullo_epi32(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(int64_t(lo))), _mm256_set1_epi32(f));
-    const __m256i b = _mm256_mullo_epi32(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(int64_t(hi))), _mm256_set1_epi32(f));
-    return _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(b, 16));
+    const __m256i a = _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(int64_t(lo)));
+    const __m256i b = _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(int64_t(hi)));
+    const __m256i pair = _mm256_blend_epi16(a, _mm256_slli_epi32(b, 16), 0xaa);
+    return f == 1 ? pair : _mm256_mullo_epi16(pair, _mm256_set1_epi16(int16_t(f)));
+}
+
+// Bit j of each byte of v moved to bit p, the other bits cleared (16-bit shifts: bits that cross
+// into the neighbouring byte are masked off).
+inline __m256i byte_bit_to(__m256i v, int j, int p) {
+    return _mm256_and_si256(j < p ? _mm256_slli_epi16(v, p - j) : _mm256_srli_epi16(v, j - p),
+                            _mm256_set1_epi8(char(1 << p)));
 }
 
 // The eight bytes of v as int16, in both 128-bit halves.
@@ -172,9 +181,7 @@ inline void q6_half_scales(const int8_t* sc, __m256i (&out)[4]) {
 inline __m256i scale_pair_epi16(int s0, int s1) {
     return _mm256_set_m128i(_mm_set1_epi16(int16_t(s1)), _mm_set1_epi16(int16_t(s0)));
 }
-inline __m256i scale_pair_epi32(int s0, int s1) {
-    return _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0));
-}
+inline __m256i scale_pair_epi32(int s0, int s1) { return _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0)); }
 
 // Sub-block j (0..7) of an IQ4_XS block as its 32 signed values (IQ4_NL table lookups), in order.
 inline __m256i iq4xs_values(const block_iq4_xs& a, int j, __m256i table) {
