@@ -25,14 +25,14 @@ const TypeKernelsOverride kAvx2Rows[] = {
      quantize_as<block_q8_0, quantize_row_q8_0_avx2>},
     {GgmlType::IQ4_NL, vec_dot_iq4_nl_q8_0_avx2, gemv_rows<vec_dot_iq4_nl_q8_0_avx2>,
      gemm_rows<vec_dot_iq4_nl_q8_0_avx2>, nullptr, nullptr},
-    // the gemv/gemm of Q2_K, Q3_K, Q4_K, Q5_K and Q6_K read rows in lanes (repack.h)
+    // the gemv/gemm of the K-quants and IQ4_XS read rows in lanes (repack.h)
     {GgmlType::Q2_K, vec_dot_q2_K_q8_K_avx2, gemv_q2_K_q8_K_avx2, gemm_q2_K_q8_K_avx2, repack_q2_K_rows8, nullptr},
     {GgmlType::Q3_K, vec_dot_q3_K_q8_K_avx2, gemv_q3_K_q8_K_avx2, gemm_q3_K_q8_K_avx2, repack_q3_K_rows8, nullptr},
     {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx2, gemv_q4_K_q8_K_avx2, gemm_q4_K_q8_K_avx2, repack_q4_K_rows8, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx2, gemv_q5_K_q8_K_avx2, gemm_q5_K_q8_K_avx2, repack_q5_K_rows8, nullptr},
     {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx2, gemv_q6_K_q8_K_avx2, gemm_q6_K_q8_K_avx2, repack_q6_K_rows8, nullptr},
-    {GgmlType::IQ4_XS, vec_dot_iq4_xs_q8_K_avx2, gemv_rows<vec_dot_iq4_xs_q8_K_avx2, QK_K, sizeof(block_q8_K)>,
-     gemm_iq4_xs_q8_K_avx2, nullptr, nullptr},
+    {GgmlType::IQ4_XS, vec_dot_iq4_xs_q8_K_avx2, gemv_iq4_xs_q8_K_avx2, gemm_iq4_xs_q8_K_avx2, repack_iq4_xs_rows8,
+     nullptr},
     {GgmlType::Q8_K, nullptr, nullptr, nullptr, nullptr, quantize_as<block_q8_K, quantize_row_q8_K_avx2>},
 };
 
@@ -60,8 +60,7 @@ const TypeKernelsOverride kAvx512Rows[] = {
     {GgmlType::Q4_K, vec_dot_q4_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q5_K, vec_dot_q5_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
     {GgmlType::Q6_K, vec_dot_q6_K_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
-    {GgmlType::IQ4_XS, vec_dot_iq4_xs_q8_K_avx512vnni, gemv_rows<vec_dot_iq4_xs_q8_K_avx512vnni, QK_K, sizeof(block_q8_K)>,
-     nullptr, nullptr, nullptr},
+    {GgmlType::IQ4_XS, vec_dot_iq4_xs_q8_K_avx512vnni, nullptr, nullptr, nullptr, nullptr},
 };
 
 }  // namespace

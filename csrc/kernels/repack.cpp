@@ -131,6 +131,16 @@ void repack_q3_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst) {
     });
 }
 
+void repack_iq4_xs_rows8(int64_t n, int64_t n_rows, const void* src, void* dst) {
+    repack_rows8<block_iq4_xs>(n, n_rows, src, dst, [](const block_iq4_xs& a, uint8_t* o, int i) {
+        std::memcpy(o + 2 * i, &a.d, 2);
+        std::memcpy(o + 16 + 2 * i, &a.scales_h, 2);
+        std::memcpy(o + 32 + 4 * i, a.scales_l, 4);
+        for (int j = 0; j < 8; j++)
+            for (int g = 0; g < 4; g++) std::memcpy(o + 64 + (4 * j + g) * 32 + 4 * i, a.qs + 16 * j + 4 * g, 4);
+    });
+}
+
 block_q4_0 repacked_block_q4_0(const uint8_t* w, int64_t nb, int64_t n_rows, int64_t r, int64_t b) {
     return block_at<block_q4_0>(w, nb, n_rows, r, b);
 }

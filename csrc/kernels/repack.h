@@ -25,7 +25,7 @@ namespace phi2cpu {
 
 // The version of the layouts below; a repack cache (model/repack_cache.h) written for another
 // version is not used. Raise it with every change to what a repack writes.
-constexpr int kRepackLayoutVersion = 4;
+constexpr int kRepackLayoutVersion = 5;
 
 // dst rows (n_rows rows of n elements, row_bytes apart in both) from src rows; src and dst must not overlap.
 using repack_fn = void (*)(int64_t n, int64_t n_rows, const void* src, void* dst);
@@ -33,7 +33,7 @@ using repack_fn = void (*)(int64_t n, int64_t n_rows, const void* src, void* dst
 void repack_q4_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst);
 void repack_q8_0_scales_first(int64_t n, int64_t n_rows, const void* src, void* dst);
 
-// "Rows in lanes" (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): rows go in groups of 8 (rows 8g..8g+7), and a group's 8 * row_bytes hold,
+// "Rows in lanes" (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS): rows go in groups of 8 (rows 8g..8g+7), and a group's 8 * row_bytes hold,
 // per 256-value block b, 1152 bytes (the 8 rows' 144 bytes rearranged) at b * 1152:
 //   [0, 16)     the 8 rows' fp16 d, [16, 32) their fp16 dmin;
 //   [32, 128)   their 12 scale bytes, byte k of row i at 32 + 8k + i (so one 64-bit word holds
@@ -83,6 +83,15 @@ constexpr size_t kQ2GroupBlockBytes = 8 * sizeof(block_q2_K);
 //   [368, 880)  the qs as in Q2_K (at 368 + (8h + g) * 32).
 void repack_q3_K_rows8(int64_t n, int64_t n_rows, const void* src, void* dst);
 constexpr size_t kQ3GroupBlockBytes = 8 * sizeof(block_q3_K);
+
+// And for IQ4_XS: per block, 1088 bytes (8 x 136):
+//   [0, 16)     the 8 rows' fp16 d, [16, 32) their 16-bit scales_h, [32, 64) their 4 scales_l bytes
+//               (row i's at 32 + 4i);
+//   [64, 1088)  for sub-block j and group g (0..3), 32 bytes at 64 + (4j + g) * 32 whose bytes
+//               4i..4i+3 are row i's qs[16j + 4g .. 16j + 4g + 3] (low nibbles: values 4g..4g+3 of
+//               sub-block j, high nibbles: values 16 + 4g..16 + 4g + 3).
+void repack_iq4_xs_rows8(int64_t n, int64_t n_rows, const void* src, void* dst);
+constexpr size_t kXsGroupBlockBytes = 8 * sizeof(block_iq4_xs);
 
 // Byte offsets inside a repacked tensor of nb blocks per row: where block b of row r has its
 // fp16 scale, and its quants (Q8_0: `half` 0 or 1 picks quants 0..15 or 16..31, 16 bytes each;

@@ -4,8 +4,8 @@
 // dot (vec_dot_q4_K_q8_K_ref and the others: per block acc = fma(float(isum), d * x.d, acc), then
 // for the types with mins acc = fma(float(-msum), dmin * x.d, acc)). Compiled with -mavx2 -mfma -mf16c.
 //
-// The rows stay in their GGUF blocks (IQ4_XS) or in the rows-in-lanes groups of kernels/repack.h
-// (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); eight at a time are unpacked into a panel (driver:
+// The rows stay in the rows-in-lanes groups of kernels/repack.h (their last n_rows % 8 rows in
+// GGUF blocks); eight at a time are unpacked into a panel (driver:
 // kernels/x86/qgemm_x86.h), block by block: the rows' f32 scales, their sub-block scales as int16
 // pairs, and the 256 quants as unsigned bytes in 64 groups of 32 bytes, where bytes 4i..4i+3 of group
 // g are quants 4g..4g+3 of row i. One maddubs of a group with a token's 4 activation quants
@@ -254,6 +254,52 @@ void pack_iq4_xs(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t
     }
 }
 
+// The scale pairs (ls_j - 32, ls_j - 32) of 8 IQ4_XS rows in lanes (repack_iq4_xs_rows8), one vector
+// per sub-block j, from the rows' scales_h and scales_l side by side in 32-bit lanes.
+inline void xs_scales_rows8(const uint8_t* g, __m256i (&sc)[8]) {
+    const __m256i sh = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16)));
+    const __m256i sl = load256(g + 32);
+    for (int j = 0; j < 8; j++) {
+        const __m256i ls =
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(sl, 4 * j), _mm256_set1_epi32(15)),
+                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(sh, 2 * j), _mm256_set1_epi32(3)), 4));
+        const __m256i v = _mm256_sub_epi32(ls, _mm256_set1_epi32(32));
+        sc[j] = _mm256_blend_epi16(v, _mm256_slli_epi32(v, 16), 0xaa);
+    }
+}
+
+// Quant vector (j, g) of an IQ4_XS group block as signed values: values 4g..4g+3 of sub-block j of
+// each row in lo, values 16 + 4g..16 + 4g + 3 in hi.
+inline void xs_rows8_values(const uint8_t* g, int j, int gr, __m256i table, __m256i& lo, __m256i& hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i v = load256(g + 64 + (4 * j + gr) * 32);
+    lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+    hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+}
+
+// IQ4_XS rows in lanes (a full panel is one group; nr < 8: GGUF blocks).
+void pack_iq4_xs_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
+    if (nr < kRows) return pack_iq4_xs(w, row_bytes, nr, b0, kb, panel);
+    const __m256i table = iq4nl_table256();
+    for (int64_t b = b0; b < b0 + kb; b++) {
+        const uint8_t* g = w + size_t(b) * kXsGroupBlockBytes;
+        uint8_t* pb = panel + (b - b0) * XsPanel::kBytes;
+        _mm256_store_ps(reinterpret_cast<float*>(pb + XsPanel::kD),
+                        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g))));
+        __m256i sc[8];
+        xs_scales_rows8(g, sc);
+        for (int j = 0; j < 8; j++) {
+            _mm256_store_si256(reinterpret_cast<__m256i*>(pb + XsPanel::kScales + 32 * j), sc[j]);
+            for (int gr = 0; gr < 4; gr++) {
+                __m256i lo, hi;
+                xs_rows8_values(g, j, gr, table, lo, hi);
+                _mm256_store_si256(reinterpret_cast<__m256i*>(pb + XsPanel::kQuants + (8 * j + gr) * 32), lo);
+                _mm256_store_si256(reinterpret_cast<__m256i*>(pb + XsPanel::kQuants + (8 * j + 4 + gr) * 32), hi);
+            }
+        }
+    }
+}
+
 // Q6_K rows as repack_q6_K_rows8 leaves them (a full panel is one group; nr < 8: GGUF blocks).
 void pack_q6_K_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64_t kb, uint8_t* panel) {
     if (nr < kRows) return pack_k16<block_q6_K>(w, row_bytes, nr, b0, kb, panel);
@@ -493,6 +539,12 @@ void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx
     for (int t = 0; t < T; t++) store_rows8(y + t * ldy, acc[t], nr);
 }
 
+// Pairwise sums of the signed bytes w times x as int16: maddubs of |x| (Q8_K's -128 read as 128) with
+// w carrying x's sign.
+inline __m256i signed_maddubs(__m256i w, __m256i x) {
+    return _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
+}
+
 // T tokens x 8 rows of IQ4_XS: signed values, so maddubs takes |x| (Q8_K's -128 read as 128) and the
 // values carrying x's sign; a pair reaches 2*128*127 = 32512, so every group is scaled and widened to
 // 32 bits at once.
@@ -516,8 +568,7 @@ void tile_iq4_xs(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t 
                 const __m256i w = load_v(quants + (8 * j + g) * 32);
 #pragma GCC unroll 8
                 for (int t = 0; t < T; t++) {
-                    const __m256i xb = bcast4_epi32(x[t * ldx + b].qs + 32 * j + 4 * g);
-                    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(xb, xb), _mm256_sign_epi8(w, xb));
+                    const __m256i p = signed_maddubs(w, bcast4_epi32(x[t * ldx + b].qs + 32 * j + 4 * g));
                     s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(p, sc));
                 }
             }
@@ -721,6 +772,37 @@ void gemv_group_k2(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinS
     for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
 }
 
+// The same for IQ4_XS rows in lanes, in the order of its dot and of tile_iq4_xs (each group's
+// signed products through the sign trick, scaled and widened at once).
+template <int T>
+void gemv_group_iq4_xs(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums*, float* y, int64_t ldy) {
+    const __m256i table = iq4nl_table256();
+    __m256 acc[T];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, g += kXsGroupBlockBytes) {
+        __m256i sc[8];
+        xs_scales_rows8(g, sc);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+        for (int t = 0; t < T; t++) {
+            const block_q8_K& xt = x[t * nb + b];
+            __m256i s32 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++)
+#pragma GCC unroll 4
+                for (int gr = 0; gr < 4; gr++) {
+                    __m256i lo, hi;
+                    xs_rows8_values(g, j, gr, table, lo, hi);
+                    s32 = _mm256_add_epi32(
+                        s32, _mm256_madd_epi16(signed_maddubs(lo, bcast4_epi32(xt.qs + 32 * j + 4 * gr)), sc[j]));
+                    s32 = _mm256_add_epi32(
+                        s32, _mm256_madd_epi16(signed_maddubs(hi, bcast4_epi32(xt.qs + 32 * j + 16 + 4 * gr)), sc[j]));
+                }
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, _mm256_set1_ps(xt.d)), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
+}
+
 using kgroup_fn = void (*)(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy);
 
 // fn[T] for T = 1..kGemvMaxTokens tokens
@@ -759,9 +841,15 @@ struct GroupQ3K {
         gemv_group_k2<T, true>(nb, g, x, ms, y, ldy);
     }
 };
+template <int T>
+struct GroupXs {
+    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+        gemv_group_iq4_xs<T>(nb, g, x, ms, y, ldy);
+    }
+};
 static_assert(kGemvMaxTokens == 8, "KGroupTable lists 1..8 tokens");
 
-// The rows-in-lanes GEMV of Q2_K / Q3_K / Q4_K / Q5_K / Q6_K: whole 8-row groups, then the GGUF rows after them.
+// The rows-in-lanes GEMV of the K-quants and IQ4_XS: whole 8-row groups, then the GGUF rows after them.
 void gemv_rows8(const kgroup_fn* groups, float (*dot)(int64_t, const void*, const void*), bool mins, int64_t K,
                 int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x, float* y, int64_t ldy) {
     const int64_t nb = K / QK_K;
@@ -808,6 +896,12 @@ void gemv_q5_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_by
     gemv_rows8(table.fn, vec_dot_q5_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
+void gemv_iq4_xs_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                           float* y, int64_t ldy) {
+    static const KGroupTable<GroupXs> table;
+    gemv_rows8(table.fn, vec_dot_iq4_xs_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+}
+
 void gemm_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
     gemm_k<K4Panel>(kTilesK4<8>, pack_k4_rows8<false>, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
@@ -835,7 +929,7 @@ void gemm_q2_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_by
 
 void gemm_iq4_xs_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                            float* y, int64_t ldy) {
-    gemm_k<XsPanel>(kTilesXs, pack_iq4_xs, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k<XsPanel>(kTilesXs, pack_iq4_xs_rows8, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 }  // namespace phi2cpu
