@@ -805,49 +805,32 @@ void gemv_group_iq4_xs(int64_t nb, const uint8_t* g, const block_q8_K* x, const 
 
 using kgroup_fn = void (*)(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy);
 
-// fn[T] for T = 1..kGemvMaxTokens tokens
-template <template <int> class G>
-struct KGroupTable {
-    kgroup_fn fn[kGemvMaxTokens + 1] = {nullptr,   G<1>::run, G<2>::run, G<3>::run, G<4>::run,
-                                        G<5>::run, G<6>::run, G<7>::run, G<8>::run};
-};
-template <int T>
-struct GroupQ4K {
-    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
-        gemv_group_k4<T, false>(nb, g, x, ms, y, ldy);
-    }
-};
-template <int T>
-struct GroupQ5K {
-    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
-        gemv_group_k4<T, true>(nb, g, x, ms, y, ldy);
-    }
-};
-template <int T>
-struct GroupQ6K {
-    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+enum class KGroup { Q2K, Q3K, Q4K, Q5K, Q6K, Xs };
+
+template <int T, KGroup Kind>
+void gemv_group(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+    if constexpr (Kind == KGroup::Q2K || Kind == KGroup::Q3K)
+        gemv_group_k2<T, Kind == KGroup::Q3K>(nb, g, x, ms, y, ldy);
+    else if constexpr (Kind == KGroup::Q4K || Kind == KGroup::Q5K)
+        gemv_group_k4<T, Kind == KGroup::Q5K>(nb, g, x, ms, y, ldy);
+    else if constexpr (Kind == KGroup::Q6K)
         gemv_group_q6_K<T>(nb, g, x, ms, y, ldy);
-    }
-};
-template <int T>
-struct GroupQ2K {
-    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
-        gemv_group_k2<T, false>(nb, g, x, ms, y, ldy);
-    }
-};
-template <int T>
-struct GroupQ3K {
-    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
-        gemv_group_k2<T, true>(nb, g, x, ms, y, ldy);
-    }
-};
-template <int T>
-struct GroupXs {
-    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+    else
         gemv_group_iq4_xs<T>(nb, g, x, ms, y, ldy);
-    }
-};
-static_assert(kGemvMaxTokens == 8, "KGroupTable lists 1..8 tokens");
+}
+
+// [T]: the group kernel for T = 1..kGemvMaxTokens tokens
+template <KGroup Kind>
+constexpr kgroup_fn kGroupFns[kGemvMaxTokens + 1] = {nullptr,
+                                                     gemv_group<1, Kind>,
+                                                     gemv_group<2, Kind>,
+                                                     gemv_group<3, Kind>,
+                                                     gemv_group<4, Kind>,
+                                                     gemv_group<5, Kind>,
+                                                     gemv_group<6, Kind>,
+                                                     gemv_group<7, Kind>,
+                                                     gemv_group<8, Kind>};
+static_assert(kGemvMaxTokens == 8, "kGroupFns lists 1..8 tokens");
 
 // The rows-in-lanes GEMV of the K-quants and IQ4_XS: whole 8-row groups, then the GGUF rows after them.
 void gemv_rows8(const kgroup_fn* groups, float (*dot)(int64_t, const void*, const void*), bool mins, int64_t K,
@@ -868,38 +851,32 @@ void gemv_rows8(const kgroup_fn* groups, float (*dot)(int64_t, const void*, cons
 
 void gemv_q6_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    static const KGroupTable<GroupQ6K> table;
-    gemv_rows8(table.fn, vec_dot_q6_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<KGroup::Q6K>, vec_dot_q6_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemv_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    static const KGroupTable<GroupQ4K> table;
-    gemv_rows8(table.fn, vec_dot_q4_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<KGroup::Q4K>, vec_dot_q4_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemv_q3_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    static const KGroupTable<GroupQ3K> table;
-    gemv_rows8(table.fn, vec_dot_q3_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<KGroup::Q3K>, vec_dot_q3_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemv_q2_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    static const KGroupTable<GroupQ2K> table;
-    gemv_rows8(table.fn, vec_dot_q2_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<KGroup::Q2K>, vec_dot_q2_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemv_q5_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    static const KGroupTable<GroupQ5K> table;
-    gemv_rows8(table.fn, vec_dot_q5_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<KGroup::Q5K>, vec_dot_q5_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemv_iq4_xs_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                            float* y, int64_t ldy) {
-    static const KGroupTable<GroupXs> table;
-    gemv_rows8(table.fn, vec_dot_iq4_xs_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<KGroup::Xs>, vec_dot_iq4_xs_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
