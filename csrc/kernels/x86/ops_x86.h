@@ -13,6 +13,14 @@ float vec_dot_q8_0_q8_0_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q4_0_q8_0_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q5_0_q8_0_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q4_1_q8_0_avx2(int64_t n, const void* w, const void* x);
+void gemm_q5_0_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
+void gemm_q4_1_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
+void gemm_q5_1_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                         float* y, int64_t ldy);
+void gemm_iq4_nl_q8_0_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
+                           float* y, int64_t ldy);
 float vec_dot_iq4_nl_q8_0_avx2(int64_t n, const void* w, const void* x);
 float vec_dot_q5_1_q8_0_avx2(int64_t n, const void* w, const void* x);
 void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int64_t n);
