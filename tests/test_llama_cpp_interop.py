@@ -9,7 +9,7 @@ quantizer to Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS,
 Q5_K_S (mixed types per tensor: Q6_K attn_v/ffn_down in
 some layers, Q6_K output even in Q4_0 files), and phi2cpu must run those files with the same
 results. Our IQ4_XS bytes equal llama.cpp's quantizer's, and our mixes give every tensor of a
-16-layer model llama.cpp's type. Skipped when llama_cpp is not importable.
+16-layer model llama.cpp's type (with its attn_q/k/v separate, and with our fused attn_qkv). Skipped when llama_cpp is not importable.
 """
 from __future__ import annotations
 
@@ -266,6 +266,20 @@ def test_mix_types_equal_llama_cpp(deep_f16, tmp_path, qtype):
         want[ours] = {tensor_type(ours, tuple(t.shape), qtype, n_layer).name}  # the row length decides
     assert got == want
     assert got["blk.1.ffn_down.weight"] == {"Q5_K"} and got["blk.2.ffn_down.weight"] == {qtype.upper()}
+
+
+@pytest.mark.parametrize("qtype", LOW_K)
+def test_fused_mix_types_equal_llama_cpp(deep_f16, tmp_path, qtype):
+    """On a phi2 file with a fused attn_qkv (ours, as in the phi-2 GGUFs people download), llama.cpp's
+    quantizer gives attn_qkv the rules of attn_v; each of our K-quant mixes gives every tensor of the
+    16-layer model the type llama.cpp picks."""
+    fused = tmp_path / "deep.fused.f16.gguf"
+    quantize(deep_f16, fused, "f16", progress=False)
+    theirs = read_model_file(_llama_quantize(fused, tmp_path / f"llama.{qtype}.gguf", qtype))
+    ours = read_model_file(quantize(fused, tmp_path / f"ours.{qtype}.gguf", qtype, progress=False)["out"])
+    got = {n: t.type_name for n, t in ours.tensors.items() if len(t.shape) == 2}
+    want = {n: t.type_name for n, t in theirs.tensors.items() if len(t.shape) == 2}
+    assert got == want
 
 
 def test_llama_files_perplexity(llama_files, eval_text):

@@ -92,20 +92,22 @@ def test_mixes_follow_llama_cpp_rules_for_phi2():
 
     t = _types("q2_k", 32)
     assert t["output.weight"] == "Q6_K" and t["token_embd.weight"] == "Q2_K"
-    assert count(t, "attn_qkv")["Q2_K"] == 32 and count(t, "ffn_up")["Q2_K"] == 32
+    assert count(t, "attn_qkv")["Q3_K"] == 32 and count(t, "ffn_up")["Q2_K"] == 32
     assert count(t, "attn_output")["Q3_K"] == 32 and count(t, "ffn_down")["Q3_K"] == 32
     t = _types("q3_k_s", 32)
     assert set(t.values()) == {"Q3_K", "Q6_K"} and t["output.weight"] == "Q6_K"
     t = _types("q3_k_m", 32)
     assert [t[f"blk.{i}.ffn_down.weight"] for i in range(3)] == ["Q5_K", "Q5_K", "Q4_K"]
-    assert count(t, "ffn_down")["Q4_K"] == 30 and count(t, "attn_qkv")["Q4_K"] == 32
+    assert count(t, "ffn_down")["Q4_K"] == 30 and count(t, "attn_qkv")["Q4_K"] == 30
+    assert [t[f"blk.{i}.attn_qkv.weight"] for i in range(3)] == ["Q5_K", "Q5_K", "Q4_K"]
     assert count(t, "attn_output")["Q4_K"] == 32 and count(t, "ffn_up")["Q3_K"] == 32
     t = _types("q3_k_l", 32)
     assert count(t, "ffn_down")["Q5_K"] == 32 and count(t, "attn_output")["Q5_K"] == 32
-    assert count(t, "attn_qkv")["Q4_K"] == 32 and t["token_embd.weight"] == "Q3_K"
+    assert count(t, "attn_qkv")["Q5_K"] == 32 and t["token_embd.weight"] == "Q3_K"
     t = _types("q4_k_s", 32)
     assert [t[f"blk.{i}.ffn_down.weight"] for i in (0, 3, 4, 31)] == ["Q5_K", "Q5_K", "Q4_K", "Q4_K"]
-    assert count(t, "attn_qkv")["Q4_K"] == 32 and t["output.weight"] == "Q6_K"
+    assert [t[f"blk.{i}.attn_qkv.weight"] for i in (0, 3, 4, 31)] == ["Q5_K", "Q5_K", "Q4_K", "Q4_K"]
+    assert t["output.weight"] == "Q6_K"
     t = _types("q5_k_s", 32)
     assert set(t.values()) == {"Q5_K", "Q6_K"}
     for q in LOW_K:

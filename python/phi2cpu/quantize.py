@@ -66,6 +66,8 @@ class Mix:
     attn_output: str | None = None
     # (type, d): the ffn_down of layers i < n_layer // d takes this type instead (first-layers bump)
     ffn_down_first: tuple[str, int] | None = None
+    # (type, n): the attn_qkv of layers i < n takes this type instead
+    attn_qkv_first: tuple[str, int] | None = None
 
 
 MIXES = {
@@ -81,18 +83,20 @@ MIXES = {
     "q4_k_m": Mix("Q4_K", "Q6_K", LlamaFileType.MOSTLY_Q4_K_M, ffn_down="Q6_K"),
     "q5_k_m": Mix("Q5_K", "Q6_K", LlamaFileType.MOSTLY_Q5_K_M, ffn_down="Q6_K"),
     "q6_k": Mix("Q6_K", "Q6_K", LlamaFileType.MOSTLY_Q6_K),
-    # llama.cpp's rules for these file types on phi2's tensors (attn_qkv fused; lm_head Q6_K in all):
-    # Q2_K: attn_output and ffn_down bumped to Q3_K, the rest Q2_K
-    "q2_k": Mix("Q2_K", "Q6_K", LlamaFileType.MOSTLY_Q2_K, ffn_down="Q3_K", attn_output="Q3_K"),
+    # llama.cpp's rules for these file types on phi2's tensors (lm_head Q6_K in all). Its quantizer gives
+    # the fused attn_qkv the rules of attn_v (category_is_attn_v), one count per layer:
+    # Q2_K: attn_qkv, attn_output and ffn_down bumped to Q3_K, the rest Q2_K
+    "q2_k": Mix("Q2_K", "Q6_K", LlamaFileType.MOSTLY_Q2_K, ffn_down="Q3_K", attn_qkv="Q3_K", attn_output="Q3_K"),
     # Q3_K_S: no bumps
     "q3_k_s": Mix("Q3_K", "Q6_K", LlamaFileType.MOSTLY_Q3_K_S),
-    # Q3_K_M: attn_qkv and attn_output Q4_K; ffn_down Q5_K in layers < n_layer/16, else Q4_K
+    # Q3_K_M: attn_qkv Q5_K in layers < 2, else Q4_K; attn_output Q4_K; ffn_down Q5_K in layers < n_layer/16,
+    # else Q4_K
     "q3_k_m": Mix("Q3_K", "Q6_K", LlamaFileType.MOSTLY_Q3_K_M, ffn_down="Q4_K", attn_qkv="Q4_K", attn_output="Q4_K",
-                  ffn_down_first=("Q5_K", 16)),
-    # Q3_K_L: attn_qkv Q4_K; attn_output and ffn_down Q5_K
-    "q3_k_l": Mix("Q3_K", "Q6_K", LlamaFileType.MOSTLY_Q3_K_L, ffn_down="Q5_K", attn_qkv="Q4_K", attn_output="Q5_K"),
-    # Q4_K_S: ffn_down Q5_K in layers < n_layer/8
-    "q4_k_s": Mix("Q4_K", "Q6_K", LlamaFileType.MOSTLY_Q4_K_S, ffn_down_first=("Q5_K", 8)),
+                  ffn_down_first=("Q5_K", 16), attn_qkv_first=("Q5_K", 2)),
+    # Q3_K_L: attn_qkv, attn_output and ffn_down Q5_K
+    "q3_k_l": Mix("Q3_K", "Q6_K", LlamaFileType.MOSTLY_Q3_K_L, ffn_down="Q5_K", attn_qkv="Q5_K", attn_output="Q5_K"),
+    # Q4_K_S: attn_qkv Q5_K in layers < 4; ffn_down Q5_K in layers < n_layer/8
+    "q4_k_s": Mix("Q4_K", "Q6_K", LlamaFileType.MOSTLY_Q4_K_S, ffn_down_first=("Q5_K", 8), attn_qkv_first=("Q5_K", 4)),
     # Q5_K_S: no bumps
     "q5_k_s": Mix("Q5_K", "Q6_K", LlamaFileType.MOSTLY_Q5_K_S),
 }
@@ -115,6 +119,9 @@ def recipe_for(qtype: str) -> dict[str, Any]:
     if mix.ffn_down_first:
         t, d = mix.ffn_down_first
         recipe["ffn_down_first_layers"] = f"{t} in layers < n_layer // {d}"
+    if mix.attn_qkv_first:
+        t, n = mix.attn_qkv_first
+        recipe["attn_qkv_first_layers"] = f"{t} in layers < {n}"
     if _block(mix.blocks) > 32:
         recipe["k_quant_fallback"] = f"Q8_0 (F16) for matrices whose rows are not a multiple of {_block(mix.blocks)} (32)"
     return recipe
@@ -138,6 +145,8 @@ def tensor_type(name: str, shape: tuple[int, ...], qtype: str, n_layer: int = 0)
                 t = first
     elif name.endswith(".attn_qkv.weight"):
         t = mix.attn_qkv or mix.blocks
+        if mix.attn_qkv_first and int(name.split(".")[1]) < mix.attn_qkv_first[1]:
+            t = mix.attn_qkv_first[0]
     elif name.endswith(".attn_output.weight"):
         t = mix.attn_output or mix.blocks
     else:
