@@ -421,6 +421,33 @@ inline void fill_min_sums(const block_q8_K* x, int64_t n, std::vector<MinSums>& 
         }
 }
 
+// One panel block's isum for T tokens, the part tile_k4 and tile_k16 share: kSub sub-blocks of kGroups
+// 4-quant groups, G groups summed in 16 bits before the sub-block's scale madd (scales: one vector
+// per sub-block).
+template <int T, int kSub, int kGroups, int G>
+inline void panel_block_sums(const uint8_t* scales, const uint8_t* quants, const block_q8_K* x, int64_t ldx, int64_t b,
+                             __m256i (&s32)[T]) {
+#pragma GCC unroll 1
+    for (int j = 0; j < kSub; j++) {
+        const __m256i sc = load_v(scales + 32 * j);
+#pragma GCC unroll 2
+        for (int h = 0; h < kGroups; h += G) {
+            __m256i s16[T];
+#pragma GCC unroll 8
+            for (int g = h; g < h + G; g++) {
+                const __m256i w = load_v(quants + (kGroups * j + g) * 32);
+#pragma GCC unroll 8
+                for (int t = 0; t < T; t++) {
+                    const __m256i p = _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 4 * (kGroups * j + g)));
+                    s16[t] = g == h ? p : _mm256_add_epi16(s16[t], p);
+                }
+            }
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(s16[t], sc));
+        }
+    }
+}
+
 // T tokens x 8 rows of Q4_K (G = 8: a sub-block's groups sum in 16 bits) or Q5_K (G = 4).
 template <int T, int G>
 void tile_k4(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx, const MinSums* ms, float* y,
@@ -434,28 +461,7 @@ void tile_k4(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx,
         __m256i s32[T];
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) s32[t] = _mm256_setzero_si256();
-#pragma GCC unroll 1
-        for (int j = 0; j < 8; j++) {
-            const __m256i sc = load_v(pb + K4Panel::kScales + 32 * j);
-#pragma GCC unroll 2
-            for (int h = 0; h < 8; h += G) {
-                __m256i s16[T];
-                const __m256i w0 = load_v(quants + (8 * j + h) * 32);
-#pragma GCC unroll 8
-                for (int t = 0; t < T; t++)
-                    s16[t] = _mm256_maddubs_epi16(w0, bcast4_epi32(x[t * ldx + b].qs + 32 * j + 4 * h));
-#pragma GCC unroll 8
-                for (int g = h + 1; g < h + G; g++) {
-                    const __m256i w = load_v(quants + (8 * j + g) * 32);
-#pragma GCC unroll 8
-                    for (int t = 0; t < T; t++)
-                        s16[t] = _mm256_add_epi16(
-                            s16[t], _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 32 * j + 4 * g)));
-                }
-#pragma GCC unroll 8
-                for (int t = 0; t < T; t++) s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(s16[t], sc));
-            }
-        }
+        panel_block_sums<T, 8, 8, G>(pb + K4Panel::kScales, quants, x, ldx, b, s32);
         const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb + K4Panel::kD));
         const __m256 dmin = _mm256_load_ps(reinterpret_cast<const float*>(pb + K4Panel::kDmin));
 #pragma GCC unroll 8
@@ -490,28 +496,7 @@ void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx
         __m256i s32[T];
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) s32[t] = _mm256_setzero_si256();
-#pragma GCC unroll 1
-        for (int j = 0; j < 16; j++) {
-            const __m256i sc = load_v(pb + K16Panel::kScales + 32 * j);
-#pragma GCC unroll 2
-            for (int h = 0; h < 4; h += G) {
-                __m256i s16[T];
-                const __m256i w0 = load_v(quants + (4 * j + h) * 32);
-#pragma GCC unroll 8
-                for (int t = 0; t < T; t++)
-                    s16[t] = _mm256_maddubs_epi16(w0, bcast4_epi32(x[t * ldx + b].qs + 16 * j + 4 * h));
-#pragma GCC unroll 4
-                for (int g = h + 1; g < h + G; g++) {
-                    const __m256i w = load_v(quants + (4 * j + g) * 32);
-#pragma GCC unroll 8
-                    for (int t = 0; t < T; t++)
-                        s16[t] = _mm256_add_epi16(
-                            s16[t], _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 16 * j + 4 * g)));
-                }
-#pragma GCC unroll 8
-                for (int t = 0; t < T; t++) s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(s16[t], sc));
-            }
-        }
+        panel_block_sums<T, 16, 4, G>(pb + K16Panel::kScales, quants, x, ldx, b, s32);
         const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb + K16Panel::kD));
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
