@@ -19,6 +19,7 @@
 #include "kernels/dispatch.h"
 #include "kernels/repack.h"
 #include "kernels/x86/kquants_x86.h"
+#include "kernels/x86/krows_x86.h"
 #include "kernels/x86/lowk_x86.h"
 #include "kernels/x86/ops_x86.h"
 #include "kernels/x86/qgemm_x86.h"
@@ -30,47 +31,17 @@ using namespace x86;
 namespace {
 
 constexpr int kRows = 8;
-constexpr int kTok = 6;
-constexpr int kGroups = QK_K / 4;          // 4-quant groups per block
-constexpr int kQuantBytes = kGroups * 32;  // a block's quants for the 8 rows
-
-// Panel block of Q4_K / Q5_K rows: d[8], dmin[8] (f32), per sub-block j a vector of the rows' scales
-// (lane i: sc_j of row i in both int16 halves), per sub-block pair p a vector of the rows' mins
-// (lane i: m_2p, m_2p+1 of row i), then the quants.
-struct K4Panel {
-    static constexpr int kD = 0, kDmin = 32, kScales = 64, kMins = kScales + 8 * 32, kQuants = kMins + 4 * 32;
-    static constexpr int kBytes = kQuants + kQuantBytes;
-};
-// Panel block of rows with 16 sub-blocks of 16 (Q2_K, Q3_K, Q6_K): d[8], dmin[8] (f32; dmin for
-// Q2_K), per sub-block j the rows' scales as above, per sub-block pair p the rows' (c_2p, c_2p+1),
-// the coefficients of the Q8_K sums of 16 (Q6_K: -32 sc_j for its 0..63 values' offset; Q3_K: -4 sc_j
-// for its values kept as q + 4; Q2_K: its mins m_j, which have their own scale dmin), then the
-// quants (0..63).
-struct K16Panel {
-    static constexpr int kD = 0, kDmin = 32, kScales = 64, kCoef = kScales + 16 * 32, kQuants = kCoef + 8 * 32;
-    static constexpr int kBytes = kQuants + kQuantBytes;
-};
-
-// Panel block of IQ4_XS rows: d[8] (f32), per sub-block j of 32 the rows' scales ls_j - 32 as above,
-// then the quants as the signed table values (-127..113).
-struct XsPanel {
-    static constexpr int kD = 0, kScales = 32, kQuants = kScales + 8 * 32;
-    static constexpr int kBytes = kQuants + kQuantBytes;
-};
+constexpr int kTok = kTileTokens;
 
 template <typename Layout>
 struct Cfg {
     static constexpr int kRows = 8;
-    static constexpr int kTok = 6;
+    static constexpr int kTok = kTileTokens;
     static constexpr int kPanelBlock = Layout::kBytes;
     // a 6-token tile of 10 Q8_K blocks (17.5 KiB) stays in L1; 4 panels of 10 blocks (~100-112 KiB) in L2
     static constexpr int64_t kKcBlocks = 10;
     static constexpr int kPanels = 4;
 };
-
-inline int32_t pair16(int lo, int hi) {
-    return int32_t(uint32_t(uint16_t(int16_t(lo))) | (uint32_t(uint16_t(int16_t(hi))) << 16));
-}
 
 // The 32 quants of chunk c (elements 32c..32c+31) of the 8 rows r[0..8) into groups 8c..8c+7.
 inline void store_groups(uint8_t* quants, int c, const __m256i (&r)[kRows]) {
@@ -406,39 +377,25 @@ void pack_k2_rows8(const uint8_t* w, size_t row_bytes, int nr, int64_t b0, int64
 
 inline __m256i load_v(const uint8_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
 
-// Per (token, block): the Q8_K sums of each sub-block pair of 32, as int16 pairs (lane p: sub-blocks
-// 2p, 2p+1), the activations' side of the Q4_K / Q5_K mins.
-struct MinSums {
-    int32_t pair[4];
-};
-
-inline void fill_min_sums(const block_q8_K* x, int64_t n, std::vector<MinSums>& s) {
-    s.resize(size_t(n));
-    for (int64_t i = 0; i < n; i++)
-        for (int p = 0; p < 4; p++) {
-            const int16_t* bs = x[i].bsums + 4 * p;
-            s[size_t(i)].pair[p] = pair16(bs[0] + bs[1], bs[2] + bs[3]);
-        }
-}
-
-// One panel block's isum for T tokens, the part tile_k4 and tile_k16 share: kSub sub-blocks of kGroups
+// One panel block's isum for T tokens, the part tile_k4 and tile_k16 share: kSub sub-blocks of kSubGroups
 // 4-quant groups, G groups summed in 16 bits before the sub-block's scale madd (scales: one vector
 // per sub-block).
-template <int T, int kSub, int kGroups, int G>
+template <int T, int kSub, int kSubGroups, int G>
 inline void panel_block_sums(const uint8_t* scales, const uint8_t* quants, const block_q8_K* x, int64_t ldx, int64_t b,
                              __m256i (&s32)[T]) {
 #pragma GCC unroll 1
     for (int j = 0; j < kSub; j++) {
         const __m256i sc = load_v(scales + 32 * j);
 #pragma GCC unroll 2
-        for (int h = 0; h < kGroups; h += G) {
+        for (int h = 0; h < kSubGroups; h += G) {
             __m256i s16[T];
 #pragma GCC unroll 8
             for (int g = h; g < h + G; g++) {
-                const __m256i w = load_v(quants + (kGroups * j + g) * 32);
+                const __m256i w = load_v(quants + (kSubGroups * j + g) * 32);
 #pragma GCC unroll 8
                 for (int t = 0; t < T; t++) {
-                    const __m256i p = _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 4 * (kGroups * j + g)));
+                    const __m256i p =
+                        _mm256_maddubs_epi16(w, bcast4_epi32(x[t * ldx + b].qs + 4 * (kSubGroups * j + g)));
                     s16[t] = g == h ? p : _mm256_add_epi16(s16[t], p);
                 }
             }
@@ -567,9 +524,6 @@ void tile_iq4_xs(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t 
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) store_rows8(y + t * ldy, acc[t], nr);
 }
-
-using ktile_fn = void (*)(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx, const MinSums* ms,
-                          float* y, int64_t ldy, int nr, bool accumulate);
 
 template <int G>
 constexpr ktile_fn kTilesK4[kTok + 1] = {nullptr,       tile_k4<1, G>, tile_k4<2, G>, tile_k4<3, G>,
@@ -788,110 +742,105 @@ void gemv_group_iq4_xs(int64_t nb, const uint8_t* g, const block_q8_K* x, const 
     for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
 }
 
-using kgroup_fn = void (*)(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy);
-
-enum class KGroup { Q2K, Q3K, Q4K, Q5K, Q6K, Xs };
-
-template <int T, KGroup Kind>
-void gemv_group(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
-    if constexpr (Kind == KGroup::Q2K || Kind == KGroup::Q3K)
-        gemv_group_k2<T, Kind == KGroup::Q3K>(nb, g, x, ms, y, ldy);
-    else if constexpr (Kind == KGroup::Q4K || Kind == KGroup::Q5K)
-        gemv_group_k4<T, Kind == KGroup::Q5K>(nb, g, x, ms, y, ldy);
-    else if constexpr (Kind == KGroup::Q6K)
-        gemv_group_q6_K<T>(nb, g, x, ms, y, ldy);
-    else
-        gemv_group_iq4_xs<T>(nb, g, x, ms, y, ldy);
-}
-
-// [T]: the group kernel for T = 1..kGemvMaxTokens tokens
+// The group kernel of a type for T tokens (kGroupFns).
 template <KGroup Kind>
-constexpr kgroup_fn kGroupFns[kGemvMaxTokens + 1] = {nullptr,
-                                                     gemv_group<1, Kind>,
-                                                     gemv_group<2, Kind>,
-                                                     gemv_group<3, Kind>,
-                                                     gemv_group<4, Kind>,
-                                                     gemv_group<5, Kind>,
-                                                     gemv_group<6, Kind>,
-                                                     gemv_group<7, Kind>,
-                                                     gemv_group<8, Kind>};
-static_assert(kGemvMaxTokens == 8, "kGroupFns lists 1..8 tokens");
-
-// The rows-in-lanes GEMV of the K-quants and IQ4_XS: whole 8-row groups, then the GGUF rows after them.
-void gemv_rows8(const kgroup_fn* groups, float (*dot)(int64_t, const void*, const void*), bool mins, int64_t K,
-                int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x, float* y, int64_t ldy) {
-    const int64_t nb = K / QK_K;
-    const block_q8_K* xb = static_cast<const block_q8_K*>(x);
-    const uint8_t* wb = static_cast<const uint8_t*>(w);
-    thread_local std::vector<MinSums> ms;
-    if (mins) fill_min_sums(xb, n_tok * nb, ms);
-    const int64_t grouped = n_rows / kK4GroupRows * kK4GroupRows;
-    for (int64_t r = 0; r < grouped; r += kK4GroupRows)
-        groups[n_tok](nb, wb + size_t(r) * row_bytes, xb, mins ? ms.data() : nullptr, y + r, ldy);
-    for (int64_t r = grouped; r < n_rows; r++)  // the GGUF rows after the groups
-        for (int64_t t = 0; t < n_tok; t++) y[t * ldy + r] = dot(K, wb + size_t(r) * row_bytes, xb + t * nb);
-}
+struct Group {
+    template <int T>
+    static void run(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinSums* ms, float* y, int64_t ldy) {
+        if constexpr (Kind == KGroup::Q2K || Kind == KGroup::Q3K)
+            gemv_group_k2<T, Kind == KGroup::Q3K>(nb, g, x, ms, y, ldy);
+        else if constexpr (Kind == KGroup::Q4K || Kind == KGroup::Q5K)
+            gemv_group_k4<T, Kind == KGroup::Q5K>(nb, g, x, ms, y, ldy);
+        else if constexpr (Kind == KGroup::Q6K)
+            gemv_group_q6_K<T>(nb, g, x, ms, y, ldy);
+        else
+            gemv_group_iq4_xs<T>(nb, g, x, ms, y, ldy);
+    }
+};
 
 }  // namespace
 
+namespace x86 {
+
+void gemm_k_avx2_panels(KGroup kind, const ktile_fn* tiles, int64_t K, int64_t n_rows, const void* w, size_t row_bytes,
+                        int64_t n_tok, const void* x, float* y, int64_t ldy) {
+    switch (kind) {
+        case KGroup::Q4K:
+            return gemm_k<K4Panel>(tiles, pack_k4_rows8<false>, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+        case KGroup::Q5K:
+            return gemm_k<K4Panel>(tiles, pack_k4_rows8<true>, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+        case KGroup::Q6K:
+            return gemm_k<K16Panel>(tiles, pack_q6_K_rows8, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+        case KGroup::Q3K:
+            return gemm_k<K16Panel>(tiles, pack_k2_rows8<true>, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+        case KGroup::Q2K:
+            return gemm_k<K16Panel>(tiles, pack_k2_rows8<false>, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+        case KGroup::Xs:
+            return gemm_k<XsPanel>(tiles, pack_iq4_xs_rows8, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    }
+}
+
+}  // namespace x86
+
 void gemv_q6_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemv_rows8(kGroupFns<KGroup::Q6K>, vec_dot_q6_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<Group<KGroup::Q6K>>, vec_dot_q6_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemv_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemv_rows8(kGroupFns<KGroup::Q4K>, vec_dot_q4_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<Group<KGroup::Q4K>>, vec_dot_q4_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemv_q3_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemv_rows8(kGroupFns<KGroup::Q3K>, vec_dot_q3_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<Group<KGroup::Q3K>>, vec_dot_q3_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemv_q2_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemv_rows8(kGroupFns<KGroup::Q2K>, vec_dot_q2_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<Group<KGroup::Q2K>>, vec_dot_q2_K_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemv_q5_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemv_rows8(kGroupFns<KGroup::Q5K>, vec_dot_q5_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<Group<KGroup::Q5K>>, vec_dot_q5_K_q8_K_avx2, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemv_iq4_xs_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                            float* y, int64_t ldy) {
-    gemv_rows8(kGroupFns<KGroup::Xs>, vec_dot_iq4_xs_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemv_rows8(kGroupFns<Group<KGroup::Xs>>, vec_dot_iq4_xs_q8_K_avx2, false, K, n_rows, w, row_bytes, n_tok, x, y,
+               ldy);
 }
 
 void gemm_q4_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemm_k<K4Panel>(kTilesK4<8>, pack_k4_rows8<false>, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k_avx2_panels(KGroup::Q4K, kTilesK4<8>, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_q5_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemm_k<K4Panel>(kTilesK4<4>, pack_k4_rows8<true>, true, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k_avx2_panels(KGroup::Q5K, kTilesK4<4>, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_q6_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemm_k<K16Panel>(kTilesK16<2, false>, pack_q6_K_rows8, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k_avx2_panels(KGroup::Q6K, kTilesK16<2, false>, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_q3_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemm_k<K16Panel>(kTilesK16<4, false>, pack_k2_rows8<true>, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k_avx2_panels(KGroup::Q3K, kTilesK16<4, false>, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_q2_K_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                          float* y, int64_t ldy) {
-    gemm_k<K16Panel>(kTilesK16<4, true>, pack_k2_rows8<false>, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k_avx2_panels(KGroup::Q2K, kTilesK16<4, true>, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 void gemm_iq4_xs_q8_K_avx2(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok, const void* x,
                            float* y, int64_t ldy) {
-    gemm_k<XsPanel>(kTilesXs, pack_iq4_xs_rows8, false, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
+    gemm_k_avx2_panels(KGroup::Xs, kTilesXs, K, n_rows, w, row_bytes, n_tok, x, y, ldy);
 }
 
 }  // namespace phi2cpu

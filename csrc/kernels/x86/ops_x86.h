@@ -91,6 +91,23 @@ void gemm_q8_0_q8_0_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t 
                                const void* x, float* y, int64_t ldy);
 void gemm_q4_0_q8_0_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
                                const void* x, float* y, int64_t ldy);
+// Rows in lanes (kernels/repack.h), as the AVX2 gemv / gemm of these types read them (avx512_krows.cpp).
+void gemv_q4_K_q8_K_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
+                               const void* x, float* y, int64_t ldy);
+void gemv_q5_K_q8_K_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
+                               const void* x, float* y, int64_t ldy);
+void gemm_q2_K_q8_K_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
+                               const void* x, float* y, int64_t ldy);
+void gemm_q3_K_q8_K_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
+                               const void* x, float* y, int64_t ldy);
+void gemm_q4_K_q8_K_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
+                               const void* x, float* y, int64_t ldy);
+void gemm_q5_K_q8_K_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
+                               const void* x, float* y, int64_t ldy);
+void gemm_q6_K_q8_K_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
+                               const void* x, float* y, int64_t ldy);
+void gemm_iq4_xs_q8_K_avx512vnni(int64_t K, int64_t n_rows, const void* w, size_t row_bytes, int64_t n_tok,
+                               const void* x, float* y, int64_t ldy);
 void layernorm_f32_avx512(int64_t n, const float* x, const float* w, const float* b, float eps, float* y);
 void gelu_new_f32_avx512(int64_t n, float* x);
 void rope_neox_f32_avx512(int n_head, int head_dim, int n_rot, int pos, float theta, float* x);
