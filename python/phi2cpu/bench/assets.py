@@ -21,8 +21,13 @@ from typing import Callable, Optional
 from ..checkpoint import expected_gguf_shapes, write_random_checkpoint
 from ..config import PhiConfig
 
-FORMAT_QTYPE = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_K_M": "q4_k_m"}
-BYTES_PER_PARAM = {"hf-f16": 2.0, "F32": 4.0, "F16": 2.0, "Q8_0": 34 / 32, "Q4_0": 18 / 32, "Q4_K_M": 0.61}
+FORMAT_QTYPE = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_K_M": "q4_k_m",
+                "Q2_K": "q2_k", "Q3_K_M": "q3_k_m", "Q4_K_S": "q4_k_s", "IQ4_XS": "iq4_xs", "Q5_K_M": "q5_k_m",
+                "Q6_K": "q6_k"}
+# bytes per parameter of each file (the mixes' sizes on full-size Phi-2, rounded up): disk checks and
+# the order formats are shown in
+BYTES_PER_PARAM = {"hf-f16": 2.0, "F32": 4.0, "F16": 2.0, "Q8_0": 34 / 32, "Q4_0": 18 / 32, "Q4_K_M": 0.61,
+                   "Q2_K": 0.43, "Q3_K_M": 0.53, "Q4_K_S": 0.58, "IQ4_XS": 0.56, "Q5_K_M": 0.74, "Q6_K": 0.83}
 RANDOM_SEED = 0
 DISK_MARGIN = 1 << 30
 

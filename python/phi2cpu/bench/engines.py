@@ -32,7 +32,7 @@ FULL_ONLY = (HF_FP32, HF_BF16)                # only in --full runs
 # HF engines: they are compared with phi2cpu's F16 file).
 OWN_FORMATS = {OPENVINO: ("int4", "int8"), ORT_GENAI: ("int4", "int8"), TORCH_INT8: ("int8",),
                HF_FP32: ("F16",), HF_BF16: ("F16",)}
-WEIGHT_CLASS = {"Q4_0": "4-bit", "Q4_K_M": "4-bit", "int4": "4-bit", "Q8_0": "8-bit", "int8": "8-bit",
+WEIGHT_CLASS = {"Q4_0": "4-bit", "Q4_K_M": "4-bit", "Q4_K_S": "4-bit", "IQ4_XS": "4-bit", "int4": "4-bit", "Q8_0": "8-bit", "int8": "8-bit",
                 "F16": "16-bit", "F32": "32-bit"}
 
 
