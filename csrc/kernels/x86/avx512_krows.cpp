@@ -104,7 +104,9 @@ void gemv_group_k4(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinS
 
 // The isum part of a panel block for T tokens: kSub sub-blocks of kSubGroups 4-quant groups, each
 // sub-block's 32-bit sums times its scale (the panel's int16 pair (sc, sc): the high half,
-// sign-extended). Signed (IQ4_XS) weights take the sign trick: |x| unsigned, w carrying x's sign.
+// sign-extended). Signed (IQ4_XS, 32-value sub-blocks) weights are read as w + 128 (the sign bit
+// flipped: unsigned 1..241), and the sub-block's 128 * sum(x) (its two Q8_K sums of 16) is taken off
+// again: the same integer, with no per-token sign trick.
 template <int T, int kSub, int kSubGroups, bool Signed = false>
 inline void panel_block_sums_vnni(const uint8_t* scales, const uint8_t* quants, const block_q8_K* x, int64_t ldx,
                                   int64_t b, __m256i (&s32)[T]) {
@@ -116,16 +118,21 @@ inline void panel_block_sums_vnni(const uint8_t* scales, const uint8_t* quants, 
         for (int t = 0; t < T; t++) d[t] = _mm256_setzero_si256();
 #pragma GCC unroll 8
         for (int g = 0; g < kSubGroups; g++) {
-            const __m256i w = load256(quants + (kSubGroups * j + g) * 32);
+            __m256i w = load256(quants + (kSubGroups * j + g) * 32);
+            if constexpr (Signed) w = _mm256_xor_si256(w, _mm256_set1_epi8(char(0x80)));
 #pragma GCC unroll 8
-            for (int t = 0; t < T; t++) {
-                const __m256i xv = bcast4_epi32(x[t * ldx + b].qs + 4 * (kSubGroups * j + g));
-                d[t] = Signed ? _mm256_dpbusd_epi32(d[t], _mm256_sign_epi8(xv, xv), _mm256_sign_epi8(w, xv))
-                              : _mm256_dpbusd_epi32(d[t], w, xv);
-            }
+            for (int t = 0; t < T; t++)
+                d[t] = _mm256_dpbusd_epi32(d[t], w, bcast4_epi32(x[t * ldx + b].qs + 4 * (kSubGroups * j + g)));
         }
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++) s32[t] = _mm256_add_epi32(s32[t], _mm256_mullo_epi32(d[t], sc));
+        for (int t = 0; t < T; t++) {
+            if constexpr (Signed) {
+                static_assert(kSubGroups == 8, "two Q8_K sums of 16 per sub-block");
+                const int16_t* bs = x[t * ldx + b].bsums + 2 * j;
+                d[t] = _mm256_sub_epi32(d[t], _mm256_set1_epi32(128 * (bs[0] + bs[1])));
+            }
+            s32[t] = _mm256_add_epi32(s32[t], _mm256_mullo_epi32(d[t], sc));
+        }
     }
 }
 
