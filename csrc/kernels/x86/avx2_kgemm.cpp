@@ -429,9 +429,7 @@ void tile_k4(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx,
                 msum = _mm256_add_epi32(
                     msum, _mm256_madd_epi16(load_v(pb + K4Panel::kMins + 32 * p), _mm256_set1_epi32(m.pair[p])));
             const __m256 dx = _mm256_set1_ps(x[t * ldx + b].d);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dw, dx), acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), msum)),
-                                     _mm256_mul_ps(dmin, dx), acc[t]);
+            acc[t] = block_fma(acc[t], s32[t], msum, dw, dmin, dx);
         }
     }
 #pragma GCC unroll 8
@@ -454,28 +452,8 @@ void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) s32[t] = _mm256_setzero_si256();
         panel_block_sums<T, 16, 4, G>(pb + K16Panel::kScales, quants, x, ldx, b, s32);
-        const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb + K16Panel::kD));
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++) {
-            const int16_t* bs = x[t * ldx + b].bsums;
-            __m256i o = _mm256_setzero_si256();
-            for (int p = 0; p < 8; p++) {
-                int32_t pr;
-                std::memcpy(&pr, bs + 2 * p, 4);
-                o = _mm256_add_epi32(o,
-                                     _mm256_madd_epi16(load_v(pb + K16Panel::kCoef + 32 * p), _mm256_set1_epi32(pr)));
-            }
-            const __m256 dx = _mm256_set1_ps(x[t * ldx + b].d);
-            if constexpr (Mins) {
-                const __m256 dmin = _mm256_load_ps(reinterpret_cast<const float*>(pb + K16Panel::kDmin));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dw, dx), acc[t]);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), o)),
-                                         _mm256_mul_ps(dmin, dx), acc[t]);
-            } else {
-                acc[t] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s32[t], o)), _mm256_mul_ps(dw, dx), acc[t]);
-            }
-        }
+        for (int t = 0; t < T; t++) acc[t] = k16_panel_step<Mins>(acc[t], s32[t], pb, x[t * ldx + b]);
     }
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) store_rows8(y + t * ldy, acc[t], nr);
@@ -517,9 +495,7 @@ void tile_iq4_xs(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t 
         }
         const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb + XsPanel::kD));
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++)
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dw, _mm256_set1_ps(x[t * ldx + b].d)),
-                                     acc[t]);
+        for (int t = 0; t < T; t++) acc[t] = block_fma(acc[t], s32[t], dw, _mm256_set1_ps(x[t * ldx + b].d));
     }
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) store_rows8(y + t * ldy, acc[t], nr);
@@ -601,9 +577,7 @@ void gemv_group_k4(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinS
             for (int p = 1; p < 4; p++)
                 msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], _mm256_set1_epi32(m.pair[p])));
             const __m256 dx = _mm256_set1_ps(xt.d);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, dx), acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), msum)),
-                                     _mm256_mul_ps(dmin, dx), acc[t]);
+            acc[t] = block_fma(acc[t], s32, msum, dw, dmin, dx);
         }
     }
     for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
@@ -645,7 +619,7 @@ void gemv_group_q6_K(int64_t nb, const uint8_t* g, const block_q8_K* x, const Mi
                         s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(s16, sc[e / 16]));
                     }
                 }
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, _mm256_set1_ps(xt.d)), acc[t]);
+            acc[t] = block_fma(acc[t], s32, dw, _mm256_set1_ps(xt.d));
         }
     }
     for (int64_t t = 0; t < n_tok; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
@@ -700,11 +674,9 @@ void gemv_group_k2(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinS
             }
             const __m256 dx = _mm256_set1_ps(xt.d);
             if constexpr (Q3) {
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s32, o)), _mm256_mul_ps(dw, dx), acc[t]);
+                acc[t] = block_fma(acc[t], _mm256_add_epi32(s32, o), dw, dx);
             } else {
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, dx), acc[t]);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), o)),
-                                         _mm256_mul_ps(dmin, dx), acc[t]);
+                acc[t] = block_fma(acc[t], s32, o, dw, dmin, dx);
             }
         }
     }
@@ -736,7 +708,7 @@ void gemv_group_iq4_xs(int64_t nb, const uint8_t* g, const block_q8_K* x, const 
                     s32 = _mm256_add_epi32(
                         s32, _mm256_madd_epi16(signed_maddubs(hi, bcast4_epi32(xt.qs + 32 * j + 16 + 4 * gr)), sc[j]));
                 }
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, _mm256_set1_ps(xt.d)), acc[t]);
+            acc[t] = block_fma(acc[t], s32, dw, _mm256_set1_ps(xt.d));
         }
     }
     for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);

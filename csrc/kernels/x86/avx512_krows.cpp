@@ -94,9 +94,7 @@ void gemv_group_k4(int64_t nb, const uint8_t* g, const block_q8_K* x, const MinS
             __m256i msum = _mm256_setzero_si256();
             for (int p = 0; p < 4; p++) msum = _mm256_dpwssd_epi32(msum, mins[p], _mm256_set1_epi32(m.pair[p]));
             const __m256 dx = _mm256_set1_ps(xt.d);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold_halves(s32)), _mm256_mul_ps(dw, dx), acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), msum)),
-                                     _mm256_mul_ps(dmin, dx), acc[t]);
+            acc[t] = block_fma(acc[t], fold_halves(s32), msum, dw, dmin, dx);
         }
     }
     for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
@@ -158,9 +156,7 @@ void tile_k4(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx,
             for (int p = 0; p < 4; p++)
                 msum = _mm256_dpwssd_epi32(msum, load256(pb + K4Panel::kMins + 32 * p), _mm256_set1_epi32(m.pair[p]));
             const __m256 dx = _mm256_set1_ps(x[t * ldx + b].d);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dw, dx), acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), msum)),
-                                     _mm256_mul_ps(dmin, dx), acc[t]);
+            acc[t] = block_fma(acc[t], s32[t], msum, dw, dmin, dx);
         }
     }
 #pragma GCC unroll 8
@@ -180,27 +176,8 @@ void tile_k16(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t ldx
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) s32[t] = _mm256_setzero_si256();
         panel_block_sums_vnni<T, 16, 4>(pb + K16Panel::kScales, pb + K16Panel::kQuants, x, ldx, b, s32);
-        const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb + K16Panel::kD));
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++) {
-            const int16_t* bs = x[t * ldx + b].bsums;
-            __m256i o = _mm256_setzero_si256();
-            for (int p = 0; p < 8; p++) {
-                int32_t pr;
-                std::memcpy(&pr, bs + 2 * p, 4);
-                o = _mm256_dpwssd_epi32(o, load256(pb + K16Panel::kCoef + 32 * p), _mm256_set1_epi32(pr));
-            }
-            const __m256 dx = _mm256_set1_ps(x[t * ldx + b].d);
-            if constexpr (Mins) {
-                const __m256 dmin = _mm256_load_ps(reinterpret_cast<const float*>(pb + K16Panel::kDmin));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dw, dx), acc[t]);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_setzero_si256(), o)),
-                                         _mm256_mul_ps(dmin, dx), acc[t]);
-            } else {
-                acc[t] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s32[t], o)), _mm256_mul_ps(dw, dx), acc[t]);
-            }
-        }
+        for (int t = 0; t < T; t++) acc[t] = k16_panel_step<Mins>(acc[t], s32[t], pb, x[t * ldx + b]);
     }
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) store_rows8(y + t * ldy, acc[t], nr);
@@ -221,9 +198,7 @@ void tile_iq4_xs(int64_t nb, const uint8_t* panel, const block_q8_K* x, int64_t 
         panel_block_sums_vnni<T, 8, 8, true>(pb + XsPanel::kScales, pb + XsPanel::kQuants, x, ldx, b, s32);
         const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb + XsPanel::kD));
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++)
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dw, _mm256_set1_ps(x[t * ldx + b].d)),
-                                     acc[t]);
+        for (int t = 0; t < T; t++) acc[t] = block_fma(acc[t], s32[t], dw, _mm256_set1_ps(x[t * ldx + b].d));
     }
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) store_rows8(y + t * ldy, acc[t], nr);

@@ -4,10 +4,12 @@
 // (avx2_kgemm.cpp); gemm_k_avx2_panels runs them with another path's tiles.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "kernels/dispatch.h"
 #include "kernels/repack.h"
+#include "kernels/x86/simd_x86.h"
 #include "quant/blocks.h"
 
 namespace phi2cpu {
@@ -66,6 +68,36 @@ namespace {
 
 inline int32_t pair16(int lo, int hi) {
     return int32_t(uint32_t(uint16_t(int16_t(lo))) | (uint32_t(uint16_t(int16_t(hi))) << 16));
+}
+
+// A block's float steps for 8 rows, in the order of the dots (vec_dot_q4_K_q8_K_ref): acc = fma(float(isum),
+// d * x.d, acc), and for the types with mins then acc = fma(float(-msum), dmin * x.d, acc).
+inline __m256 block_fma(__m256 acc, __m256i isum, __m256 dw, __m256 dx) {
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx), acc);
+}
+inline __m256 block_fma(__m256 acc, __m256i isum, __m256i msum, __m256 dw, __m256 dmin, __m256 dx) {
+    return block_fma(block_fma(acc, isum, dw, dx), _mm256_sub_epi32(_mm256_setzero_si256(), msum), dmin, dx);
+}
+
+// The rest of a K16Panel block (pb) for one token after its isum s32: the term of the Q8_K sums of 16
+// (coefficients c_j: Q2_K's mins, with their own step, or Q3_K's / Q6_K's offsets, into isum), then
+// the float steps.
+template <bool Mins>
+inline __m256 k16_panel_step(__m256 acc, __m256i s32, const uint8_t* pb, const block_q8_K& xb) {
+    __m256i o = _mm256_setzero_si256();
+    for (int p = 0; p < 8; p++) {
+        int32_t pr;
+        std::memcpy(&pr, xb.bsums + 2 * p, 4);
+        o = _mm256_add_epi32(
+            o, _mm256_madd_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(pb + K16Panel::kCoef + 32 * p)),
+                                 _mm256_set1_epi32(pr)));
+    }
+    const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(pb + K16Panel::kD));
+    const __m256 dx = _mm256_set1_ps(xb.d);
+    if constexpr (Mins)
+        return block_fma(acc, s32, o, dw, _mm256_load_ps(reinterpret_cast<const float*>(pb + K16Panel::kDmin)), dx);
+    else
+        return block_fma(acc, _mm256_add_epi32(s32, o), dw, dx);
 }
 
 inline void fill_min_sums(const block_q8_K* x, int64_t n, std::vector<MinSums>& s) {
