@@ -29,11 +29,6 @@ namespace {
 
 inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 
-// Two 32-byte vectors, a in the low half and b in the high half.
-inline __m512i load2x256(const void* a, const void* b) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(load256(a)), load256(b), 1);
-}
-
 // vpermd indices putting dword a in lanes 0..7 and dword b in lanes 8..15.
 inline __m512i dword_pair(int a, int b) { return _mm512_inserti64x4(_mm512_set1_epi32(a), _mm256_set1_epi32(b), 1); }
 
