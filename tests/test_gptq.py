@@ -88,8 +88,8 @@ def test_dead_columns_and_dampening():
 
 def test_matrix_errors():
     w, h = correlated(n=64, rows=4)
-    with pytest.raises(Phi2Error, match="not Q8_0"):
-        gptq.quantize_matrix(w, h, 8)
+    with pytest.raises(Phi2Error, match="not Q2_K"):
+        gptq.quantize_matrix(w, h, 10)
     with pytest.raises(Phi2Error, match="256-column spans"):
         gptq.quantize_matrix(w, h, 12)
     with pytest.raises(Phi2Error, match="64x64 covariance"):
@@ -120,7 +120,8 @@ def gq(tiny):
 def test_gptq_file_is_a_standard_q4_0_gguf_of_the_gptq_rounding(tiny, gq):
     out, s = gq
     r = s["recipe"]["gptq"]
-    assert r["calibration"] == "calib.txt" and r["tensors"] == 8 and r["chunk_size"] == 64 and r["chunks"] == 2
+    # 2 layers x 4 matrices in Q4_0, and lm_head in Q8_0
+    assert r["calibration"] == "calib.txt" and r["tensors"] == 9 and r["chunk_size"] == 64 and r["chunks"] == 2
     mf = read_model_file(out)
     assert mf.recipe["gptq"] == r
     assert {mf.tensors[n].type_name for n in mf.tensors if len(mf.tensors[n].shape) == 2} == {"Q4_0", "Q8_0"}
@@ -156,7 +157,7 @@ def test_gptq_with_imatrix_uses_its_weighted_scales(tiny, gq, tmp_path):
     b = tmp_path / "b.gguf"
     s = quantize(tiny["f32"], b, "q4_0", progress=False, gptq=tiny["text"], gptq_chunk_size=64, gptq_chunks=2,
                  imatrix=imf, tensor_types=[("ffn_up", "q4_k")], threads=2)
-    assert s["recipe"]["gptq"]["scales"] == "imatrix-weighted search" and s["recipe"]["gptq"]["tensors"] == 8
+    assert s["recipe"]["gptq"]["scales"] == "imatrix-weighted search" and s["recipe"]["gptq"]["tensors"] == 9
     fa, fb = read_model_file(gq[0]), read_model_file(b)
     assert fb.tensors["blk.0.ffn_up.weight"].type_name == "Q4_K"
     assert not np.array_equal(fa.raw("blk.0.attn_output.weight"), fb.raw("blk.0.attn_output.weight"))
@@ -180,7 +181,7 @@ def test_gptq_errors(tiny, tmp_path, capsys):
     with pytest.raises(Phi2Error, match="not valid UTF-8"):
         quantize(tiny["f32"], out, "q4_0", progress=False, gptq=bad)
     with pytest.raises(Phi2Error, match="no matrix of this file"):
-        quantize(tiny["f32"], out, "q8_0", progress=False, gptq=tiny["text"], gptq_chunk_size=64)
+        quantize(tiny["f32"], out, "f16", progress=False, gptq=tiny["text"], gptq_chunk_size=64)
     short = tmp_path / "short.txt"
     short.write_text("x = 1\n")
     assert cli_main(["quantize", str(tiny["f32"]), str(out), "q4_0", "--gptq", str(short), "--quiet"]) == 1

@@ -8,7 +8,7 @@ diagonal), so that the later columns absorb what j lost. Updates are applied laz
 batch of columns at once, to the columns after it with one matrix product.
 
 GGUF blocks fix a scale (and min) per block of columns. At the first column of each span (a Q4_0 /
-IQ4_NL block of 32, a Q4_K / IQ4_XS / Q6_K super-block of 256) the type's own quantizer (its
+IQ4_NL / Q8_0 block of 32, a Q4_K / Q5_K / IQ4_XS / Q6_K super-block of 256) the type's own quantizer (its
 importance-weighted search when an imatrix is given) picks the span's block header from the
 current, error-updated weights (the importance-weighted searches see the span, not the whole row); its columns are then rounded one at a time to the nearest level of
 that header's grid, with feedback. The bytes are the type's standard layout: only the rounding
@@ -104,6 +104,16 @@ def _q6_k(b: np.ndarray):
     return _per_value(_f16(b, 208)[..., None] * sc, 16), np.zeros((b.shape[0], b.shape[1] * 256))
 
 
+def _q5_k_fields() -> list[tuple[int, int, int, int, int]]:
+    """Q4_K's nibbles (qs at 48), and value 32j + l's fifth bit in bit j of qh[l] (qh at 16)."""
+    return ([(v, 48 + b, s, w, o) for v, b, s, w, o in _nibbles(4, 0, 32)] +
+            [(v, 16 + v % 32, v // 32, 1, 4) for v in range(256)])
+
+
+def _q8_0(b: np.ndarray):
+    return _per_value(_f16(b, 0)[..., None], 32), np.zeros((b.shape[0], b.shape[1] * 32))
+
+
 def _q6_k_fields() -> list[tuple[int, int, int, int, int]]:
     out = []
     for n in range(2):  # two halves of 128 values: ql 64 bytes, qh 32 bytes each
@@ -122,6 +132,10 @@ CODECS = {
                                                              _nibbles(4, 0, 32)]), _q4_k),
     23: Codec(23, 256, 136, 256, KVALUES_IQ4NL, np.array(_nibbles(8, 8, 16)), _iq4_xs),
     14: Codec(14, 256, 210, 256, np.arange(64) - 32.0, np.array(_q6_k_fields()), _q6_k),
+    13: Codec(13, 256, 176, 256, np.arange(32.0), np.array(_q5_k_fields()), _q4_k),
+    # Q8_0: the stored byte is the two's-complement value, so code c means int8(c)
+    8: Codec(8, 32, 34, 32, (np.arange(256) ^ 128) - 128.0, np.array([(v, 2 + v, 0, 8, 0) for v in range(32)]),
+             _q8_0),
 }
 
 

@@ -16,9 +16,9 @@ its type's block (256 values for K-quants) falls back to Q8_0 (to F16 when not e
 Per-tensor overrides (llama-quantize's --token-embedding-type, --output-tensor-type and
 --tensor-type PATTERN=TYPE) replace a mix's choice for matching matrices; with --imatrix, --awq folds
 searched per-channel scales into the LayerNorms and V rows first (phi2cpu.awq). --gptq TEXT runs the
-float model over a calibration text and rounds every Q4_0, IQ4_NL, Q4_K, IQ4_XS and Q6_K matrix that
-has inputs with error feedback through their covariance (phi2cpu.gptq); the types and bytes layout
-stay the mix's.
+float model over a calibration text and rounds every Q4_0, Q8_0, IQ4_NL, Q4_K, Q5_K, IQ4_XS and Q6_K
+matrix that has inputs with error feedback through their covariance (phi2cpu.gptq); the types and
+bytes layout stay the mix's.
 
 The types themselves (names, block sizes) come from the engine, phi2cpu._core.types().
 
